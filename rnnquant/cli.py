@@ -1,0 +1,139 @@
+"""The ``rnnquant`` command line. Every user error ends in one line on stderr and exit code 2."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from .errors import RnnquantError
+
+
+def _model(path_or_name):
+    from .models import load
+
+    return load(path_or_name)
+
+
+def _eval_text(model, data):
+    """The text to evaluate: --data, or the zoo corpus's test split for zoo models."""
+    from .io import read_text
+    from .zoo import is_zoo_model
+    from .zoo.corpus import split_text
+
+    if data is not None:
+        return read_text(data)
+    if is_zoo_model(model.source):
+        return split_text("test")
+    raise RnnquantError("--data FILE is required for models outside the zoo")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="rnnquant")
+def cli():
+    """Quantize, prune and export recurrent language models for O(1)-per-token inference.
+
+    \b
+    Example:
+      rnnquant zoo
+      rnnquant ppl mamba-pydoc
+      rnnquant generate mamba-pydoc --prompt "import os"
+    """
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def zoo(as_json):
+    """List the built-in models with parameters, size and test perplexity.
+
+    \b
+    Example:
+      rnnquant zoo
+    """
+    from .zoo import describe, names
+
+    rows = [describe(n) for n in names()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'name':<14} {'arch':<6} {'params':>8} {'size':>9} {'test ppl':>9} {'unigram ppl':>12}")
+    for r in rows:
+        ppl = f"{r['test_ppl']:.2f}" if r.get("test_ppl") else "-"
+        uni = f"{r['unigram_test_ppl']:.1f}" if r.get("unigram_test_ppl") else "-"
+        click.echo(f"{r['name']:<14} {r['arch']:<6} {r['params'] / 1e6:>7.2f}M {r['size_bytes'] / 2**20:>7.1f}MB {ppl:>9} {uni:>12}")
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--data", type=click.Path(dir_okay=False), help="UTF-8 text file (default for zoo models: the corpus test split).")
+@click.option("--window", default=512, show_default=True, help="Tokens per window; each window starts from a fresh state.")
+@click.option("--mode", type=click.Choice(["forward", "step"]), default="forward", show_default=True, help="Parallel forward or the O(1) step form.")
+@click.option("--batch-size", default=8, show_default=True)
+def ppl(model, data, window, mode, batch_size):
+    """Token-level perplexity of MODEL on a text.
+
+    \b
+    Example:
+      rnnquant ppl mamba-pydoc
+      rnnquant ppl ./my-mamba --data valid.txt --window 1024
+    """
+    from .eval import perplexity
+
+    m = _model(model)
+    r = perplexity(m, _eval_text(m, data), window=window, batch_size=batch_size, mode=mode, progress=True)
+    click.echo(f"perplexity {r.ppl:.4f} over {r.tokens} tokens (window {window}, {mode})")
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--prompt", required=True, help="Text to continue.")
+@click.option("--max-new-tokens", default=64, show_default=True)
+@click.option("--temperature", default=0.0, show_default=True, help="0 is greedy.")
+@click.option("--top-k", default=0, show_default=True, help="0 keeps all tokens.")
+@click.option("--seed", default=0, show_default=True)
+def generate(model, prompt, max_new_tokens, temperature, top_k, seed):
+    """Continue a prompt with the PyTorch step mode (the ONNX path is `rnnquant run`).
+
+    \b
+    Example:
+      rnnquant generate mamba-pydoc --prompt "The list data type" --max-new-tokens 40
+    """
+    import time
+
+    from .generate import generate as gen
+
+    m = _model(model)
+    ids = m.tokenizer.encode(prompt).ids
+    if not ids:
+        raise RnnquantError("--prompt is empty after tokenization")
+    click.echo(prompt, nl=False)
+    out, t0 = [], time.perf_counter()
+    for tok in gen(m, ids, max_new_tokens, temperature, top_k, seed):
+        out.append(tok)
+        # decode the whole continuation each time: byte-level BPE tokens may split UTF-8 characters
+        click.echo(m.tokenizer.decode(out)[len(m.tokenizer.decode(out[:-1])) :], nl=False)
+    dt = time.perf_counter() - t0
+    click.echo(f"\n[{len(out)} tokens in {dt:.2f}s, {len(out) / dt:.1f} tok/s, PyTorch step mode]", err=True)
+
+
+def main(argv=None) -> None:
+    try:
+        cli.main(args=argv, prog_name="rnnquant", standalone_mode=False)
+    except RnnquantError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(2)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Token-level perplexity over non-overlapping windows.
+
+The token stream is cut into windows of ``window + 1`` tokens that overlap by one, so every
+token but the first is predicted exactly once; each window starts from a fresh state.
+PPL = exp(sum of NLL / number of predicted tokens).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..errors import RnnquantError
+
+
+@dataclass(frozen=True)
+class PerplexityResult:
+    ppl: float
+    nll: float  # summed negative log-likelihood, nats
+    tokens: int  # predicted tokens
+
+    def __float__(self) -> float:
+        return self.ppl
+
+
+def tokenize(tokenizer, text: str) -> torch.Tensor:
+    ids = tokenizer.encode(text).ids
+    if len(ids) < 2:
+        raise RnnquantError("text is too short: it must tokenize to at least 2 tokens")
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def windows(n_tokens: int, window: int) -> list[tuple[int, int]]:
+    """[start, end) spans of length <= window + 1 covering 0..n_tokens, overlapping by one."""
+    if window < 1:
+        raise RnnquantError(f"window must be >= 1, got {window}")
+    return [(s, min(s + window + 1, n_tokens)) for s in range(0, n_tokens - 1, window)]
+
+
+def _nll_forward(model, batch):
+    logits = model(batch[:, :-1])  # [B,T,V]
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1), reduction="sum")
+
+
+def _nll_step(model, batch):
+    state = model.init_state(batch.shape[0])
+    nll = torch.zeros(())
+    for t in range(batch.shape[1] - 1):
+        logits, state = model.step(batch[:, t], state)
+        nll = nll + F.cross_entropy(logits.float(), batch[:, t + 1], reduction="sum")
+    return nll
+
+
+@torch.no_grad()
+def perplexity_ids(model, ids: torch.Tensor, window: int = 512, batch_size: int = 8, mode: str = "forward", progress: bool = False) -> PerplexityResult:
+    """Perplexity of a 1-D id tensor; ``mode="step"`` runs the O(1) step form instead of ``forward``."""
+    nll_fn = {"forward": _nll_forward, "step": _nll_step}[mode]
+    spans = windows(len(ids), window)
+    groups: dict[int, list] = {}
+    for s, e in spans:  # batch windows of equal length (all but possibly the last)
+        groups.setdefault(e - s, []).append(ids[s:e])
+    total, count = 0.0, 0
+    bar = tqdm(total=len(spans), desc=f"ppl ({mode})", unit="win", disable=not progress, leave=False)
+    for seqs in groups.values():
+        for i in range(0, len(seqs), batch_size):
+            batch = torch.stack(seqs[i : i + batch_size])
+            total += float(nll_fn(model, batch))
+            count += batch.numel() - batch.shape[0]
+            bar.update(batch.shape[0])
+    bar.close()
+    return PerplexityResult(math.exp(total / count), total, count)
+
+
+def perplexity(model, text: str, window: int = 512, **kw) -> PerplexityResult:
+    """Perplexity of ``text`` under ``model`` with the model's own tokenizer."""
+    return perplexity_ids(model, tokenize(model.tokenizer, text), window=window, **kw)

@@ -1,0 +1,84 @@
+"""Atomic artifact writing, checkpoint saving and text reading with one-line errors."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from .errors import RnnquantError
+
+WEIGHTS = "model.safetensors"
+
+
+@contextlib.contextmanager
+def atomic_path(path, *, directory: bool = False, force: bool = True):
+    """Yield a temporary sibling of ``path``; rename it onto ``path`` only if the block succeeds.
+
+    A crash, Ctrl-C or full disk leaves nothing under the final name (the temporary is removed,
+    or at worst left under a dot-name that no stage reads).
+    """
+    path = Path(path)
+    if path.exists() and not force:
+        raise RnnquantError(f"{path} already exists (use --force to overwrite)")
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=parent)) if directory else None
+        if tmp is None:
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+            os.close(fd)
+            tmp = Path(name)
+    except OSError as e:
+        raise RnnquantError(f"cannot write to {parent}: {e.strerror or e}") from None
+    try:
+        yield tmp
+        if directory and path.is_dir():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path, obj) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def save_checkpoint(model, out_dir, tokenizer_path=None, force: bool = True) -> None:
+    """Write ``config.json`` + ``model.safetensors`` (+ ``tokenizer.json``) atomically.
+
+    Tied weights are stored once, under the embedding's name, as Hugging Face does.
+    """
+    state = model.state_dict()
+    if model.config.get("tie_word_embeddings") and "lm_head.weight" in state:
+        del state["lm_head.weight"]
+    state = {k: v.detach().contiguous().clone() for k, v in state.items()}
+    with atomic_path(out_dir, directory=True, force=force) as tmp:
+        (tmp / "config.json").write_text(json.dumps({"model_type": model.model_type} | model.config, indent=2, sort_keys=True) + "\n")
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        if tokenizer_path is not None:
+            shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
+
+
+def read_text(path) -> str:
+    """Read a UTF-8 text file; missing, binary, non-UTF-8 or empty input is a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise RnnquantError(f"{path}: no such file")
+    data = path.read_bytes()
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise RnnquantError(f"{path}: binary file (NUL byte at offset {nul}), expected UTF-8 text")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RnnquantError(f"{path}: not valid UTF-8 (byte offset {e.start})") from None
+    if not text.strip():
+        raise RnnquantError(f"{path}: empty text")
+    return text

@@ -1,0 +1,143 @@
+"""Adapters and the loader: ``load(path_or_zoo_name)`` dispatches on ``config.json``'s ``model_type``."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import RnnquantError
+from .base import ArchSpec, RecurrentLM, State, StateSpec, Tap
+from .mamba import MambaLM
+from .rnn import GRULM, LSTMLM
+
+ADAPTERS: dict[str, type[RecurrentLM]] = {cls.model_type: cls for cls in (MambaLM, LSTMLM, GRULM)}
+
+__all__ = ["ADAPTERS", "ArchSpec", "RecurrentLM", "State", "StateSpec", "Tap", "build", "load", "resolve"]
+
+
+def build(config: dict, where: str = "config") -> RecurrentLM:
+    """A randomly initialised model for ``config`` (validated)."""
+    mt = config.get("model_type")
+    if mt not in ADAPTERS:
+        raise RnnquantError(f"{where}: unknown model_type {mt!r}; supported: {', '.join(sorted(ADAPTERS))}")
+    cls = ADAPTERS[mt]
+    for key in cls.required_config:
+        v = config.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise RnnquantError(f"{where}: field {key!r} must be a positive integer, got {v!r}")
+    cfg = {k: v for k, v in config.items() if k != "model_type"}
+    try:
+        return cls(cfg)
+    except (ValueError, TypeError, KeyError, RuntimeError) as e:
+        raise RnnquantError(f"{where}: invalid {mt} config: {e}") from None
+
+
+def resolve(path_or_name) -> Path:
+    """A model directory, or the directory of a built-in zoo entry."""
+    from ..zoo import zoo_path
+
+    p = Path(path_or_name)
+    if p.is_dir():
+        return p
+    z = zoo_path(str(path_or_name))
+    if z is not None:
+        return z
+    if p.exists():
+        raise RnnquantError(f"{p}: expected a model directory (config.json + *.safetensors + tokenizer.json)")
+    raise RnnquantError(f"{p}: no such model directory or zoo name (see `rnnquant zoo`)")
+
+
+def _read_config(d: Path) -> dict:
+    f = d / "config.json"
+    if not f.is_file():
+        raise RnnquantError(f"{f}: missing config.json")
+    try:
+        cfg = json.loads(f.read_text("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RnnquantError(f"{f}: not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise RnnquantError(f"{f}: expected a JSON object")
+    return cfg
+
+
+def _read_weights(d: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    files = sorted(d.glob("*.safetensors"))
+    if not files:
+        pkl = d / "pytorch_model.bin"
+        if pkl.is_file() and allow_pickle:
+            try:
+                return torch.load(pkl, map_location="cpu", weights_only=True)
+            except Exception as e:  # noqa: BLE001 - any unpickling failure is bad input
+                raise RnnquantError(f"{pkl}: cannot load with weights_only=True ({type(e).__name__})") from None
+        if pkl.is_file():
+            raise RnnquantError(f"{pkl}: pickle checkpoints are refused by default (convert to safetensors, or pass --allow-pickle)")
+        raise RnnquantError(f"{d}: missing weights (no *.safetensors file)")
+    state = {}
+    for f in files:
+        try:
+            state |= load_file(str(f))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise RnnquantError(f"{f}: corrupt safetensors file ({str(e).splitlines()[0]})") from None
+    return state
+
+
+def _load_tokenizer(d: Path, vocab_size: int):
+    from tokenizers import Tokenizer
+
+    f = d / "tokenizer.json"
+    if not f.is_file():
+        raise RnnquantError(f"{f}: missing tokenizer.json")
+    try:
+        tok = Tokenizer.from_file(str(f))
+    except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception on bad files
+        raise RnnquantError(f"{f}: corrupt tokenizer ({str(e).splitlines()[0][:120]})") from None
+    if tok.get_vocab_size() > vocab_size:
+        raise RnnquantError(f"{f}: tokenizer has {tok.get_vocab_size()} tokens but the model's vocab_size is {vocab_size}")
+    return tok
+
+
+def _check_and_assign(model: RecurrentLM, state: dict, d: Path) -> None:
+    expected = model.state_dict()
+    if model.config.get("tie_word_embeddings"):
+        expected.pop("lm_head.weight", None)
+        state = {k: v for k, v in state.items() if k != "lm_head.weight"}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing:
+        raise RnnquantError(f"{d}: weights missing tensor {missing[0]!r}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    if unexpected:
+        raise RnnquantError(f"{d}: unexpected tensor {unexpected[0]!r} for model_type {model.model_type!r}")
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(expected[k].shape):
+            raise RnnquantError(f"{d}: tensor {k!r} has shape {list(v.shape)}, config implies {list(expected[k].shape)}")
+        if not v.is_floating_point():
+            raise RnnquantError(f"{d}: tensor {k!r} has dtype {v.dtype}, expected a float type")
+        if not torch.isfinite(v).all():
+            raise RnnquantError(f"{d}: tensor {k!r} contains NaN or Inf")
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+
+
+def fingerprint(model: RecurrentLM) -> str:
+    """sha256 of the config and every weight: identifies a model across stages."""
+    h = hashlib.sha256(json.dumps({"model_type": model.model_type} | model.config, sort_keys=True).encode())
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def load(path_or_name, *, allow_pickle: bool = False) -> RecurrentLM:
+    """Load a model directory or zoo entry; every failure is an ``RnnquantError`` naming the file."""
+    d = resolve(path_or_name)
+    cfg = _read_config(d)
+    model = build(cfg, where=str(d / "config.json"))
+    _check_and_assign(model, _read_weights(d, allow_pickle), d)
+    model.tokenizer = _load_tokenizer(d, model.vocab_size)
+    model.source = str(d)
+    model.fingerprint = fingerprint(model)
+    return model.eval()

@@ -1,0 +1,80 @@
+"""The step contract every recurrent LM in rnnquant implements, and the data an adapter declares.
+
+A model is a pure function of (tokens, state):
+
+    init_state(batch)               -> state            a flat tuple of tensors
+    step(ids[B], state)             -> (logits[B,V], state')   constant work per token
+    forward(ids[B,T])               -> logits[B,T,V]     the parallel twin of ``step``
+    forward_with_state(ids, state)  -> (logits[B,T,V], state')  prefill
+
+``step`` is what the ONNX exporter traces, so it never mutates its inputs and has no
+data-dependent branches. Each adapter also declares, as plain data (``ArchSpec``), where
+quantization may act: the Linears with their roles, the norm -> Linear smoothing pairs,
+the rotation points, the activation taps and the parameters that must stay float.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+State = tuple[torch.Tensor, ...]
+
+
+class Tap(nn.Identity):
+    """A named activation point (x after conv, dt, B, C, ...). Identity in the float model;
+    calibration hooks it, quantization may replace it with an activation quantizer."""
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    name: str
+    shape: tuple[int, ...]  # per batch element; the batch dimension is prepended
+    dtype: torch.dtype = torch.float32
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """What an adapter declares about its architecture; every name is a module path."""
+
+    linears: dict[str, str]  # quantizable nn.Linear -> role ("in_proj", "out_proj", "lm_head", ...)
+    smoothing_pairs: list[tuple[str, list[str]]]  # (norm, Linears that read its output)
+    rotation_points: list[str]  # Linears whose input may be Hadamard-rotated online
+    taps: dict[str, str]  # Tap module -> role ("ssm_x", "ssm_dt", ...)
+    float_params: list[str]  # parameters that stay float (A_log, D, dt bias, conv, norms, ...)
+    states: list[StateSpec] = field(default_factory=list)
+
+
+class RecurrentLM(nn.Module):
+    """Base class: subclasses set ``model_type`` and implement the four methods below."""
+
+    model_type: str = ""
+
+    def __init__(self, config: dict):
+        super().__init__()
+        self.config = dict(config)
+
+    # --- the contract -------------------------------------------------------
+    def init_state(self, batch_size: int) -> State:
+        return tuple(torch.zeros((batch_size, *s.shape), dtype=s.dtype) for s in self.arch_spec().states)
+
+    def step(self, input_ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        raise NotImplementedError
+
+    def forward_with_state(self, input_ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        raise NotImplementedError
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_state(input_ids, self.init_state(input_ids.shape[0]))[0]
+
+    def arch_spec(self) -> ArchSpec:
+        raise NotImplementedError
+
+    # --- conveniences -------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return int(self.config["vocab_size"])
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())

@@ -1,0 +1,155 @@
+"""Mamba (Mamba-1) in the Hugging Face ``MambaForCausalLM`` layout, rnnquant's own implementation.
+
+Parameter names match ``transformers`` so its checkpoints load unchanged:
+``backbone.embeddings``, ``backbone.layers.{i}.norm``, ``backbone.layers.{i}.mixer.{in_proj,
+conv1d, x_proj, dt_proj, out_proj, A_log, D}``, ``backbone.norm_f``, ``lm_head`` (tied by default).
+
+Per layer the state is (conv_i [B, E, K-1], ssm_i [B, E, N]): the last K-1 conv inputs and
+the SSM state h. E = intermediate_size (d_inner), N = state_size, K = conv_kernel.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import ArchSpec, RecurrentLM, StateSpec, Tap
+from .ssm import selective_scan, selective_state_update
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+class MambaMixer(nn.Module):
+    def __init__(self, cfg: dict):
+        super().__init__()
+        D, E, N, K, R = cfg["hidden_size"], cfg["intermediate_size"], cfg["state_size"], cfg["conv_kernel"], cfg["time_step_rank"]
+        self.E, self.N, self.K, self.R = E, N, K, R
+        self.in_proj = nn.Linear(D, 2 * E, bias=cfg["use_bias"])
+        self.conv1d = nn.Conv1d(E, E, K, groups=E, padding=K - 1, bias=cfg["use_conv_bias"])
+        self.x_proj = nn.Linear(E, R + 2 * N, bias=False)
+        self.dt_proj = nn.Linear(R, E, bias=True)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, N + 1, dtype=torch.float32)).repeat(E, 1))
+        self.D = nn.Parameter(torch.ones(E))
+        self.out_proj = nn.Linear(E, D, bias=cfg["use_bias"])
+        # activation taps: SSM input x, step size dt, B, C, SSM output y (before gating), gate z
+        self.tap_x, self.tap_dt, self.tap_B, self.tap_C, self.tap_y, self.tap_z = (Tap() for _ in range(6))
+
+    def _ssm_params(self, xc):
+        """xc [..., E] -> dt [..., E], B [..., N], C [..., N] (shared by forward and step)."""
+        dt, Bm, Cm = torch.split(self.x_proj(xc), [self.R, self.N, self.N], dim=-1)
+        dt = self.tap_dt(F.softplus(self.dt_proj(dt)))
+        return dt, self.tap_B(Bm), self.tap_C(Cm)
+
+    def _gate_out(self, y, z):
+        return self.out_proj(self.tap_y(y) * F.silu(self.tap_z(z)))
+
+    def forward(self, x, conv_state, h):
+        """x [B,T,D] -> (out [B,T,D], conv_state', h')."""
+        xs, z = self.in_proj(x).chunk(2, dim=-1)  # [B,T,E] each
+        conv_in = torch.cat([conv_state, xs.transpose(1, 2)], dim=-1)  # [B,E,K-1+T]
+        xc = F.conv1d(conv_in, self.conv1d.weight, self.conv1d.bias, groups=self.E)  # [B,E,T]
+        xc = self.tap_x(F.silu(xc).transpose(1, 2))  # [B,T,E]
+        dt, Bm, Cm = self._ssm_params(xc)
+        y, h = selective_scan(xc, dt, -torch.exp(self.A_log), Bm, Cm, self.D, h)
+        return self._gate_out(y, z), conv_in[..., conv_in.shape[-1] - (self.K - 1) :], h
+
+    def step(self, x, conv_state, h):
+        """x [B,D] -> (out [B,D], conv_state', h')."""
+        xs, z = self.in_proj(x).chunk(2, dim=-1)  # [B,E]
+        conv_in = torch.cat([conv_state, xs.unsqueeze(-1)], dim=-1)  # [B,E,K]
+        xc = (conv_in * self.conv1d.weight.squeeze(1)).sum(-1)
+        if self.conv1d.bias is not None:
+            xc = xc + self.conv1d.bias
+        xc = self.tap_x(F.silu(xc))
+        dt, Bm, Cm = self._ssm_params(xc)
+        y, h = selective_state_update(xc, dt, -torch.exp(self.A_log), Bm, Cm, self.D, h)
+        return self._gate_out(y, z), conv_in[..., 1:], h
+
+
+class MambaBlock(nn.Module):
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.norm = RMSNorm(cfg["hidden_size"], cfg["layer_norm_epsilon"])
+        self.mixer = MambaMixer(cfg)
+
+
+class Backbone(nn.Module):
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.embeddings = nn.Embedding(cfg["vocab_size"], cfg["hidden_size"])
+        self.layers = nn.ModuleList(MambaBlock(cfg) for _ in range(cfg["num_hidden_layers"]))
+        self.norm_f = RMSNorm(cfg["hidden_size"], cfg["layer_norm_epsilon"])
+
+
+def normalize_config(cfg: dict) -> dict:
+    """Fill Hugging Face MambaConfig defaults and resolve derived fields."""
+    c = {
+        "state_size": 16, "layer_norm_epsilon": 1e-5, "expand": 2, "conv_kernel": 4, "use_bias": False,
+        "use_conv_bias": True, "time_step_rank": "auto", "tie_word_embeddings": True, "hidden_act": "silu",
+        "bos_token_id": 0, "eos_token_id": 0,
+    } | dict(cfg)
+    c.setdefault("intermediate_size", int(c["expand"] * c["hidden_size"]))
+    if c["time_step_rank"] == "auto":
+        c["time_step_rank"] = math.ceil(c["hidden_size"] / 16)
+    return c
+
+
+class MambaLM(RecurrentLM):
+    model_type = "mamba"
+    required_config = ("vocab_size", "hidden_size", "num_hidden_layers")
+
+    def __init__(self, config: dict):
+        super().__init__(normalize_config(config))
+        cfg = self.config
+        if cfg["hidden_act"] != "silu":
+            raise ValueError(f"hidden_act {cfg['hidden_act']!r} is not supported (only 'silu')")
+        self.backbone = Backbone(cfg)
+        self.lm_head = nn.Linear(cfg["hidden_size"], cfg["vocab_size"], bias=False)
+        if cfg["tie_word_embeddings"]:
+            self.lm_head.weight = self.backbone.embeddings.weight
+
+    def forward_with_state(self, input_ids, state):
+        x = self.backbone.embeddings(input_ids)  # [B,T,D]
+        new_state = []
+        for i, layer in enumerate(self.backbone.layers):
+            out, conv, h = layer.mixer(layer.norm(x), state[2 * i], state[2 * i + 1])
+            x = x + out
+            new_state += [conv, h]
+        return self.lm_head(self.backbone.norm_f(x)), tuple(new_state)
+
+    def step(self, input_ids, state):
+        x = self.backbone.embeddings(input_ids)  # [B,D]
+        new_state = []
+        for i, layer in enumerate(self.backbone.layers):
+            out, conv, h = layer.mixer.step(layer.norm(x), state[2 * i], state[2 * i + 1])
+            x = x + out
+            new_state += [conv, h]
+        return self.lm_head(self.backbone.norm_f(x)), tuple(new_state)
+
+    def arch_spec(self) -> ArchSpec:
+        c = self.config
+        E, N, K = c["intermediate_size"], c["state_size"], c["conv_kernel"]
+        linears, pairs, rot, taps, floats, states = {}, [], [], {}, ["backbone.embeddings.weight", "backbone.norm_f.weight"], []
+        for i in range(c["num_hidden_layers"]):
+            p = f"backbone.layers.{i}"
+            m = f"{p}.mixer"
+            for role in ("in_proj", "x_proj", "dt_proj", "out_proj"):
+                linears[f"{m}.{role}"] = role
+            pairs.append((f"{p}.norm", [f"{m}.in_proj"]))
+            rot.append(f"{m}.out_proj")
+            taps |= {f"{m}.tap_{k}": f"ssm_{k}" for k in ("x", "dt", "B", "C", "y", "z")}
+            floats += [f"{m}.A_log", f"{m}.D", f"{m}.dt_proj.bias", f"{m}.conv1d.weight", f"{p}.norm.weight"]
+            floats += [f"{m}.conv1d.bias"] if c["use_conv_bias"] else []
+            states += [StateSpec(f"conv_{i}", (E, K - 1)), StateSpec(f"ssm_{i}", (E, N))]
+        linears["lm_head"] = "lm_head"
+        return ArchSpec(linears, pairs, rot, taps, floats, states)

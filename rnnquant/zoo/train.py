@@ -1,0 +1,169 @@
+"""Train the reference zoo: a byte-level BPE tokenizer and small Mamba / LSTM LMs on the vendored corpus.
+
+    python -m rnnquant.zoo.train tokenizer --out rnnquant/zoo/models/tokenizer.json
+    python -m rnnquant.zoo.train model --arch mamba --tokenizer .../tokenizer.json --out DIR --steps 500
+    python -m rnnquant.zoo.train metrics DIR      # test/valid perplexity + unigram baseline -> DIR/metrics.json
+
+Seeded end to end (torch, sampling of windows); with the same arguments and thread count the
+same checkpoint comes out. Runs on CPU; ``--threads`` sets intra-op threads.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+
+from rnnquant.io import save_checkpoint
+from rnnquant.models import build
+from rnnquant.zoo.corpus import split_documents
+
+EOT = "<|endoftext|>"
+
+ARCHS = {
+    "mamba": {"model_type": "mamba", "hidden_size": 256, "num_hidden_layers": 4, "state_size": 16, "expand": 2, "conv_kernel": 4},
+    "lstm": {"model_type": "lstm", "embed_size": 256, "hidden_size": 512, "num_layers": 2},
+    "gru": {"model_type": "gru", "embed_size": 256, "hidden_size": 512, "num_layers": 2},
+}
+
+
+def train_tokenizer(vocab_size: int = 4096):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[EOT], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    tok.train_from_iterator(split_documents("train"), trainer=trainer)
+    return tok
+
+
+def token_stream(tok, split: str) -> torch.Tensor:
+    eot = tok.token_to_id(EOT)
+    ids = []
+    for enc in tok.encode_batch(split_documents(split)):
+        ids += enc.ids + [eot]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def init_mamba(model, n_layers: int):
+    """The Mamba reference initialisation (Gu & Dao; also HF's): dt in [1e-3, 1e-1] via the
+    inverse-softplus bias, S4D-real A, D = 1, out_proj rescaled by 1/sqrt(n_layers)."""
+    torch.nn.init.normal_(model.backbone.embeddings.weight, std=0.02)
+    for layer in model.backbone.layers:
+        m = layer.mixer
+        std = m.R**-0.5
+        torch.nn.init.uniform_(m.dt_proj.weight, -std, std)
+        dt = torch.exp(torch.rand(m.E) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp(min=1e-4)
+        with torch.no_grad():
+            m.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+            m.out_proj.weight.div_(math.sqrt(n_layers))
+
+
+def train_model(args) -> None:
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(args.tokenizer)
+    eot = tok.token_to_id(EOT)
+    cfg = ARCHS[args.arch] | {"vocab_size": tok.get_vocab_size(), "bos_token_id": eot, "eos_token_id": eot}
+    model = build(cfg)
+    if args.arch == "mamba":
+        init_mamba(model, cfg["num_hidden_layers"])
+    else:
+        torch.nn.init.normal_(model.embed.weight, std=0.05)
+    data = token_stream(tok, "train")
+    valid = token_stream(tok, "valid")
+    print(f"{args.arch}: {model.num_parameters() / 1e6:.2f}M params, {len(data)} train tokens", flush=True)
+
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "A_log" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "A_log" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.95))
+    gen = torch.Generator().manual_seed(args.seed)
+    warmup = max(1, args.steps // 20)
+    t0 = time.time()
+    model.train()
+    for step in range(args.steps):
+        lr = args.lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        starts = torch.randint(0, len(data) - args.seq_len - 1, (args.batch,), generator=gen)
+        batch = torch.stack([data[s : s + args.seq_len + 1] for s in starts.tolist()])
+        logits = model(batch[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % 50 == 0 or step == args.steps - 1:
+            print(f"step {step:5d}  loss {loss.item():.3f}  lr {lr:.2e}  {time.time() - t0:.0f}s", flush=True)
+    model.eval()
+    from rnnquant.eval import perplexity_ids
+
+    save_checkpoint(model, args.out, tokenizer_path=args.tokenizer)
+    print(f"saved {args.out} in {time.time() - t0:.0f}s", flush=True)
+    print(f"valid ppl {perplexity_ids(model, valid, window=512).ppl:.2f}", flush=True)
+
+
+def unigram_perplexity(train: torch.Tensor, test: torch.Tensor, vocab_size: int) -> float:
+    """Perplexity of an add-one-smoothed unigram model fitted on ``train``: the floor any LM must beat."""
+    counts = torch.bincount(train, minlength=vocab_size).double() + 1
+    logp = torch.log(counts / counts.sum())
+    return math.exp(-logp[test[1:]].mean().item())  # the first token is not predicted by the LMs either
+
+
+def write_metrics(model_dir: str, window: int = 512) -> dict:
+    from rnnquant.eval import perplexity_ids
+    from rnnquant.io import write_json
+    from rnnquant.models import load
+
+    model = load(model_dir)
+    train, test = token_stream(model.tokenizer, "train"), token_stream(model.tokenizer, "test")
+    metrics = {
+        "test_ppl": round(perplexity_ids(model, test, window=window).ppl, 4),
+        "valid_ppl": round(perplexity_ids(model, token_stream(model.tokenizer, "valid"), window=window).ppl, 4),
+        "unigram_test_ppl": round(unigram_perplexity(train, test, model.vocab_size), 4),
+        "test_tokens": len(test) - 1,
+        "window": window,
+    }
+    write_json(f"{model_dir}/metrics.json", metrics)
+    return metrics
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("tokenizer")
+    t.add_argument("--out", required=True)
+    t.add_argument("--vocab-size", type=int, default=4096)
+    m = sub.add_parser("model")
+    m.add_argument("--arch", choices=sorted(ARCHS), required=True)
+    m.add_argument("--tokenizer", required=True)
+    m.add_argument("--out", required=True)
+    m.add_argument("--steps", type=int, default=1500)
+    m.add_argument("--batch", type=int, default=16)
+    m.add_argument("--seq-len", type=int, default=256)
+    m.add_argument("--lr", type=float, default=3e-3)
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--threads", type=int, default=1)
+    e = sub.add_parser("metrics")
+    e.add_argument("model_dir")
+    args = ap.parse_args(argv)
+    if args.cmd == "metrics":
+        print(json.dumps(write_metrics(args.model_dir), indent=2))
+    elif args.cmd == "tokenizer":
+        tok = train_tokenizer(args.vocab_size)
+        tok.save(args.out)
+        print(f"tokenizer with {tok.get_vocab_size()} tokens -> {args.out}")
+    else:
+        train_model(args)
+
+
+if __name__ == "__main__":
+    main()

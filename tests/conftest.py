@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny random models of every architecture, saved in the on-disk layout."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rnnquant.io import save_checkpoint
+from rnnquant.models import build
+from rnnquant.zoo import MODELS_DIR
+
+TOKENIZER = MODELS_DIR / "tokenizer.json"
+VOCAB = 4096
+
+TINY = {
+    "mamba": {"model_type": "mamba", "vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 2, "state_size": 8},
+    "lstm": {"model_type": "lstm", "vocab_size": VOCAB, "embed_size": 24, "hidden_size": 32, "num_layers": 2},
+    "gru": {"model_type": "gru", "vocab_size": VOCAB, "embed_size": 24, "hidden_size": 32, "num_layers": 2},
+}
+
+
+def tiny_model(arch: str, seed: int = 0):
+    """A tiny model with weights perturbed away from init, so every path (gates, dt, conv) matters."""
+    torch.manual_seed(seed)
+    model = build(TINY[arch])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.fixture(params=sorted(TINY))
+def arch(request):
+    return request.param
+
+
+@pytest.fixture
+def tiny_dir(tmp_path, arch):
+    d = tmp_path / f"tiny-{arch}"
+    save_checkpoint(tiny_model(arch), d, tokenizer_path=TOKENIZER)
+    return d

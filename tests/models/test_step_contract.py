@@ -1,0 +1,88 @@
+"""The step contract: step == forward at every position, prefill in halves, O(1) work per token."""
+from __future__ import annotations
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from rnnquant.models import load
+from tests.conftest import tiny_model
+
+T = 64
+
+
+def _stepped(model, ids):
+    state, out = model.init_state(ids.shape[0]), []
+    for t in range(ids.shape[1]):
+        logits, state = model.step(ids[:, t], state)
+        out.append(logits)
+    return torch.stack(out, 1), state
+
+
+@torch.no_grad()
+def test_step_equals_forward(arch):
+    model = tiny_model(arch)
+    ids = torch.randint(0, model.vocab_size, (3, T), generator=torch.Generator().manual_seed(1))
+    stepped, _ = _stepped(model, ids)
+    assert (stepped - model(ids)).abs().max() <= 1e-4
+
+
+@torch.no_grad()
+def test_prefill_in_halves_equals_forward(arch):
+    model = tiny_model(arch)
+    ids = torch.randint(0, model.vocab_size, (2, T), generator=torch.Generator().manual_seed(2))
+    a, state = model.forward_with_state(ids[:, :27], model.init_state(2))
+    b, state = model.forward_with_state(ids[:, 27:], state)
+    assert (torch.cat([a, b], 1) - model(ids)).abs().max() <= 1e-4
+    _, stepped_state = _stepped(model, ids)
+    for s, r in zip(state, stepped_state, strict=True):
+        assert (s - r).abs().max() <= 1e-4
+
+
+@torch.no_grad()
+def test_step_is_pure(arch):
+    """No in-place update: the input state is untouched and the state shapes are fixed."""
+    model = tiny_model(arch)
+    state = tuple(torch.randn_like(s) for s in model.init_state(2))
+    before = [s.clone() for s in state]
+    _, new = model.step(torch.tensor([5, 7]), state)
+    assert all(torch.equal(a, b) for a, b in zip(state, before))
+    assert [s.shape for s in new] == [s.shape for s in state]
+    assert [s.shape[1:] for s in state] == [spec.shape for spec in model.arch_spec().states]
+
+
+class _OpLog(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        shapes = [tuple(o.shape) for o in (out if isinstance(out, (tuple, list)) else [out]) if isinstance(o, torch.Tensor)]
+        self.ops.append((str(func), shapes))
+        return out
+
+
+@torch.no_grad()
+def test_step_work_does_not_grow_with_position(arch):
+    """The same aten ops on the same shapes at position 1 and position 300 (counted, not timed)."""
+    model = tiny_model(arch)
+    state = model.init_state(1)
+    logs = {}
+    for t in range(301):
+        if t in (1, 300):
+            with _OpLog() as log:
+                _, state = model.step(torch.tensor([t % 50]), state)
+            logs[t] = log.ops
+        else:
+            _, state = model.step(torch.tensor([t % 50]), state)
+    assert len(logs[1]) > 10
+    assert logs[1] == logs[300]
+
+
+@torch.no_grad()
+def test_saved_model_round_trips(tiny_dir):
+    model = load(tiny_dir)
+    ids = torch.randint(0, 100, (1, 16))
+    ref = tiny_model(model.model_type)
+    assert torch.equal(model(ids), ref(ids))
+    assert len(model.fingerprint) == 64
