@@ -15,8 +15,8 @@ def _model(path_or_name):
     return load(path_or_name)
 
 
-def _eval_text(model, data):
-    """The text to evaluate: --data, or the zoo corpus's test split for zoo models."""
+def _text(model, data, split: str):
+    """--data, or for zoo models the corpus split (train for calibration, test for evaluation)."""
     from .io import read_text
     from .zoo import is_zoo_model
     from .zoo.corpus import split_text
@@ -24,7 +24,7 @@ def _eval_text(model, data):
     if data is not None:
         return read_text(data)
     if is_zoo_model(model.source):
-        return split_text("test")
+        return split_text(split)
     raise RnnquantError("--data FILE is required for models outside the zoo")
 
 
@@ -80,8 +80,50 @@ def ppl(model, data, window, mode, batch_size):
     from .eval import perplexity
 
     m = _model(model)
-    r = perplexity(m, _eval_text(m, data), window=window, batch_size=batch_size, mode=mode, progress=True)
+    r = perplexity(m, _text(m, data, "test"), window=window, batch_size=batch_size, mode=mode, progress=True)
     click.echo(f"perplexity {r.ppl:.4f} over {r.tokens} tokens (window {window}, {mode})")
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--data", type=click.Path(dir_okay=False), help="UTF-8 calibration text (default for zoo models: the corpus train split).")
+@click.option("--samples", default=128, show_default=True, help="Number of calibration sequences.")
+@click.option("--seq-len", default=512, show_default=True, help="Tokens per sequence.")
+@click.option("--batch-size", default=8, show_default=True)
+@click.option("--outlier-k", default=6.0, show_default=True, help="Outlier: channel absmax > K x the point's median absmax.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory (written atomically).")
+@click.option("--force", is_flag=True, help="Overwrite an existing output directory.")
+def calibrate(model, data, samples, seq_len, batch_size, outlier_k, out, force):
+    """Record per-channel activation statistics and find the outlier channels.
+
+    Writes OUT/calib.safetensors, OUT/calib.json, OUT/report.md and PNG plots.
+
+    \b
+    Example:
+      rnnquant calibrate mamba-pydoc --out calib/
+      rnnquant calibrate ./my-mamba --data calib.txt --samples 64 --seq-len 256 --out calib/
+    """
+    from pathlib import Path
+
+    from .calibrate import CalibConfig, calibrate as run_calibration, save_calibration
+    from .eval import tokenize
+
+    if Path(out).exists() and not force:
+        raise RnnquantError(f"{out} already exists (use --force to overwrite)")
+    for name, v in (("--samples", samples), ("--seq-len", seq_len), ("--batch-size", batch_size)):
+        if v < 1:
+            raise RnnquantError(f"{name} must be >= 1, got {v}")
+    m = _model(model)
+    text = _text(m, data, "train")
+    cfg = CalibConfig(samples=samples, seq_len=seq_len, batch_size=batch_size, outlier_k=outlier_k)
+    calib = run_calibration(m, tokenize(m.tokenizer, text), cfg, progress=True)
+    save_calibration(calib, out, force=force)
+    worst = sorted(calib.points.items(), key=lambda kv: -kv[1]["outliers"]["max_median_ratio"])[:5]
+    n_out = sum(len(p["outliers"]["absmax"]) for p in calib.points.values())
+    click.echo(f"calibrated on {calib.meta['tokens']} tokens: {len(calib.points)} points, {n_out} outlier channels (absmax > {outlier_k}x median)")
+    for name, p in worst:
+        click.echo(f"  {name:<45} max/median {p['outliers']['max_median_ratio']:7.1f}  outliers {len(p['outliers']['absmax'])}")
+    click.echo(f"wrote {out}/ (calib.safetensors, calib.json, report.md)")
 
 
 @cli.command()

@@ -37,12 +37,21 @@ def atomic_path(path, *, directory: bool = False, force: bool = True):
         raise RnnquantError(f"cannot write to {parent}: {e.strerror or e}") from None
     try:
         yield tmp
+        _default_permissions(tmp)
         if directory and path.is_dir():
             shutil.rmtree(path)
         os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
         raise
+
+
+def _default_permissions(path: Path) -> None:
+    """mkstemp/mkdtemp create private files; give artifacts the usual umask-based modes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
 
 
 def write_json(path, obj) -> None:
