@@ -1,0 +1,6 @@
+"""rnnquant.quant: recipes (dataclasses + presets) and the one verb ``quantize``."""
+from .apply import quantize
+from .presets import DEFAULT_PRESET, PRESETS
+from .recipe import Recipe, Rule, load_recipe
+
+__all__ = ["DEFAULT_PRESET", "PRESETS", "Recipe", "Rule", "load_recipe", "quantize"]

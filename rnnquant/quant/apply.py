@@ -1,0 +1,177 @@
+"""``quantize(model, recipe, calib, ids)``: the one verb that applies a recipe.
+
+Order: (1) SmoothQuant folds into the norms (uses calibration absmax, float function unchanged);
+(2) a data pass over the transformed float model collects what the rules need at each target
+Linear's input (per-tensor |x| histogram for static scales and clipping, Hessians for GPTQ, a
+row sample for choosing the clip); (3) each target Linear becomes a QLinear.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from ..calibrate.stats import ChannelStats
+from ..errors import RnnquantError
+from ..models.transforms import scale_norm_channels
+from .gptq import HessianAccumulator, gptq_quantize
+from .hadamard import hadamard_matrix
+from .primitives import fake_quant_static, quantize_weight_rtn
+from .qlinear import QLinear
+from .recipe import Recipe, Rule
+
+SAMPLE_ROWS = 2048  # input rows kept per Linear to choose a clip by output error
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, new)
+
+
+@torch.no_grad()
+def smooth(model, calib, alpha: float, targets: set[str]) -> None:
+    """SmoothQuant (Xiao et al. 2023): s_j = max|X_j|^a / max|W_j|^(1-a), X <- X / s, W <- W * s."""
+    modules = dict(model.named_modules())
+    for norm, linears in model.arch_spec().smoothing_pairs:
+        if not set(linears) & targets:
+            continue
+        act = torch.stack([calib.stat(f"{lin}.input", "absmax") for lin in linears]).amax(0)
+        wmax = torch.stack([modules[lin].weight.abs().amax(0) for lin in linears]).amax(0)
+        s = (act.clamp(min=1e-5) ** alpha / wmax.clamp(min=1e-5) ** (1 - alpha)).clamp(min=1e-5)
+        scale_norm_channels(model, norm, linears, 1 / s)
+
+
+class _InputProbe:
+    """What the data pass records at one Linear's (rotated, quantized-columns) input."""
+
+    def __init__(self, cols: int, gptq: bool, static: bool):
+        self.hist = ChannelStats(1, bins=4096) if static else None
+        self.hessian = HessianAccumulator(cols) if gptq else None
+        self.rows: list[torch.Tensor] = []
+        self.n_rows = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1])
+        if self.hist is not None:
+            self.hist.update(x.reshape(-1, 1))
+            if self.n_rows < SAMPLE_ROWS:
+                self.rows.append(x[: SAMPLE_ROWS - self.n_rows].clone())
+                self.n_rows += len(self.rows[-1])
+        if self.hessian is not None:
+            self.hessian.add(x)
+
+
+def _plan(model, recipe: Recipe, calib) -> dict[str, dict]:
+    """Per target Linear: its rule, rotation and split of input columns into int / float."""
+    spec = model.arch_spec()
+    modules = dict(model.named_modules())
+    rotate = set(spec.rotation_points) if recipe.hadamard else set()
+    plan = {}
+    for name, role in spec.linears.items():
+        rule = recipe.rule_for(name, role)
+        if rule is None or (rule.w_bits is None and rule.a_bits is None):
+            continue
+        n_in = modules[name].in_features
+        rot = hadamard_matrix(n_in) if name in rotate else None
+        float_idx = []
+        if rule.outliers == "float" and rot is None and calib is not None and f"{name}.input" in calib.points:
+            float_idx = sorted(calib.outlier_channels(f"{name}.input"))
+        keep = sorted(set(range(n_in)) - set(float_idx))
+        plan[name] = {"rule": rule, "rotation": rot, "float_idx": torch.tensor(float_idx, dtype=torch.long), "quant_idx": torch.tensor(keep, dtype=torch.long)}
+    return plan
+
+
+@torch.no_grad()
+def _data_pass(model, plan, batches) -> dict[str, _InputProbe]:
+    modules = dict(model.named_modules())
+    probes, handles = {}, []
+    for name, p in plan.items():
+        r: Rule = p["rule"]
+        static = r.a_bits is not None and r.a_mode == "static"
+        gptq = r.w_bits is not None and r.w_method == "gptq"
+        if not (static or gptq):
+            continue
+        probes[name] = probe = _InputProbe(len(p["quant_idx"]), gptq, static)
+
+        def hook(mod, args, p=p, probe=probe):
+            x = args[0] @ p["rotation"] if p["rotation"] is not None else args[0]
+            probe.add(x[..., p["quant_idx"]])
+
+        handles.append(modules[name].register_forward_pre_hook(hook))
+    try:
+        if probes:
+            for batch in batches:
+                model(batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return probes
+
+
+def _choose_clip(probe: _InputProbe, w: torch.Tensor, clip: str, bits: int) -> float:
+    """Static clip value: a fixed statistic, or (auto) the candidate with least layer output error."""
+    h = probe.hist
+    cands = {"absmax": float(h.absmax[0]), **{f"p{q}": float(h.abs_percentile(q)[0]) for q in (99, 99.9, 99.99)}}
+    if clip != "auto":
+        return cands[clip]
+    x = torch.cat(probe.rows)
+    ref = x @ w.T
+    qmax = 2 ** (bits - 1) - 1
+    errs = {k: float(((fake_quant_static(x, torch.tensor(c / qmax), bits) - x) @ w.T).pow(2).mean()) for k, c in cands.items() if c > 0}
+    best = min(errs, key=errs.get) if errs else "absmax"
+    del ref
+    return cands[best]
+
+
+def _quantize_linear(lin: nn.Linear, p: dict, probe: _InputProbe | None) -> QLinear:
+    r: Rule = p["rule"]
+    w = lin.weight.detach().float()
+    if p["rotation"] is not None:
+        w = w @ p["rotation"]
+    wq_cols, wf = w[:, p["quant_idx"]], w[:, p["float_idx"]]
+    qweight = None
+    if r.w_bits is not None:
+        if r.w_method == "gptq":
+            qweight = gptq_quantize(wq_cols, probe.hessian.hessian(), r.w_bits, r.w_granularity, r.group_size, r.w_symmetric)
+        else:
+            qweight = quantize_weight_rtn(wq_cols, r.w_bits, r.w_granularity, r.group_size, r.w_symmetric)
+    else:
+        wf, p = w, p | {"float_idx": torch.arange(w.shape[1]), "quant_idx": torch.zeros(0, dtype=torch.long)}
+    a_scale = None
+    if r.a_bits is not None and r.a_mode == "static":
+        a_scale = max(_choose_clip(probe, qweight.dequantize() if qweight else wq_cols, r.a_clip, r.a_bits), 1e-8) / (2 ** (r.a_bits - 1) - 1)
+    bias = lin.bias.detach().clone() if lin.bias is not None else None
+    return QLinear(lin.in_features, lin.out_features, bias, qweight, wf.contiguous(), p["quant_idx"], p["float_idx"],
+                   p["rotation"], r.a_bits, r.a_mode, a_scale)
+
+
+def quantize(model, recipe: Recipe, calib=None, batches=None):
+    """Return a quantized copy of ``model``: the adapter's Linears replaced by QLinear per ``recipe``.
+
+    ``calib`` (from ``load_calibration``) is required for SmoothQuant, float outlier channels and
+    static activation scales; ``batches`` (token id tensors [B, T]) for static scales and GPTQ.
+    """
+    recipe.validate()
+    spec = model.arch_spec()
+    modules = dict(model.named_modules())
+    recipe.check_fits(spec, {n: modules[n].in_features for n in spec.linears})
+    needs_calib = recipe.needs_static_calibration() or recipe.smooth_alpha is not None or any(r.outliers == "float" for r in recipe.rules)
+    if needs_calib and calib is None:
+        raise RnnquantError(f"recipe {recipe.name!r} needs calibration statistics: run `rnnquant calibrate` and pass --calib DIR")
+    if calib is not None and calib.meta["model_fingerprint"] != getattr(model, "fingerprint", None):
+        raise RnnquantError("the calibration directory was made for another model")
+    needs_data = recipe.needs_static_calibration() or any(r.w_method == "gptq" and r.w_bits for r in recipe.rules)
+    if needs_data and not batches:
+        raise RnnquantError(f"recipe {recipe.name!r} needs calibration text (static activation scales or GPTQ)")
+
+    qm = copy.deepcopy(model)
+    plan = _plan(qm, recipe, calib)
+    if recipe.smooth_alpha is not None:
+        smooth(qm, calib, recipe.smooth_alpha, {n for n, p in plan.items() if p["rule"].a_bits is not None and p["rotation"] is None})
+    probes = _data_pass(qm, plan, batches or [])
+    for name, p in plan.items():
+        _set_module(qm, name, _quantize_linear(qm.get_submodule(name), p, probes.get(name)))
+    qm.recipe = recipe
+    qm.calib_fingerprint = calib.meta["model_fingerprint"] if calib is not None else None
+    return qm.eval()

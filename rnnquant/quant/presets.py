@@ -1,0 +1,34 @@
+"""Named recipes. ``w8a8-outlier`` is the recommended default (see README and docs/RESULTS.md)."""
+from __future__ import annotations
+
+from .recipe import Recipe, Rule
+
+_LM_HEAD_W8 = Rule(match="lm_head", w_bits=8, w_granularity="channel")
+
+
+def _presets() -> dict[str, Recipe]:
+    p = [
+        Recipe("w8a8-naive", [Rule(w_bits=8, w_granularity="tensor", a_bits=8, a_mode="static", a_clip="absmax")],
+               description="W8 per-tensor + A8 static per-tensor min-max everywhere (the Mamba-PTQ baseline)"),
+        Recipe("w8a8-dynamic", [Rule(w_bits=8, w_granularity="channel", a_bits=8, a_mode="dynamic")],
+               description="W8 per-channel + A8 dynamic per-token"),
+        Recipe("w8a8-smooth", [Rule(w_bits=8, w_granularity="channel", a_bits=8, a_mode="static")], smooth_alpha=0.5,
+               description="SmoothQuant (alpha 0.5) into the norms, W8 per-channel, A8 static per-tensor"),
+        Recipe("w8a8-hadamard", [Rule(w_bits=8, w_granularity="channel", a_bits=8, a_mode="static")], hadamard=True,
+               description="online Hadamard rotation at the rotation points, W8 per-channel, A8 static per-tensor"),
+        Recipe("w8a8-outlier", [Rule(w_bits=8, w_granularity="channel", a_bits=8, a_mode="static", a_clip="auto", outliers="float")],
+               smooth_alpha=0.5, hadamard=True,
+               description="SmoothQuant + Hadamard + per-layer percentile clipping + float outlier channels; W8 per-channel, A8 static"),
+        Recipe("w4a16-rtn", [_LM_HEAD_W8, Rule(w_bits=4, w_granularity="group", group_size=32, w_symmetric=False)],
+               description="W4 group-32 asymmetric round-to-nearest, float activations (lm_head W8)"),
+        Recipe("w4a16-gptq", [_LM_HEAD_W8, Rule(w_bits=4, w_granularity="group", group_size=32, w_symmetric=False, w_method="gptq")],
+               description="W4 group-32 asymmetric GPTQ, float activations (lm_head W8)"),
+        Recipe("w4a8", [Rule(match="lm_head", w_bits=8, w_granularity="channel", a_bits=8, a_mode="dynamic"),
+                        Rule(w_bits=4, w_granularity="group", group_size=32, w_symmetric=False, w_method="gptq", a_bits=8, a_mode="dynamic")],
+               hadamard=True, description="W4 group-32 GPTQ + A8 dynamic per-token, Hadamard at rotation points (lm_head W8)"),
+    ]
+    return {r.name: r for r in p}
+
+
+PRESETS = _presets()
+DEFAULT_PRESET = "w8a8-outlier"

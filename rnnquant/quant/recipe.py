@@ -1,0 +1,144 @@
+"""Quantization recipes: small dataclasses, JSON/YAML round-trippable, validated with one-line errors.
+
+A recipe is a list of rules (first match wins) plus the model-level outlier treatments:
+
+    Recipe(name="w8a8-outlier", smooth_alpha=0.5, hadamard=True, rules=[
+        Rule(match="*", w_bits=8, w_granularity="channel", a_bits=8, a_mode="static", a_clip="auto",
+             outliers="float")])
+
+``match`` is an adapter role ("in_proj", "out_proj", "lm_head", "rnn_hh", ...) or an fnmatch
+pattern on the module name. Parameters the adapter declares float (A_log, D, dt bias, conv,
+norms, embeddings) are never touched.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from ..errors import RnnquantError
+
+GRANULARITIES = ("tensor", "channel", "group")
+CLIPS = ("absmax", "p99", "p99.9", "p99.99", "auto")
+
+
+@dataclass
+class Rule:
+    match: str = "*"
+    w_bits: int | None = 8  # None: keep float
+    w_granularity: str = "channel"
+    group_size: int = 128
+    w_symmetric: bool = True
+    w_method: str = "rtn"  # "rtn" | "gptq"
+    a_bits: int | None = None  # None: float activations
+    a_mode: str = "dynamic"  # "dynamic" (per token) | "static" (per tensor, from calibration)
+    a_clip: str = "absmax"  # static clip: absmax, a percentile, or "auto" (min layer output error)
+    outliers: str = "none"  # "none" | "float": keep detected outlier input channels in float
+
+
+@dataclass
+class Recipe:
+    name: str = "custom"
+    rules: list[Rule] = field(default_factory=lambda: [Rule()])
+    smooth_alpha: float | None = None  # SmoothQuant migration strength (None: off)
+    hadamard: bool = False  # online Hadamard rotation at the adapter's rotation points
+    description: str = ""
+
+    def rule_for(self, name: str, role: str) -> Rule | None:
+        from fnmatch import fnmatchcase
+
+        for r in self.rules:
+            if r.match == role or fnmatchcase(name, r.match):
+                return r
+        return None
+
+    def needs_static_calibration(self) -> bool:
+        return any(r.a_bits is not None and r.a_mode == "static" for r in self.rules)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "recipe") -> "Recipe":
+        if not isinstance(d, dict):
+            raise RnnquantError(f"{where}: expected a mapping")
+        _check_keys(d, cls, where)
+        rules = d.get("rules", [{}])
+        if not isinstance(rules, list) or not rules:
+            raise RnnquantError(f"{where}: field 'rules' must be a non-empty list")
+        parsed = []
+        for i, r in enumerate(rules):
+            if not isinstance(r, dict):
+                raise RnnquantError(f"{where}: rules[{i}] must be a mapping")
+            _check_keys(r, Rule, f"{where}: rules[{i}]")
+            parsed.append(Rule(**r))
+        recipe = cls(**{k: v for k, v in d.items() if k != "rules"}, rules=parsed)
+        recipe.validate(where)
+        return recipe
+
+    def validate(self, where: str = "recipe") -> None:
+        if self.smooth_alpha is not None and not (isinstance(self.smooth_alpha, (int, float)) and 0 < self.smooth_alpha < 1):
+            raise RnnquantError(f"{where}: field 'smooth_alpha' must be in (0, 1), got {self.smooth_alpha!r}")
+        for i, r in enumerate(self.rules):
+            at = f"{where}: rules[{i}]"
+            checks = [
+                ("w_bits", r.w_bits in (None, 4, 8), "4, 8 or null"),
+                ("a_bits", r.a_bits in (None, 8), "8 or null"),
+                ("w_granularity", r.w_granularity in GRANULARITIES, " | ".join(GRANULARITIES)),
+                ("group_size", r.group_size in (32, 64, 128, 256), "32, 64, 128 or 256"),
+                ("w_method", r.w_method in ("rtn", "gptq"), "rtn | gptq"),
+                ("a_mode", r.a_mode in ("dynamic", "static"), "dynamic | static"),
+                ("a_clip", r.a_clip in CLIPS, " | ".join(CLIPS)),
+                ("outliers", r.outliers in ("none", "float"), "none | float"),
+                ("match", isinstance(r.match, str) and r.match != "", "a role or a name pattern"),
+            ]
+            for fname, ok, allowed in checks:
+                if not ok:
+                    raise RnnquantError(f"{at}: field {fname!r} must be {allowed}, got {getattr(r, fname)!r}")
+
+    def check_fits(self, spec, in_features: dict[str, int]) -> None:
+        """Every rule's match must name something in the model; group sizes must divide the dims
+        (a Linear narrower than one group gets a single group per row)."""
+        roles = set(spec.linears.values())
+        from fnmatch import fnmatchcase
+
+        for i, r in enumerate(self.rules):
+            if r.match not in roles and not any(fnmatchcase(n, r.match) for n in spec.linears):
+                raise RnnquantError(f"recipe {self.name!r}: rules[{i}] match {r.match!r} names no Linear or role of this model (roles: {', '.join(sorted(roles))})")
+        for name, role in spec.linears.items():
+            r = self.rule_for(name, role)
+            n = in_features[name]
+            if r and r.w_bits is not None and r.w_granularity == "group" and n > r.group_size and n % r.group_size:
+                raise RnnquantError(f"recipe {self.name!r}: group_size {r.group_size} does not divide {name}'s {in_features[name]} input features")
+
+
+def _check_keys(d: dict, cls, where: str) -> None:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise RnnquantError(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    """A preset name or a .json / .yaml file."""
+    from .presets import PRESETS
+
+    if name_or_path in PRESETS:
+        return PRESETS[name_or_path]
+    p = Path(name_or_path)
+    if not p.is_file():
+        raise RnnquantError(f"unknown recipe {name_or_path!r}: not a preset ({', '.join(PRESETS)}) nor a file")
+    try:
+        text = p.read_text("utf-8")
+        if p.suffix in (".yaml", ".yml"):
+            import yaml
+
+            d = yaml.safe_load(text)
+        else:
+            d = json.loads(text)
+    except Exception as e:  # noqa: BLE001 - any parse failure is a bad recipe file
+        raise RnnquantError(f"{p}: cannot parse recipe ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    return Recipe.from_dict(d, where=str(p))
