@@ -23,9 +23,24 @@ def _text(model, data, split: str):
 
     if data is not None:
         return read_text(data)
-    if is_zoo_model(model.source):
+    if is_zoo_model(model.source) or is_zoo_model(getattr(model, "origin", None) or model.source):
         return split_text(split)
     raise RnnquantError("--data FILE is required for models outside the zoo")
+
+
+def _calibration(calib, model):
+    if calib is None:
+        return None
+    from .calibrate import load_calibration
+
+    return load_calibration(calib, model)
+
+
+def _batches(model, data, samples, seq_len):
+    from .calibrate import calibration_batches
+    from .eval import tokenize
+
+    return calibration_batches(tokenize(model.tokenizer, _text(model, data, "train")), samples, seq_len, 8)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -124,6 +139,44 @@ def calibrate(model, data, samples, seq_len, batch_size, outlier_k, out, force):
     for name, p in worst:
         click.echo(f"  {name:<45} max/median {p['outliers']['max_median_ratio']:7.1f}  outliers {len(p['outliers']['absmax'])}")
     click.echo(f"wrote {out}/ (calib.safetensors, calib.json, report.md)")
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--recipe", default="w8a8-outlier", show_default=True, help="Preset name or a recipe .json/.yaml file.")
+@click.option("--calib", type=click.Path(file_okay=False), help="Calibration directory from `rnnquant calibrate` (needed by static/outlier-aware recipes).")
+@click.option("--data", type=click.Path(dir_okay=False), help="Text for static scales and GPTQ (default for zoo models: the train split).")
+@click.option("--samples", default=32, show_default=True, help="Sequences for static scales / GPTQ Hessians.")
+@click.option("--seq-len", default=256, show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory (written atomically).")
+@click.option("--force", is_flag=True, help="Overwrite an existing output directory.")
+def quantize(model, recipe, calib, data, samples, seq_len, out, force):
+    """Apply a quantization recipe and write the integer model (evaluate it with `rnnquant ppl`).
+
+    \b
+    Presets: w8a8-naive w8a8-dynamic w8a8-smooth w8a8-hadamard w8a8-outlier (default)
+             w4a16-rtn w4a16-gptq w4a8
+    \b
+    Example:
+      rnnquant calibrate mamba-pydoc --out calib/
+      rnnquant quantize mamba-pydoc --calib calib/ --recipe w8a8-outlier --out mamba-w8a8/
+      rnnquant ppl mamba-w8a8/
+    """
+    from pathlib import Path
+
+    from .quant import load_recipe, quantize as apply_recipe, save_quantized, size_bytes
+    from .quant.apply import require_calibration
+
+    if Path(out).exists() and not force:
+        raise RnnquantError(f"{out} already exists (use --force to overwrite)")
+    r = load_recipe(recipe)
+    m = _model(model)
+    require_calibration(r, calib)
+    c = _calibration(calib, m)
+    batches = _batches(m, data, samples, seq_len) if r.needs_data() else None
+    qm = apply_recipe(m, r, c, batches)
+    save_quantized(qm, out, Path(m.source) / "tokenizer.json", force=force)
+    click.echo(f"{r.name}: {size_bytes(m) / 2**20:.2f} MiB float -> {size_bytes(qm) / 2**20:.2f} MiB; wrote {out}/")
 
 
 @cli.command()

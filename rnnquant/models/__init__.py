@@ -136,7 +136,16 @@ def load(path_or_name, *, allow_pickle: bool = False) -> RecurrentLM:
     d = resolve(path_or_name)
     cfg = _read_config(d)
     model = build(cfg, where=str(d / "config.json"))
-    _check_and_assign(model, _read_weights(d, allow_pickle), d)
+    if (d / "quant.json").is_file():  # a directory written by `rnnquant quantize`
+        from ..quant.serialize import load_quantized_into
+
+        state = _read_weights(d, allow_pickle)
+        for k, v in state.items():
+            if v.is_floating_point() and not torch.isfinite(v).all():
+                raise RnnquantError(f"{d}: tensor {k!r} contains NaN or Inf")
+        load_quantized_into(model, d, state)
+    else:
+        _check_and_assign(model, _read_weights(d, allow_pickle), d)
     model.tokenizer = _load_tokenizer(d, model.vocab_size)
     model.source = str(d)
     model.fingerprint = fingerprint(model)

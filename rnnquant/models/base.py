@@ -44,6 +44,7 @@ class ArchSpec:
     taps: dict[str, str]  # Tap module -> role ("ssm_x", "ssm_dt", ...)
     float_params: list[str]  # parameters that stay float (A_log, D, dt bias, conv, norms, ...)
     states: list[StateSpec] = field(default_factory=list)
+    embedding: str = ""  # the token embedding module (tied to lm_head when the config says so)
 
 
 class RecurrentLM(nn.Module):

@@ -152,4 +152,4 @@ class MambaLM(RecurrentLM):
             floats += [f"{m}.conv1d.bias"] if c["use_conv_bias"] else []
             states += [StateSpec(f"conv_{i}", (E, K - 1)), StateSpec(f"ssm_{i}", (E, N))]
         linears["lm_head"] = "lm_head"
-        return ArchSpec(linears, pairs, rot, taps, floats, states)
+        return ArchSpec(linears, pairs, rot, taps, floats, states, embedding="backbone.embeddings")

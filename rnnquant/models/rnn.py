@@ -99,7 +99,7 @@ class _RNNLM(RecurrentLM):
             linears |= {f"layers.{i}.ih": "rnn_ih", f"layers.{i}.hh": "rnn_hh"}
             states += [StateSpec(f"{n}_{i}", (H,)) for n in self.state_names]
         linears |= {"proj": "proj", "lm_head": "lm_head"}
-        return ArchSpec(linears, [], [], {}, ["embed.weight"], states)
+        return ArchSpec(linears, [], [], {}, ["embed.weight"], states, embedding="embed")
 
 
 class LSTMLM(_RNNLM):

@@ -4,3 +4,6 @@ from .presets import DEFAULT_PRESET, PRESETS
 from .recipe import Recipe, Rule, load_recipe
 
 __all__ = ["DEFAULT_PRESET", "PRESETS", "Recipe", "Rule", "load_recipe", "quantize"]
+from .serialize import save_quantized, size_bytes  # noqa: E402
+
+__all__ += ["save_quantized", "size_bytes"]

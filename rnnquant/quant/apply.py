@@ -18,7 +18,7 @@ from ..models.transforms import scale_norm_channels
 from .gptq import HessianAccumulator, gptq_quantize
 from .hadamard import hadamard_matrix
 from .primitives import fake_quant_static, quantize_weight_rtn
-from .qlinear import QLinear
+from .qlinear import QEmbedding, QLinear
 from .recipe import Recipe, Rule
 
 SAMPLE_ROWS = 2048  # input rows kept per Linear to choose a clip by output error
@@ -146,6 +146,11 @@ def _quantize_linear(lin: nn.Linear, p: dict, probe: _InputProbe | None) -> QLin
                    p["rotation"], r.a_bits, r.a_mode, a_scale)
 
 
+def require_calibration(recipe: Recipe, calib) -> None:
+    if recipe.needs_calibration() and calib is None:
+        raise RnnquantError(f"recipe {recipe.name!r} needs calibration statistics: run `rnnquant calibrate` and pass --calib DIR")
+
+
 def quantize(model, recipe: Recipe, calib=None, batches=None):
     """Return a quantized copy of ``model``: the adapter's Linears replaced by QLinear per ``recipe``.
 
@@ -156,13 +161,10 @@ def quantize(model, recipe: Recipe, calib=None, batches=None):
     spec = model.arch_spec()
     modules = dict(model.named_modules())
     recipe.check_fits(spec, {n: modules[n].in_features for n in spec.linears})
-    needs_calib = recipe.needs_static_calibration() or recipe.smooth_alpha is not None or any(r.outliers == "float" for r in recipe.rules)
-    if needs_calib and calib is None:
-        raise RnnquantError(f"recipe {recipe.name!r} needs calibration statistics: run `rnnquant calibrate` and pass --calib DIR")
+    require_calibration(recipe, calib)
     if calib is not None and calib.meta["model_fingerprint"] != getattr(model, "fingerprint", None):
         raise RnnquantError("the calibration directory was made for another model")
-    needs_data = recipe.needs_static_calibration() or any(r.w_method == "gptq" and r.w_bits for r in recipe.rules)
-    if needs_data and not batches:
+    if recipe.needs_data() and not batches:
         raise RnnquantError(f"recipe {recipe.name!r} needs calibration text (static activation scales or GPTQ)")
 
     qm = copy.deepcopy(model)
@@ -172,6 +174,10 @@ def quantize(model, recipe: Recipe, calib=None, batches=None):
     probes = _data_pass(qm, plan, batches or [])
     for name, p in plan.items():
         _set_module(qm, name, _quantize_linear(qm.get_submodule(name), p, probes.get(name)))
+    if qm.config.get("tie_word_embeddings") and spec.embedding and QEmbedding.can_tie(qm.lm_head):
+        _set_module(qm, spec.embedding, QEmbedding(qm.lm_head))  # the embedding shares the lm_head's codes
     qm.recipe = recipe
+    qm.source_fingerprint = getattr(model, "fingerprint", None)
+    qm.origin = getattr(model, "source", None)
     qm.calib_fingerprint = calib.meta["model_fingerprint"] if calib is not None else None
     return qm.eval()

@@ -61,3 +61,19 @@ class QLinear(nn.Module):
         w = f"w{self.qweight.bits}/{self.qweight.group_size}" if self.qweight else "wfloat"
         a = f"a{self.a_bits}-{self.a_mode}" if self.a_bits else "afloat"
         return f"{self.in_features}->{self.out_features}, {w}, {a}, float_cols={len(self.float_idx)}, rotated={self.rotation is not None}"
+
+
+class QEmbedding(nn.Module):
+    """A token embedding tied to a quantized lm_head: rows of the same integer codes and scales
+    (per-row scales, since the lm_head's output channels are the embedding's rows)."""
+
+    def __init__(self, lm_head: QLinear):
+        super().__init__()
+        object.__setattr__(self, "lm_head", lm_head)  # a reference, not a submodule: stored once
+
+    @staticmethod
+    def can_tie(lm_head) -> bool:
+        return isinstance(lm_head, QLinear) and lm_head.qweight is not None and lm_head.rotation is None and not len(lm_head.float_idx)
+
+    def forward(self, ids):
+        return nn.functional.embedding(ids, self.lm_head.w_deq)

@@ -55,6 +55,14 @@ class Recipe:
     def needs_static_calibration(self) -> bool:
         return any(r.a_bits is not None and r.a_mode == "static" for r in self.rules)
 
+    def needs_calibration(self) -> bool:
+        """Static scales, SmoothQuant and float outlier channels read calibration statistics."""
+        return self.needs_static_calibration() or self.smooth_alpha is not None or any(r.outliers == "float" for r in self.rules)
+
+    def needs_data(self) -> bool:
+        """Static scales and GPTQ need calibration text at quantization time."""
+        return self.needs_static_calibration() or any(r.w_method == "gptq" and r.w_bits for r in self.rules)
+
     def to_dict(self) -> dict:
         return asdict(self)
 

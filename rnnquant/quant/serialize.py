@@ -1,0 +1,134 @@
+"""The quantized model directory: the real integer form on disk.
+
+    config.json       the float model's config (unchanged)
+    quant.json        recipe, source-model and calibration fingerprints, per-Linear layout
+    model.safetensors float parameters (norms already smoothed) + per QLinear:
+                      <name>.qweight  int8 codes (8-bit) or uint8 with two 4-bit codes per byte
+                      <name>.scales   fp32 [out, groups];  <name>.zeros (asymmetric grids)
+                      <name>.quant_idx / .float_idx / .w_float / .bias / .a_scale
+    tokenizer.json
+
+4-bit codes are stored unsigned (q + 8 for symmetric grids), low nibble first: the layout of
+ONNX Runtime's MatMulNBits.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..errors import RnnquantError
+from ..io import WEIGHTS, atomic_path
+from .hadamard import hadamard_matrix
+from .primitives import QuantizedWeight
+from .qlinear import QEmbedding, QLinear
+from .recipe import Recipe
+
+QUANT_META = "quant.json"
+FORMAT_VERSION = 1
+
+
+def pack_codes(qw: QuantizedWeight) -> torch.Tensor:
+    if qw.bits == 8:
+        return qw.q.to(torch.int8 if qw.symmetric else torch.uint8)
+    u = (qw.q + (8 if qw.symmetric else 0)).to(torch.uint8)  # [out, in] in 0..15
+    if u.shape[1] % 2:
+        u = torch.nn.functional.pad(u, (0, 1))
+    return u[:, 0::2] | (u[:, 1::2] << 4)
+
+
+def unpack_codes(packed: torch.Tensor, bits: int, symmetric: bool, cols: int) -> torch.Tensor:
+    if bits == 8:
+        return packed.to(torch.int16)
+    u = torch.stack([packed & 0xF, packed >> 4], -1).reshape(packed.shape[0], -1)[:, :cols].to(torch.int16)
+    return u - (8 if symmetric else 0)
+
+
+def quantized_linears(model) -> dict[str, QLinear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, QLinear)}
+
+
+def save_quantized(qm, out_dir, tokenizer_path=None, force: bool = False) -> None:
+    qlins = quantized_linears(qm)
+    tensors, layout = {}, {}
+    skip = {f"{n}.{b}" for n in qlins for b in ("w_deq", "rotation")}
+    for k, v in qm.state_dict().items():
+        if k in skip or (k == "lm_head.weight" and qm.config.get("tie_word_embeddings")):
+            continue
+        tensors[k] = v.detach().contiguous().clone()
+    for n, m in qlins.items():
+        qw = m.qweight
+        layout[n] = {"in": m.in_features, "out": m.out_features, "a_bits": m.a_bits, "a_mode": m.a_mode, "rotated": m.rotation is not None,
+                     "bits": qw.bits if qw else None, "group_size": qw.group_size if qw else None, "symmetric": qw.symmetric if qw else None}
+        if qw is not None:
+            tensors[f"{n}.qweight"] = pack_codes(qw).contiguous()
+            tensors[f"{n}.scales"] = qw.scale.contiguous()
+            if not qw.symmetric:
+                tensors[f"{n}.zeros"] = qw.zero.to(torch.uint8).contiguous()
+    tied = isinstance(qm.get_submodule(qm.arch_spec().embedding), QEmbedding)
+    meta = {"format_version": FORMAT_VERSION, "tied_embedding": tied, "origin": getattr(qm, "origin", None), "recipe": qm.recipe.to_dict(), "source_fingerprint": qm.source_fingerprint,
+            "calib_fingerprint": qm.calib_fingerprint, "linears": layout}
+    from safetensors.torch import save_file
+
+    with atomic_path(out_dir, directory=True, force=force) as tmp:
+        (tmp / "config.json").write_text(json.dumps({"model_type": qm.model_type} | qm.config, indent=2, sort_keys=True) + "\n")
+        (tmp / QUANT_META).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "rnnquant-quantized"})
+        if tokenizer_path is not None:
+            shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
+
+
+def load_quantized_into(model, d: Path, state: dict[str, torch.Tensor]):
+    """Replace ``model``'s Linears by QLinears rebuilt from ``state``; load the rest. Returns the model."""
+    try:
+        meta = json.loads((d / QUANT_META).read_text("utf-8"))
+        layout = meta["linears"]
+        recipe = Recipe.from_dict(meta["recipe"], where=str(d / QUANT_META))
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise RnnquantError(f"{d / QUANT_META}: corrupt quantization metadata ({e})") from None
+    from .apply import _set_module
+
+    try:
+        for n, lay in layout.items():
+            qw = None
+            if lay["bits"] is not None:
+                zeros = state.pop(f"{n}.zeros", None)
+                scales = state.pop(f"{n}.scales").float()
+                n_quant = len(state[f"{n}.quant_idx"])
+                q = unpack_codes(state.pop(f"{n}.qweight"), lay["bits"], lay["symmetric"], n_quant)
+                z = zeros.to(torch.int16) if zeros is not None else torch.zeros_like(scales, dtype=torch.int16)
+                qw = QuantizedWeight(q, scales, z, lay["bits"], lay["group_size"], lay["symmetric"])
+            a_scale = state.get(f"{n}.a_scale", None)
+            ql = QLinear(lay["in"], lay["out"], state.get(f"{n}.bias", None), qw, state.get(f"{n}.w_float"), state.get(f"{n}.quant_idx"),
+                         state.get(f"{n}.float_idx"), hadamard_matrix(lay["in"]) if lay["rotated"] else None, lay["a_bits"], lay["a_mode"],
+                         float(a_scale) if a_scale is not None else None)
+            _set_module(model, n, ql)
+    except KeyError as e:
+        raise RnnquantError(f"{d / WEIGHTS}: missing quantized tensor {e.args[0]!r}") from None
+    if meta.get("tied_embedding"):
+        _set_module(model, model.arch_spec().embedding, QEmbedding(model.lm_head))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith((".w_deq", ".rotation")) and k != "lm_head.weight"]
+    if missing or unexpected:
+        raise RnnquantError(f"{d / WEIGHTS}: {'missing' if missing else 'unexpected'} tensor {(missing or unexpected)[0]!r}")
+    model.recipe = recipe
+    model.origin = meta.get("origin")
+    model.source_fingerprint = meta.get("source_fingerprint")
+    model.calib_fingerprint = meta.get("calib_fingerprint")
+    return model
+
+
+def size_bytes(model) -> int:
+    """Bytes of the model's real form: packed integer weights + float parameters (shared ones once)."""
+    qlins = quantized_linears(model)
+    total, seen = 0, set()
+    for n, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if id(t) in seen or t is None or any(n.startswith(q + ".") for q in qlins):
+            continue
+        seen.add(id(t))
+        total += t.numel() * t.element_size()
+    for m in qlins.values():
+        total += (m.qweight.nbytes() if m.qweight else 0) + m.w_float.numel() * 4 + (m.bias.numel() * 4 if m.bias is not None else 0)
+    return total
