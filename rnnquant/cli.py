@@ -36,6 +36,16 @@ def _calibration(calib, model):
     return load_calibration(calib, model)
 
 
+def _quantized(m, recipe, calib, data, samples, seq_len):
+    from .quant import load_recipe, quantize as apply_recipe
+    from .quant.apply import require_calibration
+
+    r = load_recipe(recipe)
+    require_calibration(r, calib)
+    c = _calibration(calib, m)
+    return apply_recipe(m, r, c, _batches(m, data, samples, seq_len) if r.needs_data() else None)
+
+
 def _batches(model, data, samples, seq_len):
     from .calibrate import calibration_batches
     from .eval import tokenize
@@ -164,19 +174,14 @@ def quantize(model, recipe, calib, data, samples, seq_len, out, force):
     """
     from pathlib import Path
 
-    from .quant import load_recipe, quantize as apply_recipe, save_quantized, size_bytes
-    from .quant.apply import require_calibration
+    from .quant import save_quantized, size_bytes
 
     if Path(out).exists() and not force:
         raise RnnquantError(f"{out} already exists (use --force to overwrite)")
-    r = load_recipe(recipe)
     m = _model(model)
-    require_calibration(r, calib)
-    c = _calibration(calib, m)
-    batches = _batches(m, data, samples, seq_len) if r.needs_data() else None
-    qm = apply_recipe(m, r, c, batches)
+    qm = _quantized(m, recipe, calib, data, samples, seq_len)
     save_quantized(qm, out, Path(m.source) / "tokenizer.json", force=force)
-    click.echo(f"{r.name}: {size_bytes(m) / 2**20:.2f} MiB float -> {size_bytes(qm) / 2**20:.2f} MiB; wrote {out}/")
+    click.echo(f"{qm.recipe.name}: {size_bytes(m) / 2**20:.2f} MiB float -> {size_bytes(qm) / 2**20:.2f} MiB; wrote {out}/")
 
 
 @cli.command()
@@ -209,6 +214,83 @@ def generate(model, prompt, max_new_tokens, temperature, top_k, seed):
         click.echo(m.tokenizer.decode(out)[len(m.tokenizer.decode(out[:-1])) :], nl=False)
     dt = time.perf_counter() - t0
     click.echo(f"\n[{len(out)} tokens in {dt:.2f}s, {len(out) / dt:.1f} tok/s, PyTorch step mode]", err=True)
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--recipe", help="Quantize first with this preset or recipe file (default: export as is).")
+@click.option("--calib", type=click.Path(file_okay=False), help="Calibration directory (for static/outlier-aware recipes).")
+@click.option("--data", type=click.Path(dir_okay=False), help="Text for static scales / GPTQ (default for zoo models: the train split).")
+@click.option("--samples", default=32, show_default=True)
+@click.option("--seq-len", default=256, show_default=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .onnx path (tokenizer.json is written beside it).")
+@click.option("--ort", "to_ort", is_flag=True, help="Also write a .ort file for mobile/minimal ONNX Runtime builds, verified against the .onnx.")
+@click.option("--opset", default=17, show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+def export(model, recipe, calib, data, samples, seq_len, out, to_ort, opset, force):
+    """Export the O(1) step graph (token + state in, logits + state out) to ONNX.
+
+    MODEL is a float model (optionally quantized on the way with --recipe) or a quantized
+    directory from `rnnquant quantize`.
+
+    \b
+    Example:
+      rnnquant export mamba-pydoc --out out/mamba-fp32.onnx
+      rnnquant export mamba-pydoc --calib calib/ --recipe w8a8-outlier --out out/mamba-w8a8.onnx
+      rnnquant export mamba-w4/ --out out/mamba-w4.onnx --ort
+    """
+    from pathlib import Path
+
+    from .exporters.onnx_export import export_step
+
+    if Path(out).exists() and not force:
+        raise RnnquantError(f"{out} already exists (use --force to overwrite)")
+    m = _model(model)
+    if recipe is not None:
+        if getattr(m, "recipe", None) is not None:
+            raise RnnquantError(f"{model} is already quantized ({m.recipe.name}); export it without --recipe")
+        m = _quantized(m, recipe, calib, data, samples, seq_len)
+    path = export_step(m, out, Path(m.source) / "tokenizer.json", opset=opset, force=force)
+    click.echo(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB) and {path.parent / 'tokenizer.json'}")
+    if to_ort:
+        from .exporters.ort_format import convert_to_ort
+
+        ort_path, diff = convert_to_ort(path)
+        click.echo(f"wrote {ort_path} ({ort_path.stat().st_size / 2**20:.2f} MiB); max |logits .ort - .onnx| = {diff:.2e}")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--prompt", required=True, help="Text to continue.")
+@click.option("--max-new-tokens", default=64, show_default=True)
+@click.option("--temperature", default=0.0, show_default=True, help="0 is greedy.")
+@click.option("--top-k", default=0, show_default=True, help="0 keeps all tokens.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--threads", default=0, show_default=True, help="ONNX Runtime intra-op threads (0: its default).")
+def run(model, prompt, max_new_tokens, temperature, top_k, seed, threads):
+    """Generate with an exported graph in ONNX Runtime (imports no torch).
+
+    \b
+    Example:
+      rnnquant run out/mamba-w8a8.onnx --prompt "def read_config(path):" --max-new-tokens 48 --threads 2
+    """
+    import time
+
+    from .exporters.runner import OrtLM
+
+    lm = OrtLM(model, threads=threads or None)
+    ids = lm.encode(prompt)
+    click.echo(prompt, nl=False)
+    out, t0, t_first = [], time.perf_counter(), None
+    for tok in lm.generate(ids, max_new_tokens, temperature, top_k, seed):
+        if t_first is None:
+            t_first = time.perf_counter()
+        out.append(tok)
+        click.echo(lm.tokenizer.decode(out)[len(lm.tokenizer.decode(out[:-1])) :], nl=False)
+    t_end = time.perf_counter()
+    decode = (len(out) - 1) / (t_end - t_first) if len(out) > 1 else float("nan")
+    click.echo(f"\n[prefill {len(ids)} tokens: {len(ids) / (t_first - t0):.1f} tok/s; decode {len(out)} tokens: {decode:.1f} tok/s; "
+               f"{lm.meta['architecture']} {json.loads(lm.meta['recipe']).get('name', 'float') if lm.meta['recipe'] != 'float' else 'float'}]", err=True)
 
 
 def main(argv=None) -> None:

@@ -41,7 +41,7 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, bits: int, granularity: str,
     H += percdamp * torch.diag(H).mean() * torch.eye(cols, dtype=H.dtype)
     U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True).float()
 
-    gs = min(group_size, cols) if granularity == "group" else cols
+    gs = group_size if granularity == "group" else cols
     block_size = max(block_size, gs) if granularity == "group" else block_size
     if granularity == "tensor":
         s_all, z_all = scale_zero(W.reshape(1, -1), bits, symmetric)

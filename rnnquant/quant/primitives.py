@@ -66,8 +66,8 @@ def quantize_weight_rtn(w: torch.Tensor, bits: int, granularity: str, group_size
         s, z = scale_zero(w.reshape(1, -1), bits, symmetric)
         s, z = s.expand(out, 1).contiguous(), z.expand(out, 1).contiguous()
         return QuantizedWeight(quantize_codes(w, s, z, bits, symmetric), s.float(), z, bits, cols, symmetric)
-    gs = cols if granularity == "channel" else min(group_size, cols)
-    wg = w.reshape(out, cols // gs, gs)
+    gs = cols if granularity == "channel" else group_size
+    wg = w.reshape(out, -(-cols // gs), min(gs, cols))  # a Linear narrower than a group: one partial group
     s, z = scale_zero(wg, bits, symmetric)  # [out, G, 1]
     q = quantize_codes(wg, s, z, bits, symmetric).reshape(out, cols)
     return QuantizedWeight(q, s.squeeze(-1).float(), z.squeeze(-1), bits, gs, symmetric)
@@ -81,6 +81,7 @@ def fake_quant_dynamic(x: torch.Tensor, bits: int = 8) -> torch.Tensor:
 
 
 def fake_quant_static(x: torch.Tensor, scale: torch.Tensor, bits: int = 8) -> torch.Tensor:
-    """Symmetric activation quantization with a calibrated scale (values beyond the clip saturate)."""
+    """Symmetric activation quantization with a calibrated scale; values beyond the clip saturate to
+    the full int8 range [-128, 127], exactly as ONNX QuantizeLinear does."""
     qmax = 2 ** (bits - 1) - 1
-    return torch.round(x / scale).clamp(-qmax, qmax) * scale
+    return torch.round(x / scale).clamp(-qmax - 1, qmax) * scale

@@ -47,6 +47,10 @@ class QLinear(nn.Module):
         return fake_quant_static(x, self.a_scale, self.a_bits)
 
     def forward(self, x):
+        if torch.onnx.is_in_onnx_export():
+            from rnnquant.exporters.qops import qlinear_forward
+
+            return qlinear_forward(self, x)
         if self.rotation is not None:
             x = x @ self.rotation
         if self.qweight is None:
@@ -76,4 +80,8 @@ class QEmbedding(nn.Module):
         return isinstance(lm_head, QLinear) and lm_head.qweight is not None and lm_head.rotation is None and not len(lm_head.float_idx)
 
     def forward(self, ids):
+        if torch.onnx.is_in_onnx_export():
+            from rnnquant.exporters.qops import qembedding_forward
+
+            return qembedding_forward(self, ids)
         return nn.functional.embedding(ids, self.lm_head.w_deq)

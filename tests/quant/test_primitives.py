@@ -39,7 +39,7 @@ def test_activation_fake_quant_bounds():
     st = fake_quant_static(x, s, 8)
     inside = x.abs() <= 127 * 0.01
     assert ((st - x).abs()[inside] <= 0.005 + 1e-6).all()
-    assert (st.abs() <= 1.27 + 1e-6).all()  # saturates outside the clip
+    assert st.max() <= 1.27 + 1e-6 and st.min() >= -1.28 - 1e-6  # saturates like QuantizeLinear
 
 
 @pytest.mark.parametrize("n", [16, 64, 512, 48, 96])

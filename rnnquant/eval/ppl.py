@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..errors import RnnquantError
+from .windows import windows
 
 
 @dataclass(frozen=True)
@@ -31,13 +32,6 @@ def tokenize(tokenizer, text: str) -> torch.Tensor:
     if len(ids) < 2:
         raise RnnquantError("text is too short: it must tokenize to at least 2 tokens")
     return torch.tensor(ids, dtype=torch.long)
-
-
-def windows(n_tokens: int, window: int) -> list[tuple[int, int]]:
-    """[start, end) spans of length <= window + 1 covering 0..n_tokens, overlapping by one."""
-    if window < 1:
-        raise RnnquantError(f"window must be >= 1, got {window}")
-    return [(s, min(s + window + 1, n_tokens)) for s in range(0, n_tokens - 1, window)]
 
 
 def _nll_forward(model, batch):

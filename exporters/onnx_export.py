@@ -1,0 +1,110 @@
+"""Export a model's O(1) ``step`` to ONNX: token + state in, logits + new state out.
+
+The graph is traced from the adapter's own ``step`` (float, or with QLinear modules that lower to
+integer ONNX ops, see ``qops``); no sequence loop, constant work per token. Inputs: ``input_ids``
+int64 [batch] and one tensor per state (``StateSpec`` names); outputs: ``logits`` [batch, vocab]
+and ``new_<state>``. ``metadata_props`` carries what a runner needs (see ``METADATA_KEYS``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+
+import torch
+
+from rnnquant import __version__
+from rnnquant.errors import RnnquantError
+from rnnquant.io import atomic_path
+
+METADATA_KEYS = ("rnnquant_version", "graph", "architecture", "config", "recipe", "calib_fingerprint", "model_fingerprint",
+                 "states", "vocab_size", "bos_token_id", "eos_token_id", "tokenizer_sha256")
+
+
+class _StepGraph(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, *state):
+        logits, new_state = self.model.step(input_ids, tuple(state))
+        return (logits, *new_state)
+
+
+def state_metadata(model) -> list[dict]:
+    return [{"name": s.name, "shape": list(s.shape), "dtype": str(s.dtype).removeprefix("torch.")} for s in model.arch_spec().states]
+
+
+def metadata(model, tokenizer_path: Path | None) -> dict[str, str]:
+    recipe = getattr(model, "recipe", None)
+    cfg = model.config
+    return {
+        "rnnquant_version": __version__,
+        "graph": "step",
+        "architecture": model.model_type,
+        "config": json.dumps(cfg, sort_keys=True),
+        "recipe": recipe.to_json() if recipe is not None else "float",
+        "calib_fingerprint": getattr(model, "calib_fingerprint", None) or "",
+        "model_fingerprint": getattr(model, "source_fingerprint", None) or getattr(model, "fingerprint", ""),
+        "states": json.dumps(state_metadata(model)),
+        "vocab_size": str(model.vocab_size),
+        "bos_token_id": str(cfg.get("bos_token_id", 0)),
+        "eos_token_id": str(cfg.get("eos_token_id", 0)),
+        "tokenizer_sha256": hashlib.sha256(tokenizer_path.read_bytes()).hexdigest() if tokenizer_path else "",
+    }
+
+
+def _check_loads(path: Path) -> None:
+    """An exported graph ONNX Runtime cannot load is an error, never a file left behind."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    try:
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
+        raise RnnquantError(f"ONNX Runtime cannot load the exported graph: {str(e).splitlines()[0][:200]}") from None
+
+
+@torch.no_grad()
+def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bool = True) -> Path:
+    """Trace ``model.step`` to ``out_path`` (atomically), check it, write ``tokenizer.json`` beside it."""
+    import onnx
+
+    from rnnquant.quant.qlinear import QLinear
+
+    out_path = Path(out_path)
+    if out_path.suffix != ".onnx":
+        raise RnnquantError(f"{out_path}: the output must end in .onnx")
+    for m in model.modules():
+        if isinstance(m, QLinear):
+            from .qops import prepare
+
+            prepare(m)
+    names = [s.name for s in model.arch_spec().states]
+    state = model.init_state(1)
+    inputs, outputs = ["input_ids", *names], ["logits", *[f"new_{n}" for n in names]]
+    with atomic_path(out_path, force=force) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _StepGraph(model).eval(), (torch.tensor([0]), *state), str(tmp), input_names=inputs, output_names=outputs,
+            dynamic_axes={k: {0: "batch"} for k in inputs + outputs}, opset_version=opset, dynamo=False,
+            custom_opsets={"com.microsoft": 1}, do_constant_folding=True,
+        )
+        proto = onnx.load(str(tmp))
+        for k, v in metadata(model, Path(tokenizer_path) if tokenizer_path else None).items():
+            proto.metadata_props.add(key=k, value=v)
+        proto.doc_string = f"rnnquant {__version__} step graph: O(1) work per token"
+        try:
+            onnx.checker.check_model(proto, full_check=True)
+        except onnx.checker.ValidationError as e:
+            raise RnnquantError(f"exported graph fails the ONNX checker: {str(e).splitlines()[0]}") from None
+        onnx.save(proto, str(tmp))
+        _check_loads(tmp)
+    if tokenizer_path is not None:
+        import shutil
+
+        with atomic_path(out_path.parent / "tokenizer.json") as tmp_tok:
+            shutil.copyfile(tokenizer_path, tmp_tok)
+    return out_path

@@ -1,0 +1,146 @@
+"""ONNX lowering of QLinear / QEmbedding: integer operators ONNX Runtime's CPU EP runs natively.
+
+Each quantized matmul is a ``torch.autograd.Function`` whose ``forward`` is the simulation
+(so tracing sees the right shapes and values) and whose ``symbolic`` emits the ONNX ops:
+
+    W8, A8 dynamic per-token: amax = ReduceMax|x|; s = amax/127; xq = Cast<int8>(Clip(Round(x/s)))
+                              y = Cast<float>(MatMulInteger(xq, Wt)) * s * w_scale
+    W8, A8 static:            xq = QuantizeLinear(x, a_scale, 0:int8); y = Cast(MatMulInteger(xq, Wt)) * (a_scale * w_scale)
+    W8, A float:              y = MatMul(x, DequantizeLinear(Wt, w_scale, axis=1))
+    group-wise (4 or 8 bit):  y = com.microsoft.MatMulNBits(x, B, scales[, zero_points]); accuracy_level 4
+                              (int8 activations, per block) when the recipe quantizes activations
+Wt is the int8 code matrix [in, out]; w_scale is per output column. Rotations and float
+outlier columns stay ordinary traced ops (MatMul with the ±1/sqrt(n) matrix, Gather + MatMul).
+"""
+from __future__ import annotations
+
+import torch
+
+from rnnquant.quant.primitives import fake_quant_dynamic, fake_quant_static
+
+MS = "com.microsoft"
+
+
+def _c(g, t: torch.Tensor):
+    return g.op("Constant", value_t=t)
+
+
+class _DynamicW8(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, wt, w_scale):
+        return fake_quant_dynamic(x, 8) @ (wt.float() * w_scale)
+
+    @staticmethod
+    def symbolic(g, x, wt, w_scale):
+        amax = g.op("ReduceMax", g.op("Abs", x), axes_i=[-1], keepdims_i=1)
+        s = g.op("Div", g.op("Max", amax, _c(g, torch.tensor(1e-12 * 127))), _c(g, torch.tensor(127.0)))
+        q = g.op("Clip", g.op("Round", g.op("Div", x, s)), _c(g, torch.tensor(-127.0)), _c(g, torch.tensor(127.0)))
+        acc = g.op("MatMulInteger", g.op("Cast", q, to_i=3), wt)  # int8 x int8 -> int32 (to 3 = INT8)
+        return g.op("Mul", g.op("Mul", g.op("Cast", acc, to_i=1), s), w_scale)
+
+
+class _StaticW8(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, wt, w_scale, a_scale):
+        return fake_quant_static(x, a_scale, 8) @ (wt.float() * w_scale)
+
+    @staticmethod
+    def symbolic(g, x, wt, w_scale, a_scale):
+        q = g.op("QuantizeLinear", x, a_scale, _c(g, torch.tensor(0, dtype=torch.int8)))
+        acc = g.op("MatMulInteger", q, wt)
+        return g.op("Mul", g.op("Cast", acc, to_i=1), g.op("Mul", a_scale, w_scale))
+
+
+class _FloatActW8(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, wt, w_scale):
+        return x @ (wt.float() * w_scale)
+
+    @staticmethod
+    def symbolic(g, x, wt, w_scale):
+        return g.op("MatMul", x, g.op("DequantizeLinear", wt, w_scale, _c(g, torch.zeros(wt.type().sizes()[1], dtype=torch.int8)), axis_i=1))
+
+
+class _MatMulNBits(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, b, scales, zeros, w_deq_t, K, N, bits, block_size, accuracy_level, has_zeros):
+        return (fake_quant_dynamic(x, 8) if accuracy_level == 4 else x) @ w_deq_t
+
+    @staticmethod
+    def symbolic(g, x, b, scales, zeros, w_deq_t, K, N, bits, block_size, accuracy_level, has_zeros):
+        inputs = [x, b, scales] + ([zeros] if has_zeros else [])
+        y = g.op(f"{MS}::MatMulNBits", *inputs, K_i=K, N_i=N, bits_i=bits, block_size_i=block_size, accuracy_level_i=accuracy_level)
+        sizes = x.type().sizes()
+        if sizes is not None:  # tell the exporter's shape inference what a custom op returns
+            y.setType(x.type().with_sizes([*sizes[:-1], N]))
+        return y
+
+
+def nbits_tensors(qw, K: int):
+    """MatMulNBits inputs from a QuantizedWeight: B uint8 [N, blocks, block*bits/8], scales [N*blocks],
+    zero points packed like B (two 4-bit or one 8-bit per byte) [N * ceil(blocks*bits/8)]."""
+    N, bs, bits = qw.q.shape[0], qw.group_size, qw.bits
+    blocks = -(-K // bs)
+    u = (qw.q + (2 ** (bits - 1) if qw.symmetric else 0)).to(torch.uint8)  # unsigned codes
+    u = torch.nn.functional.pad(u, (0, blocks * bs - K))
+    if bits == 4:
+        u = u[:, 0::2] | (u[:, 1::2] << 4)
+    b = u.reshape(N, blocks, bs * bits // 8).contiguous()
+    scales = qw.scale.reshape(-1).float().contiguous()
+    zeros = None
+    if not qw.symmetric:
+        z = qw.zero.to(torch.uint8)
+        if bits == 4:
+            z = torch.nn.functional.pad(z, (0, blocks % 2))
+            z = z[:, 0::2] | (z[:, 1::2] << 4)
+        zeros = z.reshape(-1).contiguous()
+    return b, scales, zeros
+
+
+def prepare(qlinear) -> None:
+    """Attach the export-form buffers of a QLinear (integer codes laid out for the chosen op)."""
+    qw = qlinear.qweight
+    if qw is None or hasattr(qlinear, "_export"):
+        return
+    K = len(qlinear.quant_idx)
+    if qw.group_size < K or qw.bits == 4:
+        b, scales, zeros = nbits_tensors(qw, K)
+        qlinear._export = ("nbits", b, scales, zeros if zeros is not None else torch.zeros(0, dtype=torch.uint8), qw.dequantize().T.contiguous(), zeros is not None)
+        return
+    if not qw.symmetric:  # int8 asymmetric: stored codes are 0..255 with zero points; re-center is exact only if zero == 128
+        raise NotImplementedError("asymmetric 8-bit per-channel weights: use a symmetric grid or group-wise (MatMulNBits)")
+    qlinear._export = ("w8", qw.q.to(torch.int8).T.contiguous(), qw.scale[:, 0].float().contiguous())
+
+
+def qlinear_forward(m, x):
+    """Export-mode forward of a QLinear (same math as QLinear.forward, ONNX-friendly ops)."""
+    if m.rotation is not None:
+        x = x @ m.rotation
+    if m.qweight is None:
+        y = x @ m.w_float.T
+    else:
+        xq = torch.index_select(x, -1, m.quant_idx) if m.mixed else x
+        kind, *t = m._export
+        if kind == "nbits":
+            b, scales, zeros, w_deq_t, has_zeros = t
+            qw = m.qweight
+            acc = 4 if m.a_bits else 0
+            y = _MatMulNBits.apply(xq, b, scales, zeros, w_deq_t, len(m.quant_idx), m.out_features, qw.bits, qw.group_size, acc, has_zeros)
+        elif m.a_bits is None:
+            y = _FloatActW8.apply(xq, *t)
+        elif m.a_mode == "dynamic":
+            y = _DynamicW8.apply(xq, *t)
+        else:
+            y = _StaticW8.apply(xq, *t, m.a_scale)
+        if m.mixed:
+            y = y + torch.index_select(x, -1, m.float_idx) @ m.w_float.T
+    return y + m.bias if m.bias is not None else y
+
+
+def qembedding_forward(e, ids):
+    """Gather rows of the lm_head's int8 codes (one shared initializer) and scale them."""
+    m = e.lm_head
+    if getattr(m, "_export", (None,))[0] == "w8":
+        _, wt, w_scale = m._export
+        return torch.index_select(wt, 1, ids).T.float() * torch.index_select(w_scale, 0, ids).unsqueeze(-1)
+    return torch.nn.functional.embedding(ids, m.w_deq)

@@ -1,0 +1,140 @@
+"""Run an exported step graph with ONNX Runtime: numpy, onnxruntime and tokenizers only (no torch).
+
+    lm = OrtLM("model.onnx", threads=2)
+    for token_id in lm.generate(lm.encode("def f("), max_new_tokens=32): ...
+    lm.perplexity(ids, window=512)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from rnnquant.errors import RnnquantError
+from rnnquant.eval.windows import windows
+
+REQUIRED_META = ("graph", "architecture", "states", "vocab_size", "tokenizer_sha256")
+
+
+def read_metadata(path) -> dict[str, str]:
+    """rnnquant metadata of an .onnx/.ort file; a file without it is an error."""
+    import onnx
+
+    p = Path(path)
+    if not p.is_file():
+        raise RnnquantError(f"{p}: no such file")
+    try:
+        proto = onnx.load(str(p), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - any protobuf failure means not an ONNX model
+        raise RnnquantError(f"{p}: not a readable ONNX model ({type(e).__name__})") from None
+    meta = {m.key: m.value for m in proto.metadata_props}
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise RnnquantError(f"{p}: no rnnquant metadata (missing {missing[0]!r}); export it with `rnnquant export`")
+    return meta
+
+
+class OrtLM:
+    def __init__(self, path, threads: int | None = None, tokenizer: str | None = None):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        self.meta = read_metadata(path) if self.path.suffix == ".onnx" else self._ort_metadata()
+        self.states = json.loads(self.meta["states"])
+        self.vocab_size = int(self.meta["vocab_size"])
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 4  # failures are reported as one-line errors below, not ORT's log
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
+            raise RnnquantError(f"{self.path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:160]})") from None
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.tokenizer = self._tokenizer(tokenizer)
+
+    def _ort_metadata(self) -> dict[str, str]:
+        """An .ort file keeps the metadata of the .onnx it was converted from, stored beside it."""
+        side = self.path.with_suffix(".onnx")
+        return read_metadata(side)
+
+    def _tokenizer(self, path):
+        from tokenizers import Tokenizer
+
+        f = Path(path) if path else self.path.parent / "tokenizer.json"
+        if not f.is_file():
+            raise RnnquantError(f"{f}: missing tokenizer.json beside the model")
+        if hashlib.sha256(f.read_bytes()).hexdigest() != self.meta["tokenizer_sha256"]:
+            raise RnnquantError(f"{f}: tokenizer does not match the one the model was exported with")
+        return Tokenizer.from_file(str(f))
+
+    # --- the step contract, in numpy ------------------------------------------------
+    def init_state(self, batch: int) -> list[np.ndarray]:
+        return [np.zeros((batch, *s["shape"]), dtype=np.float32) for s in self.states]
+
+    def step(self, ids: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        feeds = {"input_ids": np.asarray(ids, dtype=np.int64)} | {s["name"]: v for s, v in zip(self.states, state)}
+        logits, *new = self.session.run(self.output_names, feeds)
+        return logits, new
+
+    def encode(self, text: str) -> list[int]:
+        ids = self.tokenizer.encode(text).ids
+        if not ids:
+            raise RnnquantError("the prompt is empty after tokenization")
+        if max(ids) >= self.vocab_size:
+            raise RnnquantError(f"the prompt has token id {max(ids)} beyond the model's vocabulary ({self.vocab_size})")
+        return ids
+
+    def generate(self, prompt_ids: list[int], max_new_tokens: int, temperature: float = 0.0, top_k: int = 0, seed: int = 0):
+        """Prefill by stepping through the prompt, then sample; yields token ids."""
+        rng = np.random.default_rng(seed)
+        state = self.init_state(1)
+        for t in prompt_ids:
+            logits, state = self.step(np.array([t]), state)
+        for _ in range(max_new_tokens):
+            nxt = sample(logits[0], temperature, top_k, rng)
+            yield nxt
+            logits, state = self.step(np.array([nxt]), state)
+
+    def perplexity(self, ids, window: int = 512, batch_size: int = 64, progress: bool = False) -> tuple[float, int]:
+        """Same windows as ``rnnquant.eval.perplexity_ids``, computed through the step graph."""
+        from tqdm import tqdm
+
+        ids = np.asarray(ids, dtype=np.int64)
+        spans = windows(len(ids), window)
+        groups: dict[int, list] = {}
+        for s, e in spans:
+            groups.setdefault(e - s, []).append(ids[s:e])
+        nll, count = 0.0, 0
+        bar = tqdm(total=len(spans), desc="ppl (onnx)", unit="win", disable=not progress, leave=False)
+        for seqs in groups.values():
+            for i in range(0, len(seqs), batch_size):
+                batch = np.stack(seqs[i : i + batch_size])
+                state = self.init_state(len(batch))
+                for t in range(batch.shape[1] - 1):
+                    logits, state = self.step(batch[:, t], state)
+                    nll += float(-log_softmax(logits)[np.arange(len(batch)), batch[:, t + 1]].sum())
+                count += batch.size - len(batch)
+                bar.update(len(batch))
+        bar.close()
+        return math.exp(nll / count), count
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def sample(logits: np.ndarray, temperature: float, top_k: int, rng) -> int:
+    if temperature <= 0:
+        return int(np.argmax(logits))
+    z = logits.astype(np.float64) / temperature
+    if 0 < top_k < len(z):
+        z[z < np.partition(z, -top_k)[-top_k]] = -np.inf
+    p = np.exp(z - z.max())
+    return int(rng.choice(len(p), p=p / p.sum()))
