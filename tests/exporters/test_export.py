@@ -1,0 +1,130 @@
+"""ORT vs PyTorch parity of the exported step graph, float and quantized; CLI refusals."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from rnnquant.calibrate import CalibConfig, calibrate, calibration_batches
+from rnnquant.eval import perplexity_ids
+from rnnquant.exporters.onnx_export import export_step
+from rnnquant.exporters.ort_format import convert_to_ort
+from rnnquant.exporters.runner import OrtLM
+from rnnquant.generate import generate
+from rnnquant.io import save_checkpoint
+from rnnquant.models import fingerprint, load
+from rnnquant.quant import PRESETS, quantize, save_quantized
+from tests.conftest import TOKENIZER, tiny_model
+from tests.helpers import assert_one_line_error, run_cli
+
+IDS = torch.randint(0, 4096, (5000,), generator=torch.Generator().manual_seed(0))
+
+
+def _model(arch):
+    m = tiny_model(arch)
+    m.fingerprint = fingerprint(m)
+    return m
+
+
+@pytest.mark.parametrize("arch", ["mamba", "lstm", "gru"])
+def test_float_step_parity_64_tokens(tmp_path, arch):
+    m = _model(arch)
+    lm = OrtLM(export_step(m, tmp_path / "m.onnx", TOKENIZER))
+    ids = IDS[:2 * 64].view(2, 64)
+    ts, os_ = m.init_state(2), lm.init_state(2)
+    with torch.no_grad():
+        for t in range(64):
+            tl, ts = m.step(ids[:, t], ts)
+            ol, os_ = lm.step(ids[:, t].numpy(), os_)
+            assert np.abs(ol - tl.numpy()).max() <= 1e-4
+    for a, b in zip(os_, ts, strict=True):  # the state round-trips through ORT
+        assert np.abs(a - b.numpy()).max() <= 1e-4
+
+
+def test_greedy_generation_matches_torch(tmp_path):
+    m = _model("mamba")
+    lm = OrtLM(export_step(m, tmp_path / "m.onnx", TOKENIZER))
+    prompt = IDS[:7].tolist()
+    assert list(lm.generate(prompt, 32)) == list(generate(m, prompt, 32))
+
+
+@pytest.mark.parametrize("arch", ["mamba", "lstm"])
+@pytest.mark.parametrize("preset", ["w8a8-naive", "w8a8-dynamic", "w8a8-outlier", "w4a16-gptq", "w4a8"])
+def test_quantized_ort_perplexity_matches_simulation(tmp_path, arch, preset):
+    m = _model(arch)
+    calib = calibrate(m, IDS, CalibConfig(samples=8, seq_len=128))
+    q = quantize(m, PRESETS[preset], calib, calibration_batches(IDS, 8, 128, 4))
+    lm = OrtLM(export_step(q, tmp_path / "q.onnx", TOKENIZER))
+    test = IDS[-600:]
+    sim = perplexity_ids(q, test, window=64, mode="step").ppl
+    ort_ppl, _ = lm.perplexity(test.numpy(), window=64)
+    assert abs(ort_ppl - sim) / sim <= 0.005
+    ops = {n.op_type for n in onnx.load(tmp_path / "q.onnx").graph.node}
+    assert ("MatMulNBits" in ops) if preset.startswith("w4") else ("MatMulInteger" in ops)
+
+
+def test_metadata_and_ort_format(tmp_path):
+    m = _model("mamba")
+    path = export_step(m, tmp_path / "m.onnx", TOKENIZER)
+    meta = {p.key: p.value for p in onnx.load(path).metadata_props}
+    assert meta["architecture"] == "mamba" and meta["model_fingerprint"] == m.fingerprint
+    assert [s["name"] for s in json.loads(meta["states"])] == ["conv_0", "ssm_0", "conv_1", "ssm_1"]
+    ort_path, diff = convert_to_ort(path)
+    assert ort_path.is_file() and diff <= 1e-5
+
+
+@pytest.fixture
+def saved(tmp_path):
+    d = tmp_path / "m"
+    save_checkpoint(tiny_model("mamba"), d, tokenizer_path=TOKENIZER)
+    return d
+
+
+def test_export_cli_and_run_without_torch(capsys, tmp_path, saved):
+    out = tmp_path / "o" / "m.onnx"
+    code, stdout, err = run_cli(capsys, "export", saved, "--out", out)
+    assert code == 0, err
+    # `rnnquant run` must work where torch cannot be imported
+    code = "import sys; sys.modules['torch'] = None; from rnnquant.cli import main; main(sys.argv[1:])"
+    res = subprocess.run([sys.executable, "-c", code, "run", str(out), "--prompt", "def f(x):", "--max-new-tokens", "8"],
+                         capture_output=True, text=True, env=os.environ | {"PYTHONPATH": os.getcwd()}, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("def f(x):") and "decode 8 tokens" in res.stderr
+
+
+def test_export_refusals(capsys, tmp_path, saved):
+    assert_one_line_error(capsys, "export", saved, "--recipe", "w8a8-outlier", "--out", tmp_path / "a.onnx", match="needs calibration statistics")
+    assert_one_line_error(capsys, "export", saved, "--out", tmp_path / "a.txt", match="must end in .onnx")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert_one_line_error(capsys, "export", saved, "--out", blocker / "a.onnx", match="cannot write to")
+    assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob(".*"))
+    (tmp_path / "exists.onnx").write_text("x")
+    assert_one_line_error(capsys, "export", saved, "--out", tmp_path / "exists.onnx", match="already exists")
+
+
+def test_run_refuses_foreign_onnx(capsys, tmp_path):
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(g), tmp_path / "foreign.onnx")
+    assert_one_line_error(capsys, "run", tmp_path / "foreign.onnx", "--prompt", "hi", match="no rnnquant metadata")
+    (tmp_path / "junk.onnx").write_bytes(b"\x00garbage" * 10)
+    assert_one_line_error(capsys, "run", tmp_path / "junk.onnx", "--prompt", "hi", match="not a readable ONNX model")
+
+
+def test_export_quantized_directory(capsys, tmp_path, saved):
+    m = load(saved)
+    q = quantize(m, PRESETS["w4a16-rtn"])
+    save_quantized(q, tmp_path / "q", TOKENIZER)
+    code, _, err = run_cli(capsys, "export", tmp_path / "q", "--out", tmp_path / "q.onnx")
+    assert code == 0, err
+    meta = {p.key: p.value for p in onnx.load(tmp_path / "q.onnx").metadata_props}
+    assert json.loads(meta["recipe"])["name"] == "w4a16-rtn" and meta["model_fingerprint"] == m.fingerprint
