@@ -293,6 +293,35 @@ def run(model, prompt, max_new_tokens, temperature, top_k, seed, threads):
                f"{lm.meta['architecture']} {json.loads(lm.meta['recipe']).get('name', 'float') if lm.meta['recipe'] != 'float' else 'float'}]", err=True)
 
 
+@cli.command()
+@click.option("--float", "float_model", required=True, help="The float model (directory or zoo name): the reference.")
+@click.argument("variants", nargs=-1, required=True)
+@click.option("--data", type=click.Path(dir_okay=False), help="Evaluation text (default for zoo models: the test split).")
+@click.option("--window", default=512, show_default=True)
+@click.option("--threads", default=1, show_default=True, help="ONNX Runtime threads for latency.")
+@click.option("--tokens", default=256, show_default=True, help="Timed decode steps per variant (after warm-up).")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+def compare(float_model, variants, data, window, threads, tokens, out):
+    """Perplexity, latency, size and memory of each VARIANT against the float model.
+
+    A VARIANT is an exported .onnx/.ort file or a quantized model directory. Writes
+    OUT/report.json (stable schema), report.md, report.html and PNG plots.
+
+    \b
+    Example:
+      rnnquant compare --float mamba-pydoc out/mamba-w8a8.onnx out/mamba-w4.onnx --threads 2 --out report/
+    """
+    from .eval import tokenize
+    from .eval.compare import compare as run_compare, markdown_table, write_report
+
+    m = _model(float_model)
+    source = data or "zoo test split"
+    report = run_compare(m, list(variants), tokenize(m.tokenizer, _text(m, data, "test")), window, tokens, threads, source)
+    write_report(report, out)
+    click.echo(markdown_table(report))
+    click.echo(f"wrote {out}/report.json, report.md, report.html")
+
+
 def main(argv=None) -> None:
     try:
         cli.main(args=argv, prog_name="rnnquant", standalone_mode=False)

@@ -1,0 +1,60 @@
+"""Per-token latency and peak memory of one step graph, measured in a process of its own.
+
+    python -m rnnquant.exporters.measure model.onnx --tokens 256 --threads 1
+
+Prints one JSON object: step latency p50/p90/p99 in ms (batch 1, after warm-up), decode tok/s,
+peak RSS in bytes (ru_maxrss of this process: the runtime, the session and its weights) and
+the baseline RSS before the session was created. Imports no torch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+
+import numpy as np
+
+
+def measure(path: str, tokens: int, threads: int, warmup: int = 16, prefill: int = 128) -> dict:
+    from rnnquant.exporters.runner import OrtLM
+
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    lm = OrtLM(path, threads=threads)
+    state, tok, times = lm.init_state(1), np.array([0]), []
+    rng = np.random.default_rng(0)
+    for i in range(warmup + tokens):
+        t0 = time.perf_counter()
+        logits, state = lm.step(tok, state)
+        dt = time.perf_counter() - t0
+        if i >= warmup:
+            times.append(dt)
+        tok = np.array([int(rng.integers(lm.vocab_size))])  # token choice does not change the work
+    ms = np.array(times) * 1e3
+    prompt = rng.integers(lm.vocab_size, size=prefill)
+    t0, state = time.perf_counter(), lm.init_state(1)
+    for t in prompt:  # prefill = the prompt through the step graph, token by token
+        _, state = lm.step(np.array([t]), state)
+    prefill_s = time.perf_counter() - t0
+    return {
+        "latency_ms": {"p50": float(np.percentile(ms, 50)), "p90": float(np.percentile(ms, 90)), "p99": float(np.percentile(ms, 99))},
+        "decode_tok_s": float(1e3 / ms.mean()),
+        "prefill_tok_s": float(prefill / prefill_s),
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "base_rss_bytes": rss_before,
+        "tokens": tokens,
+        "threads": threads,
+    }
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("--tokens", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    print(json.dumps(measure(args.model, args.tokens, args.threads)))
+
+
+if __name__ == "__main__":
+    main()

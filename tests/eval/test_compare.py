@@ -1,0 +1,52 @@
+"""`rnnquant compare` on tiny models writes a schema-valid report with finite values."""
+from __future__ import annotations
+
+import json
+import math
+
+from rnnquant.io import save_checkpoint
+from rnnquant.models import load
+from rnnquant.quant import PRESETS, quantize, save_quantized
+from tests.conftest import TOKENIZER, tiny_model
+from tests.eval.test_perplexity import TEXT
+from tests.helpers import assert_one_line_error, run_cli
+
+KEYS = {"name", "path", "recipe", "perplexity", "latency_ms", "prefill_tok_s", "size_bytes", "peak_rss_bytes", "state_bytes"}
+
+
+def test_compare_report(capsys, tmp_path):
+    d = tmp_path / "m"
+    save_checkpoint(tiny_model("lstm"), d, tokenizer_path=TOKENIZER)
+    data = tmp_path / "data.txt"
+    data.write_text(TEXT)
+    assert run_cli(capsys, "export", d, "--out", tmp_path / "fp32.onnx")[0] == 0
+    assert run_cli(capsys, "export", d, "--recipe", "w8a8-dynamic", "--out", tmp_path / "w8.onnx")[0] == 0
+    save_quantized(quantize(load(d), PRESETS["w4a16-rtn"]), tmp_path / "w4", TOKENIZER)
+    out = tmp_path / "report"
+    code, stdout, err = run_cli(capsys, "compare", "--float", d, tmp_path / "fp32.onnx", tmp_path / "w8.onnx", tmp_path / "w4",
+                                "--data", data, "--window", 64, "--tokens", 20, "--out", out)
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["schema_version"] == 1 and set(report) == {"schema_version", "float", "variants", "machine", "data"}
+    assert len(report["variants"]) == 3
+    for r in [report["float"], *report["variants"]]:
+        assert KEYS <= set(r)
+        for v in (r["perplexity"], r["prefill_tok_s"], *r["latency_ms"].values()):
+            assert math.isfinite(v) and v > 0
+        assert r["size_bytes"] > 0 and r["peak_rss_bytes"] > 0 and r["state_bytes"] == 2 * 2 * 32 * 4
+    fp32 = report["variants"][0]
+    assert abs(fp32["ppl_delta_pct"]) < 1e-3  # float vs float
+    assert report["variants"][2]["size_bytes"] < report["float"]["size_bytes"] / 3
+    assert {p.name for p in out.iterdir()} >= {"report.json", "report.md", "report.html", "ppl_vs_size.png", "latency.png"}
+    assert "| float |" in stdout
+
+
+def test_compare_refuses_other_models_variant(capsys, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    save_checkpoint(tiny_model("gru", seed=0), a, tokenizer_path=TOKENIZER)
+    save_checkpoint(tiny_model("gru", seed=1), b, tokenizer_path=TOKENIZER)
+    assert run_cli(capsys, "export", b, "--out", tmp_path / "b.onnx")[0] == 0
+    data = tmp_path / "data.txt"
+    data.write_text(TEXT)
+    assert_one_line_error(capsys, "compare", "--float", a, tmp_path / "b.onnx", "--data", data, "--out", tmp_path / "r", match="exported from another model")
+    assert not (tmp_path / "r").exists()
