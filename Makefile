@@ -1,8 +1,11 @@
 # Two commands from a fresh clone: `make demo` and `make test`. Both create .venv themselves.
 VENV   := .venv
 PY     := $(VENV)/bin/python
+RQ     := $(VENV)/bin/rnnquant
 STAMP  := $(VENV)/.installed-stamp
-DEMO   := demo-out
+OUT    := demo-out
+MODEL  := mamba-pydoc
+PROMPT := "The list data type has some more methods."
 
 .PHONY: demo test install clean
 
@@ -18,10 +21,15 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(VENV)/bin/pytest -q
 
+# calibrate -> export (float, outlier-aware W8A8, W4A16 GPTQ) -> run -> compare, on the default zoo model
 demo: $(STAMP)
-	$(VENV)/bin/rnnquant zoo
-	$(VENV)/bin/rnnquant ppl mamba-pydoc
-	$(VENV)/bin/rnnquant generate mamba-pydoc --prompt "The list data type has some more methods." --max-new-tokens 48
+	$(RQ) zoo
+	$(RQ) calibrate $(MODEL) --samples 64 --out $(OUT)/calib --force
+	$(RQ) export $(MODEL) --out $(OUT)/$(MODEL)-fp32.onnx --force
+	$(RQ) export $(MODEL) --calib $(OUT)/calib --recipe w8a8-outlier --out $(OUT)/$(MODEL)-w8a8-outlier.onnx --force
+	$(RQ) export $(MODEL) --recipe w4a16-gptq --out $(OUT)/$(MODEL)-w4a16-gptq.onnx --force
+	$(RQ) run $(OUT)/$(MODEL)-w8a8-outlier.onnx --prompt $(PROMPT) --max-new-tokens 48 --threads 2
+	$(RQ) compare --float $(MODEL) $(OUT)/$(MODEL)-fp32.onnx $(OUT)/$(MODEL)-w8a8-outlier.onnx $(OUT)/$(MODEL)-w4a16-gptq.onnx --threads 2 --out $(OUT)/report
 
 clean:
-	rm -rf $(VENV) $(DEMO) build *.egg-info
+	rm -rf $(VENV) $(OUT) build *.egg-info
