@@ -14,6 +14,8 @@ from tqdm import tqdm
 
 from .stats import ChannelStats
 
+FLUSH_ROWS = 8192
+
 
 @dataclass
 class CalibConfig:
@@ -72,10 +74,22 @@ def collect(model, batches, config: CalibConfig | None = None, progress: bool = 
     modules = dict(model.named_modules())
     points: dict[str, PointStats] = {}
 
+    pending: dict[str, list[torch.Tensor]] = {}
+
     def record(name, kind, role, x):
+        """Buffer rows and update the statistics in chunks: recurrent Linears see one small
+        batch per time step, and the histogram update has a fixed cost per call."""
         if name not in points:
             points[name] = PointStats(kind, role, ChannelStats(x.shape[-1], config.bins))
-        points[name].stats.update(x)
+            pending[name] = []
+        pending[name].append(x.detach().clone())
+        if sum(len(t) for t in pending[name]) >= FLUSH_ROWS:
+            flush(name)
+
+    def flush(name):
+        if pending[name]:
+            points[name].stats.update(torch.cat(pending[name]))
+            pending[name] = []
 
     handles = []
     for lin, role in spec.linears.items():
@@ -91,6 +105,8 @@ def collect(model, batches, config: CalibConfig | None = None, progress: bool = 
                 for s, st in zip(spec.states, state, strict=True):
                     record(f"state.{s.name}", "state", "state", _state_channels(st))
             tokens += batch.numel()
+        for name in points:
+            flush(name)
     finally:
         for h in handles:
             h.remove()
