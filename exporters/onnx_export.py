@@ -68,8 +68,9 @@ def _check_loads(path: Path) -> None:
 
 
 @torch.no_grad()
-def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bool = True) -> Path:
-    """Trace ``model.step`` to ``out_path`` (atomically), check it, write ``tokenizer.json`` beside it."""
+def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bool = True, prefill: bool = True) -> Path:
+    """Trace ``model.step`` to ``out_path`` (atomically), check it, write the prefill graph
+    (``<stem>.prefill.onnx``) and ``tokenizer.json`` beside it."""
     import onnx
 
     from rnnquant.quant.qlinear import QLinear
@@ -102,6 +103,10 @@ def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bo
             raise RnnquantError(f"exported graph fails the ONNX checker: {str(e).splitlines()[0]}") from None
         onnx.save(proto, str(tmp))
         _check_loads(tmp)
+    if prefill:
+        from .prefill import export_prefill
+
+        export_prefill(out_path, force=True)
     if tokenizer_path is not None:
         import shutil
 

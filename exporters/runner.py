@@ -55,6 +55,8 @@ class OrtLM:
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
             raise RnnquantError(f"{self.path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:160]})") from None
         self.output_names = [o.name for o in self.session.get_outputs()]
+        pre = self.path.with_suffix(".prefill.onnx")
+        self.prefill_session = ort.InferenceSession(str(pre), opts, providers=["CPUExecutionProvider"]) if pre.is_file() else None
         self.tokenizer = self._tokenizer(tokenizer)
 
     def _ort_metadata(self) -> dict[str, str]:
@@ -81,6 +83,20 @@ class OrtLM:
         logits, *new = self.session.run(self.output_names, feeds)
         return logits, new
 
+    def prefill(self, ids: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """ids [B, T] -> logits [B, T, V] and the state after T tokens: the prefill graph when it
+        was exported beside the step graph, else the step graph token by token."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if self.prefill_session is not None:
+            feeds = {"prompt_ids": ids} | {s["name"]: v for s, v in zip(self.states, state)}
+            logits, *new = self.prefill_session.run(None, feeds)
+            return logits, new
+        out = []
+        for t in range(ids.shape[1]):
+            logits, state = self.step(ids[:, t], state)
+            out.append(logits)
+        return np.stack(out, 1), state
+
     def encode(self, text: str) -> list[int]:
         ids = self.tokenizer.encode(text).ids
         if not ids:
@@ -90,18 +106,18 @@ class OrtLM:
         return ids
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int, temperature: float = 0.0, top_k: int = 0, seed: int = 0):
-        """Prefill by stepping through the prompt, then sample; yields token ids."""
+        """Prefill the prompt, then step and sample; yields token ids."""
         rng = np.random.default_rng(seed)
-        state = self.init_state(1)
-        for t in prompt_ids:
-            logits, state = self.step(np.array([t]), state)
+        logits, state = self.prefill(np.array([prompt_ids]), self.init_state(1))
+        logits = logits[:, -1]
         for _ in range(max_new_tokens):
             nxt = sample(logits[0], temperature, top_k, rng)
             yield nxt
             logits, state = self.step(np.array([nxt]), state)
 
-    def perplexity(self, ids, window: int = 512, batch_size: int = 64, progress: bool = False) -> tuple[float, int]:
-        """Same windows as ``rnnquant.eval.perplexity_ids``, computed through the step graph."""
+    def perplexity(self, ids, window: int = 512, batch_size: int = 8, progress: bool = False) -> tuple[float, int]:
+        """Same windows as ``rnnquant.eval.perplexity_ids``, computed through the prefill graph
+        (or the step graph when no prefill graph was exported)."""
         from tqdm import tqdm
 
         ids = np.asarray(ids, dtype=np.int64)
@@ -114,10 +130,9 @@ class OrtLM:
         for seqs in groups.values():
             for i in range(0, len(seqs), batch_size):
                 batch = np.stack(seqs[i : i + batch_size])
-                state = self.init_state(len(batch))
-                for t in range(batch.shape[1] - 1):
-                    logits, state = self.step(batch[:, t], state)
-                    nll += float(-log_softmax(logits)[np.arange(len(batch)), batch[:, t + 1]].sum())
+                logits, _ = self.prefill(batch[:, :-1], self.init_state(len(batch)))  # [B, T-1, V]
+                logp = log_softmax(logits)
+                nll += float(-np.take_along_axis(logp, batch[:, 1:, None], -1).sum())
                 count += batch.size - len(batch)
                 bar.update(len(batch))
         bar.close()

@@ -251,7 +251,8 @@ def export(model, recipe, calib, data, samples, seq_len, out, to_ort, opset, for
             raise RnnquantError(f"{model} is already quantized ({m.recipe.name}); export it without --recipe")
         m = _quantized(m, recipe, calib, data, samples, seq_len)
     path = export_step(m, out, Path(m.source) / "tokenizer.json", opset=opset, force=force)
-    click.echo(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB) and {path.parent / 'tokenizer.json'}")
+    pre = path.with_suffix(".prefill.onnx")
+    click.echo(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB), {pre.name} and {path.parent / 'tokenizer.json'}")
     if to_ort:
         from .exporters.ort_format import convert_to_ort
 

@@ -128,3 +128,23 @@ def test_export_quantized_directory(capsys, tmp_path, saved):
     assert code == 0, err
     meta = {p.key: p.value for p in onnx.load(tmp_path / "q.onnx").metadata_props}
     assert json.loads(meta["recipe"])["name"] == "w4a16-rtn" and meta["model_fingerprint"] == m.fingerprint
+
+
+@pytest.mark.parametrize("arch", ["mamba", "lstm"])
+def test_prefill_then_step_equals_stepping(tmp_path, arch):
+    m = _model(arch)
+    q = quantize(m, PRESETS["w8a8-dynamic"]) if arch == "lstm" else m
+    lm = OrtLM(export_step(q, tmp_path / "m.onnx", TOKENIZER))
+    assert lm.prefill_session is not None
+    ids = IDS[:2 * 40].view(2, 40).numpy()
+    logits, state = lm.prefill(ids[:, :25], lm.init_state(2))
+    stepped, s2 = [], lm.init_state(2)
+    for t in range(40):
+        out, s2 = lm.step(ids[:, t], s2)
+        stepped.append(out)
+    for t in range(25, 40):
+        out, state = lm.step(ids[:, t], state)
+        assert np.abs(out - stepped[t]).max() <= 1e-4
+    assert np.abs(logits - np.stack(stepped[:25], 1)).max() <= 1e-4
+    for a, b in zip(state, s2, strict=True):
+        assert np.abs(a - b).max() <= 1e-4

@@ -1,0 +1,82 @@
+"""The prefill graph: the traced step graph run over a whole prompt inside ONNX Runtime.
+
+    input_ids int64 [batch, seq] (dynamic seq) + state  ->  logits [batch, seq, vocab] + new state
+
+Built from the exported step graph, not from the model: an ONNX ``Loop`` whose body is the step
+graph itself (its weights stay single initializers in the outer graph), carrying the state and
+stacking the logits. Every architecture and every quantized form gets a prefill graph that is
+exactly its step graph repeated, with no Python between tokens. (A Mamba prefill with the
+projections batched over the sequence would be faster; it is not built yet.)
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto, helper
+
+from rnnquant.errors import RnnquantError
+from rnnquant.io import atomic_path
+
+
+def prefill_path(step_path: Path) -> Path:
+    return Path(step_path).with_suffix(".prefill.onnx")
+
+
+def build_prefill(step: onnx.ModelProto) -> onnx.ModelProto:
+    g = step.graph
+    states = json.loads({p.key: p.value for p in step.metadata_props}["states"])
+    names = [s["name"] for s in states]
+    step_inputs = [i.name for i in g.input]
+    if step_inputs != ["input_ids", *names]:
+        raise RnnquantError(f"unexpected step graph inputs {step_inputs}")
+    # body: (iter, cond, *state) -> (cond, *new_state, logits); reads the outer "prompt_ids"
+    body_nodes = [
+        helper.make_node("Gather", ["prompt_ids", "iter"], ["input_ids"], axis=1, name="prefill_take_token"),
+        *g.node,
+        helper.make_node("Identity", ["cond_in"], ["cond_out"], name="prefill_cond"),
+    ]
+    state_vi = {vi.name: vi for vi in g.input}
+    out_vi = {vi.name: vi for vi in g.output}
+    body = helper.make_graph(
+        body_nodes, "prefill_step",
+        [helper.make_tensor_value_info("iter", TensorProto.INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         *[state_vi[n] for n in names]],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), *[out_vi[f"new_{n}"] for n in names], out_vi["logits"]],
+    )
+    outer = [
+        helper.make_node("Shape", ["prompt_ids"], ["prompt_shape"]),
+        helper.make_node("Gather", ["prompt_shape", "one"], ["seq_len"], axis=0),
+        helper.make_node("Loop", ["seq_len", "true", *names], [*[f"new_{n}" for n in names], "logits_tbv"], body=body),
+        helper.make_node("Transpose", ["logits_tbv"], ["logits"], perm=[1, 0, 2]),
+    ]
+    consts = [helper.make_tensor("one", TensorProto.INT64, [], [1]), helper.make_tensor("true", TensorProto.BOOL, [], [True])]
+    graph = helper.make_graph(
+        outer, "rnnquant_prefill",
+        [helper.make_tensor_value_info("prompt_ids", TensorProto.INT64, ["batch", "seq"]), *[state_vi[n] for n in names]],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", out_vi["logits"].type.tensor_type.shape.dim[1].dim_value or "vocab"]),
+         *[out_vi[f"new_{n}"] for n in names]],
+        initializer=[*g.initializer, *consts],
+    )
+    model = helper.make_model(graph, opset_imports=list(step.opset_import), producer_name="rnnquant")
+    model.ir_version = step.ir_version
+    for p in step.metadata_props:
+        model.metadata_props.add(key=p.key, value="prefill" if p.key == "graph" else p.value)
+    return model
+
+
+def export_prefill(step_path, force: bool = True) -> Path:
+    from .onnx_export import _check_loads
+
+    step_path = Path(step_path)
+    model = build_prefill(onnx.load(str(step_path)))
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise RnnquantError(f"prefill graph fails the ONNX checker: {str(e).splitlines()[0]}") from None
+    out = prefill_path(step_path)
+    with atomic_path(out, force=force) as tmp:
+        onnx.save(model, str(tmp))
+        _check_loads(tmp)
+    return out
