@@ -1,0 +1,34 @@
+"""CLI surface: every command's help shows an example; no network is touched at run time."""
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from rnnquant.cli import cli
+from tests.eval.test_perplexity import TEXT
+from tests.helpers import run_cli
+
+
+@pytest.mark.parametrize("command", [None, *sorted(cli.commands)])
+def test_help_shows_an_example(capsys, command):
+    code, out, _ = run_cli(capsys, *([command] if command else []), "--help")
+    assert code == 0 and "Example:" in out and "rnnquant " in out
+
+
+def test_runs_with_sockets_blocked(capsys, monkeypatch, tmp_path, tiny_dir):
+    def refuse(*a, **k):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket, "socket", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    data = tmp_path / "d.txt"
+    data.write_text(TEXT)
+    assert run_cli(capsys, "ppl", tiny_dir, "--data", data, "--window", 32)[0] == 0
+    assert run_cli(capsys, "export", tiny_dir, "--out", tmp_path / "m.onnx")[0] == 0
+    assert run_cli(capsys, "run", tmp_path / "m.onnx", "--prompt", "import os", "--max-new-tokens", 4)[0] == 0
+
+
+def test_unknown_command_is_a_usage_error(capsys):
+    code, _, err = run_cli(capsys, "frobnicate")
+    assert code == 2 and "No such command" in err
