@@ -36,13 +36,33 @@ def _calibration(calib, model):
     return load_calibration(calib, model)
 
 
-def _quantized(m, recipe, calib, data, samples, seq_len):
+def _pruned(m, cfg, calib, data, samples, seq_len):
+    from .prune import prune as apply_prune
+
+    c = _calibration(calib, m)
+    batches = _batches(m, data, samples, seq_len) if cfg.method in ("sparsegpt", "layers") else None
+    return apply_prune(m, cfg, c, batches)
+
+
+def _quantized(m, recipe, calib, data, samples, seq_len, prune_spec=None):
+    """Optionally prune, then quantize. After pruning the model changed, so it is recalibrated
+    on the same text before a recipe that reads calibration statistics."""
     from .quant import load_recipe, quantize as apply_recipe
     from .quant.apply import require_calibration
 
     r = load_recipe(recipe)
     require_calibration(r, calib)
     c = _calibration(calib, m)
+    if prune_spec:
+        from .calibrate import CalibConfig, calibrate as run_calibration
+        from .eval import tokenize
+        from .prune import parse_spec
+
+        m = _pruned(m, parse_spec(prune_spec), calib, data, samples, seq_len)
+        _echo_prune(m)
+        if c is not None:
+            s = c.meta["settings"]
+            c = run_calibration(m, tokenize(m.tokenizer, _text(m, data, "train")), CalibConfig(samples=s["samples"], seq_len=s["seq_len"]))
     return apply_recipe(m, r, c, _batches(m, data, samples, seq_len) if r.needs_data() else None)
 
 
@@ -158,9 +178,10 @@ def calibrate(model, data, samples, seq_len, batch_size, outlier_k, out, force):
 @click.option("--data", type=click.Path(dir_okay=False), help="Text for static scales and GPTQ (default for zoo models: the train split).")
 @click.option("--samples", default=32, show_default=True, help="Sequences for static scales / GPTQ Hessians.")
 @click.option("--seq-len", default=256, show_default=True)
+@click.option("--prune", "prune_spec", help="Prune first: wanda:0.5, sparsegpt:2:4, channels:0.25, layers:1, ...")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory (written atomically).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output directory.")
-def quantize(model, recipe, calib, data, samples, seq_len, out, force):
+def quantize(model, recipe, calib, data, samples, seq_len, prune_spec, out, force):
     """Apply a quantization recipe and write the integer model (evaluate it with `rnnquant ppl`).
 
     \b
@@ -179,9 +200,54 @@ def quantize(model, recipe, calib, data, samples, seq_len, out, force):
     if Path(out).exists() and not force:
         raise RnnquantError(f"{out} already exists (use --force to overwrite)")
     m = _model(model)
-    qm = _quantized(m, recipe, calib, data, samples, seq_len)
+    qm = _quantized(m, recipe, calib, data, samples, seq_len, prune_spec)
     save_quantized(qm, out, Path(m.source) / "tokenizer.json", force=force)
     click.echo(f"{qm.recipe.name}: {size_bytes(m) / 2**20:.2f} MiB float -> {size_bytes(qm) / 2**20:.2f} MiB; wrote {out}/")
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--method", type=click.Choice(["magnitude", "wanda", "sparsegpt", "channels", "layers"]), required=True)
+@click.option("--sparsity", type=float, default=0.5, show_default=True, help="Fraction removed (unstructured and channels).")
+@click.option("--nm", help="N:M pattern instead of --sparsity, e.g. 2:4.")
+@click.option("--layers", "n_layers", type=int, default=1, show_default=True, help="Layers removed (--method layers).")
+@click.option("--calib", type=click.Path(file_okay=False), help="Calibration directory (wanda, channels).")
+@click.option("--data", type=click.Path(dir_okay=False), help="Text for SparseGPT Hessians / block influence (default for zoo models: the train split).")
+@click.option("--samples", default=32, show_default=True)
+@click.option("--seq-len", default=256, show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--force", is_flag=True)
+def prune(model, method, sparsity, nm, n_layers, calib, data, samples, seq_len, out, force):
+    """Prune a model: masked (magnitude, Wanda, SparseGPT, N:M) or structural (channels, layers).
+
+    Writes a float checkpoint; structural pruning shrinks its config and matrices. Prints
+    masked sparsity and structural savings separately.
+
+    \b
+    Example:
+      rnnquant prune mamba-pydoc --calib calib/ --method wanda --sparsity 0.5 --out mamba-wanda50/
+      rnnquant prune mamba-pydoc --calib calib/ --method channels --sparsity 0.25 --out mamba-ch25/
+    """
+    from pathlib import Path
+
+    from .io import save_checkpoint
+    from .prune import parse_spec
+
+    if Path(out).exists() and not force:
+        raise RnnquantError(f"{out} already exists (use --force to overwrite)")
+    spec = f"layers:{n_layers}" if method == "layers" else f"{method}:{nm}" if nm else f"{method}:{sparsity}"
+    m = _model(model)
+    p = _pruned(m, parse_spec(spec), calib, data, samples, seq_len)
+    save_checkpoint(p, out, Path(m.source) / "tokenizer.json", force=force)
+    _echo_prune(p)
+    click.echo(f"wrote {out}/")
+
+
+def _echo_prune(p) -> None:
+    r = p.prune_report
+    click.echo(f"{r['spec']}: masked sparsity {r['masked_sparsity_pct']:.1f}% of pruned Linears; "
+               f"structural {r['params_before'] / 1e6:.2f}M -> {r['params_after'] / 1e6:.2f}M params ({r['structural_reduction_pct']:.1f}% removed); "
+               f"{r['nonzero_params'] / 1e6:.2f}M nonzero. {r['note']}.")
 
 
 @cli.command()
@@ -223,11 +289,12 @@ def generate(model, prompt, max_new_tokens, temperature, top_k, seed):
 @click.option("--data", type=click.Path(dir_okay=False), help="Text for static scales / GPTQ (default for zoo models: the train split).")
 @click.option("--samples", default=32, show_default=True)
 @click.option("--seq-len", default=256, show_default=True)
+@click.option("--prune", "prune_spec", help="Prune first: wanda:0.5, sparsegpt:2:4, channels:0.25, layers:1, ...")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .onnx path (tokenizer.json is written beside it).")
 @click.option("--ort", "to_ort", is_flag=True, help="Also write a .ort file for mobile/minimal ONNX Runtime builds, verified against the .onnx.")
 @click.option("--opset", default=17, show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
-def export(model, recipe, calib, data, samples, seq_len, out, to_ort, opset, force):
+def export(model, recipe, calib, data, samples, seq_len, prune_spec, out, to_ort, opset, force):
     """Export the O(1) step graph (token + state in, logits + state out) to ONNX.
 
     MODEL is a float model (optionally quantized on the way with --recipe) or a quantized
@@ -246,10 +313,16 @@ def export(model, recipe, calib, data, samples, seq_len, out, to_ort, opset, for
     if Path(out).exists() and not force:
         raise RnnquantError(f"{out} already exists (use --force to overwrite)")
     m = _model(model)
-    if recipe is not None:
+    if recipe is not None or prune_spec:
         if getattr(m, "recipe", None) is not None:
-            raise RnnquantError(f"{model} is already quantized ({m.recipe.name}); export it without --recipe")
-        m = _quantized(m, recipe, calib, data, samples, seq_len)
+            raise RnnquantError(f"{model} is already quantized ({m.recipe.name}); export it without --recipe/--prune")
+        if recipe is not None:
+            m = _quantized(m, recipe, calib, data, samples, seq_len, prune_spec)
+        else:
+            from .prune import parse_spec
+
+            m = _pruned(m, parse_spec(prune_spec), calib, data, samples, seq_len)
+            _echo_prune(m)
     path = export_step(m, out, Path(m.source) / "tokenizer.json", opset=opset, force=force)
     pre = path.with_suffix(".prefill.onnx")
     click.echo(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB), {pre.name} and {path.parent / 'tokenizer.json'}")

@@ -35,6 +35,27 @@ class StateSpec:
 
 
 @dataclass(frozen=True)
+class ChannelLayer:
+    """One layer's share of a prunable channel group.
+
+    ``slices``: (parameter, dim, starts): channel c lives at index start + c along dim, for each
+    start (e.g. Mamba's in_proj rows hold x at 0 and z at E: starts (0, E)).
+    ``score_point`` / ``score_weight``: the calibration point whose per-channel RMS, times the
+    column norms of this weight, scores each channel (Wanda-style: activation x outgoing weight).
+    """
+
+    slices: list[tuple[str, int, tuple[int, ...]]]
+    score_point: str
+    score_weight: str
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    config_key: str  # the config field that gives the group's width (e.g. intermediate_size)
+    layers: list[ChannelLayer]
+
+
+@dataclass(frozen=True)
 class ArchSpec:
     """What an adapter declares about its architecture; every name is a module path."""
 
@@ -45,6 +66,9 @@ class ArchSpec:
     float_params: list[str]  # parameters that stay float (A_log, D, dt bias, conv, norms, ...)
     states: list[StateSpec] = field(default_factory=list)
     embedding: str = ""  # the token embedding module (tied to lm_head when the config says so)
+    channel_groups: dict[str, ChannelGroup] = field(default_factory=dict)  # structurally prunable widths
+    residual_layers: list[str] = field(default_factory=list)  # removable blocks of a residual stream
+    residual_inputs: list[str] = field(default_factory=list)  # modules whose input is the stream before each block, then after the last
 
 
 class RecurrentLM(nn.Module):

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import ArchSpec, RecurrentLM, StateSpec, Tap
+from .base import ArchSpec, ChannelGroup, ChannelLayer, RecurrentLM, StateSpec, Tap
 from .ssm import selective_scan, selective_state_update
 
 
@@ -152,4 +152,18 @@ class MambaLM(RecurrentLM):
             floats += [f"{m}.conv1d.bias"] if c["use_conv_bias"] else []
             states += [StateSpec(f"conv_{i}", (E, K - 1)), StateSpec(f"ssm_{i}", (E, N))]
         linears["lm_head"] = "lm_head"
-        return ArchSpec(linears, pairs, rot, taps, floats, states, embedding="backbone.embeddings")
+        layers = [f"backbone.layers.{i}" for i in range(c["num_hidden_layers"])]
+        d_inner = ChannelGroup("intermediate_size", [self._d_inner_slices(f"{p}.mixer") for p in layers])
+        return ArchSpec(linears, pairs, rot, taps, floats, states, embedding="backbone.embeddings", channel_groups={"d_inner": d_inner},
+                        residual_layers=layers, residual_inputs=[f"{p}.norm" for p in layers] + ["backbone.norm_f"])
+
+    def _d_inner_slices(self, m: str) -> ChannelLayer:
+        """A d_inner channel e: in_proj rows e (x) and E+e (z), its conv filter, x_proj column,
+        dt_proj row, A_log row, D, out_proj column."""
+        E = self.config["intermediate_size"]
+        s = [(f"{m}.in_proj.weight", 0, (0, E)), (f"{m}.conv1d.weight", 0, (0,)), (f"{m}.x_proj.weight", 1, (0,)),
+             (f"{m}.dt_proj.weight", 0, (0,)), (f"{m}.dt_proj.bias", 0, (0,)), (f"{m}.A_log", 0, (0,)), (f"{m}.D", 0, (0,)),
+             (f"{m}.out_proj.weight", 1, (0,))]
+        s += [(f"{m}.in_proj.bias", 0, (0, E))] if self.config["use_bias"] else []
+        s += [(f"{m}.conv1d.bias", 0, (0,))] if self.config["use_conv_bias"] else []
+        return ChannelLayer(s, f"{m}.out_proj.input", f"{m}.out_proj.weight")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import ArchSpec, RecurrentLM, StateSpec
+from .base import ArchSpec, ChannelGroup, ChannelLayer, RecurrentLM, StateSpec
 
 
 class _Cell(nn.Module):
@@ -99,7 +99,18 @@ class _RNNLM(RecurrentLM):
             linears |= {f"layers.{i}.ih": "rnn_ih", f"layers.{i}.hh": "rnn_hh"}
             states += [StateSpec(f"{n}_{i}", (H,)) for n in self.state_names]
         linears |= {"proj": "proj", "lm_head": "lm_head"}
-        return ArchSpec(linears, [], [], {}, ["embed.weight"], states, embedding="embed")
+        hidden = ChannelGroup("hidden_size", [self._hidden_slices(i) for i in range(len(self.layers))])
+        return ArchSpec(linears, [], [], {}, ["embed.weight"], states, embedding="embed", channel_groups={"hidden": hidden})
+
+    def _hidden_slices(self, i: int) -> ChannelLayer:
+        """Hidden unit k of layer i: row k of every gate in ih/hh (weights and biases), column k of
+        hh, and column k of whatever reads h_i (the next layer's ih, or proj)."""
+        H, G = self.config["hidden_size"], self.cell_cls.gates
+        gates = tuple(g * H for g in range(G))
+        nxt = f"layers.{i + 1}.ih.weight" if i + 1 < len(self.layers) else "proj.weight"
+        s = [(f"layers.{i}.{lin}.{p}", 0, gates) for lin in ("ih", "hh") for p in ("weight", "bias")]
+        s += [(f"layers.{i}.hh.weight", 1, (0,)), (nxt, 1, (0,))]
+        return ChannelLayer(s, f"state.h_{i}", nxt)
 
 
 class LSTMLM(_RNNLM):

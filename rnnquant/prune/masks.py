@@ -1,0 +1,69 @@
+"""Unstructured and N:M weight pruning: magnitude, Wanda and SparseGPT (algorithm math only).
+
+Glossary:
+    W [out, in]   a Linear's weight;  X [n, in]  its calibration inputs
+    Wanda (Sun et al. 2023):  score_ij = |W_ij| * ||X_j||_2, pruned per output row
+    SparseGPT (Frantar & Alistarh 2023): OBS pruning column block by column block, with the
+        error of each pruned weight pushed onto the unpruned columns through H^-1, H = 2 X^T X / n
+    N:M: in every group of M consecutive input weights of a row, keep the N largest scores
+"""
+from __future__ import annotations
+
+import torch
+
+
+def _keep_mask(score: torch.Tensor, sparsity: float, nm: tuple[int, int] | None) -> torch.Tensor:
+    """True where a weight is kept: the top (1 - sparsity) scores of each row, or N of every M."""
+    out, cols = score.shape
+    if nm is not None:
+        n, m = nm
+        groups = score.reshape(out, cols // m, m)
+        idx = groups.topk(m - n, dim=-1, largest=False).indices
+        keep = torch.ones_like(groups, dtype=torch.bool).scatter_(-1, idx, False)
+        return keep.reshape(out, cols)
+    k = int(round(cols * sparsity))
+    keep = torch.ones_like(score, dtype=torch.bool)
+    if k:
+        keep.scatter_(1, score.topk(k, dim=1, largest=False).indices, False)
+    return keep
+
+
+def magnitude_mask(w: torch.Tensor, sparsity: float, nm=None) -> torch.Tensor:
+    return _keep_mask(w.abs(), sparsity, nm)
+
+
+def wanda_mask(w: torch.Tensor, act_norm: torch.Tensor, sparsity: float, nm=None) -> torch.Tensor:
+    """act_norm [in]: ||X_j||_2 (any positive multiple: only the order within a row matters)."""
+    return _keep_mask(w.abs() * act_norm.unsqueeze(0), sparsity, nm)
+
+
+@torch.no_grad()
+def sparsegpt_prune(w: torch.Tensor, H: torch.Tensor, sparsity: float, nm=None, block_size: int = 128, percdamp: float = 0.01):
+    """Returns (pruned weight, keep mask). Masks are chosen per block by w^2 / [H^-1]_jj^2."""
+    W = w.detach().clone().float()
+    out, cols = W.shape
+    H = H.clone().double()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    H += percdamp * torch.diag(H).mean() * torch.eye(cols, dtype=H.dtype)
+    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True).float()
+    keep = torch.ones_like(W, dtype=torch.bool)
+    if nm is not None:
+        block_size = max(block_size // nm[1], 1) * nm[1]
+    for i1 in range(0, cols, block_size):
+        i2 = min(i1 + block_size, cols)
+        W1, U1 = W[:, i1:i2].clone(), U[i1:i2, i1:i2]
+        Err = torch.zeros_like(W1)
+        score = W1**2 / torch.diag(U1).unsqueeze(0) ** 2
+        keep1 = _keep_mask(score, sparsity, nm)
+        for i in range(i2 - i1):
+            q = torch.where(keep1[:, i], W1[:, i], torch.zeros_like(W1[:, i]))
+            err = (W1[:, i] - q) / U1[i, i]
+            W1[:, i:] -= err[:, None] * U1[i, i:][None, :]
+            W1[:, i] = q
+            Err[:, i] = err
+        W[:, i1:i2] = W1
+        keep[:, i1:i2] = keep1
+        W[:, i2:] -= Err @ U[i1:i2, i2:]
+    return W * keep, keep

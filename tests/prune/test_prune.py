@@ -1,0 +1,147 @@
+"""Pruning: structured removal equals zeroing, N:M masks hold, accounting is exact, bad requests refused."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rnnquant.calibrate import CalibConfig, calibrate, calibration_batches
+from rnnquant.errors import RnnquantError
+from rnnquant.models import fingerprint
+from rnnquant.prune import parse_spec, prune, remove_channels
+from rnnquant.prune.masks import magnitude_mask, sparsegpt_prune, wanda_mask
+from rnnquant.quant.gptq import HessianAccumulator
+from tests.conftest import tiny_model
+
+IDS = torch.randint(0, 4096, (4000,), generator=torch.Generator().manual_seed(0))
+
+
+def _calibrated(arch):
+    m = tiny_model(arch)
+    m.fingerprint = fingerprint(m)
+    return m, calibrate(m, IDS, CalibConfig(samples=4, seq_len=64)), calibration_batches(IDS, 4, 64, 4)
+
+
+@torch.no_grad()
+def test_mamba_channel_removal_equals_zeroing():
+    m = tiny_model("mamba")
+    E = m.config["intermediate_size"]
+    keep = [torch.arange(0, E, 2), torch.randperm(E, generator=torch.Generator().manual_seed(0))[: E // 2]]
+    small = remove_channels(m, "d_inner", keep)
+    zeroed = tiny_model("mamba")
+    for layer, k in zip(zeroed.backbone.layers, keep):
+        drop = torch.tensor(sorted(set(range(E)) - set(k.tolist())))
+        layer.mixer.in_proj.weight[drop] = 0  # x_e = 0 before the conv ...
+        layer.mixer.conv1d.bias[drop] = 0  # ... and after it, so channel e carries nothing
+    ids = IDS[:64].view(2, 32)
+    assert small.config["intermediate_size"] == E // 2
+    assert (small(ids) - zeroed(ids)).abs().max() <= 1e-4
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("arch", ["lstm", "gru"])
+def test_rnn_hidden_removal_equals_zeroing(arch):
+    m = tiny_model(arch)
+    H = m.config["hidden_size"]
+    keep = [torch.arange(0, H, 2)] * 2
+    small = remove_channels(m, "hidden", keep)
+    zeroed = tiny_model(arch)
+    drop = torch.arange(1, H, 2)
+    for cell in zeroed.layers:
+        G = cell.gates
+        rows = torch.cat([g * H + drop for g in range(G)])
+        cell.ih.weight[rows] = 0
+        cell.ih.bias[rows] = 0
+        cell.hh.weight[rows] = 0
+        cell.hh.bias[rows] = 0
+        cell.hh.weight[:, drop] = 0
+    # a unit with zero weights and biases stays at h = 0 (LSTM: c' = 0.5 c = 0; GRU: h' = 0.5 tanh(0) + 0.5 h = 0)
+    # and its outgoing columns are then irrelevant
+    ids = IDS[:64].view(2, 32)
+    assert (small(ids) - zeroed(ids)).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("nm", [(2, 4), (4, 8)])
+def test_nm_masks(nm):
+    g = torch.Generator().manual_seed(0)
+    w, x = torch.randn(16, 64, generator=g), torch.randn(500, 64, generator=g)
+    acc = HessianAccumulator(64)
+    acc.add(x)
+    n, mm = nm
+    for keep in (magnitude_mask(w, 0, nm), wanda_mask(w, x.norm(dim=0), 0, nm), sparsegpt_prune(w, acc.hessian(), 0, nm)[1]):
+        assert (keep.reshape(16, -1, mm).sum(-1) == n).all()
+
+
+def test_unstructured_accounting_is_exact():
+    m, calib, batches = _calibrated("mamba")
+    p = prune(m, parse_spec("wanda:0.5"), calib, batches)
+    r = p.prune_report
+    targets = [n for n, role in p.arch_spec().linears.items() if role != "lm_head"]
+    mods = dict(p.named_modules())
+    zeros = sum(int((mods[n].weight == 0).sum()) for n in targets)
+    total = sum(mods[n].weight.numel() for n in targets)
+    assert r["masked_sparsity_pct"] == pytest.approx(100 * zeros / total)
+    assert 49.0 <= r["masked_sparsity_pct"] <= 51.0 and r["structural_reduction_pct"] == 0
+    assert r["params_after"] == r["params_before"]
+
+
+def test_wanda_and_sparsegpt_beat_magnitude_on_layer_error():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2000, 64, generator=g) * torch.linspace(0.1, 4, 64)  # uneven input scales
+    w = torch.randn(32, 64, generator=g)
+    acc = HessianAccumulator(64)
+    acc.add(x)
+    err = lambda wp: float(((x @ (w - wp).T) ** 2).mean())  # noqa: E731
+    e_mag = err(w * magnitude_mask(w, 0.5))
+    e_wanda = err(w * wanda_mask(w, x.norm(dim=0), 0.5))
+    e_sgpt = err(sparsegpt_prune(w, acc.hessian(), 0.5)[0])
+    assert e_wanda < e_mag and e_sgpt < e_wanda
+
+
+def test_structured_prune_shrinks_and_layers_drop():
+    m, calib, batches = _calibrated("mamba")
+    p = prune(m, parse_spec("channels:0.25"), calib, batches)
+    assert p.config["intermediate_size"] == 48 and p.prune_report["structural_reduction_pct"] > 0
+    assert p(IDS[:20].view(1, 20)).shape == (1, 20, 4096)
+    one = prune(m, parse_spec("layers:1"), calib, batches)
+    assert one.config["num_hidden_layers"] == 1 and len(one.pruned_layers) == 1
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [("wanda:1.0", "sparsity must be in"), ("wanda:0", "sparsity must be in"), ("layers:2", "would remove every layer"),
+     ("magnitude:3:4:5", "bad --prune spec"), ("wanda:4:2", "needs 0 < N < M"), ("voodoo:0.5", "unknown pruning method"),
+     ("magnitude:3:7", "does not divide")],
+)
+def test_impossible_requests(spec, match):
+    m, calib, batches = _calibrated("mamba")
+    with pytest.raises(RnnquantError, match=match):
+        prune(m, parse_spec(spec), calib, batches)
+
+
+def test_layers_refused_for_non_residual():
+    m, calib, batches = _calibrated("lstm")
+    with pytest.raises(RnnquantError, match="no residual blocks"):
+        prune(m, parse_spec("layers:1"), calib, batches)
+
+
+def test_cli_prune_then_quantize_and_export(capsys, tmp_path):
+    from rnnquant.io import save_checkpoint
+    from rnnquant.models import load
+    from tests.calibrate.test_calibrate import TEXT
+    from tests.conftest import TOKENIZER
+    from tests.helpers import assert_one_line_error, run_cli
+
+    d = tmp_path / "m"
+    save_checkpoint(tiny_model("mamba"), d, tokenizer_path=TOKENIZER)
+    data = tmp_path / "t.txt"
+    data.write_text(TEXT)
+    assert run_cli(capsys, "calibrate", d, "--data", data, "--samples", 4, "--seq-len", 64, "--out", tmp_path / "c")[0] == 0
+    code, out, err = run_cli(capsys, "prune", d, "--calib", tmp_path / "c", "--method", "channels", "--sparsity", 0.25, "--out", tmp_path / "p")
+    assert code == 0, err
+    assert "structural" in out and load(tmp_path / "p").config["intermediate_size"] == 48
+    code, out, err = run_cli(capsys, "export", d, "--calib", tmp_path / "c", "--recipe", "w8a8-outlier", "--prune", "wanda:0.5", "--data", data,
+                             "--samples", 4, "--seq-len", 64, "--out", tmp_path / "pq.onnx")
+    assert code == 0, err
+    assert "masked sparsity 50.0%" in out
+    assert_one_line_error(capsys, "prune", d, "--method", "wanda", "--sparsity", 1.5, "--calib", tmp_path / "c", "--out", tmp_path / "x", match="sparsity must be in")
+    assert not (tmp_path / "x").exists()
