@@ -27,16 +27,22 @@ def _targets(model, cfg: PruneConfig) -> list[str]:
 
 
 @torch.no_grad()
-def _hessians(model, names, batches) -> dict[str, HessianAccumulator]:
+def run_with_input_hooks(model, hooks: dict[str, callable], batches) -> None:
+    """Run ``model`` over ``batches`` calling ``hooks[name](x)`` with each input of module ``name``."""
     mods = dict(model.named_modules())
-    acc = {n: HessianAccumulator(mods[n].in_features) for n in names}
-    hooks = [mods[n].register_forward_pre_hook(lambda m, a, n=n: acc[n].add(a[0])) for n in names]
+    handles = [mods[n].register_forward_pre_hook(lambda m, a, fn=fn: fn(a[0])) for n, fn in hooks.items()]
     try:
         for b in batches:
             model(b)
     finally:
-        for h in hooks:
+        for h in handles:
             h.remove()
+
+
+def _hessians(model, names, batches) -> dict[str, HessianAccumulator]:
+    mods = dict(model.named_modules())
+    acc = {n: HessianAccumulator(mods[n].in_features) for n in names}
+    run_with_input_hooks(model, {n: acc[n].add for n in names}, batches)
     return acc
 
 
@@ -98,18 +104,10 @@ def _channels(model, cfg: PruneConfig, calib):
 @torch.no_grad()
 def block_influence(model, batches) -> torch.Tensor:
     """ShortGPT's BI_i = 1 - mean cos(x_i, x_{i+1}) over tokens: how much block i changes the stream."""
-    spec = model.arch_spec()
-    mods = dict(model.named_modules())
-    seen: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(spec.residual_inputs))}
-    hooks = [mods[n].register_forward_pre_hook(lambda m, a, i=i: seen[i].append(a[0].reshape(-1, a[0].shape[-1])))
-             for i, n in enumerate(spec.residual_inputs)]
-    try:
-        for b in batches:
-            model(b)
-    finally:
-        for h in hooks:
-            h.remove()
-    xs = [torch.cat(seen[i]) for i in range(len(spec.residual_inputs))]
+    names = model.arch_spec().residual_inputs
+    seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    run_with_input_hooks(model, {n: (lambda x, n=n: seen[n].append(x.reshape(-1, x.shape[-1]))) for n in names}, batches)
+    xs = [torch.cat(seen[n]) for n in names]
     return torch.stack([1 - torch.nn.functional.cosine_similarity(xs[i], xs[i + 1], dim=-1).mean() for i in range(len(xs) - 1)])
 
 

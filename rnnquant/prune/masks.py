@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from ..quant.gptq import inverse_hessian_factor
+
 
 def _keep_mask(score: torch.Tensor, sparsity: float, nm: tuple[int, int] | None) -> torch.Tensor:
     """True where a weight is kept: the top (1 - sparsity) scores of each row, or N of every M."""
@@ -42,12 +44,7 @@ def sparsegpt_prune(w: torch.Tensor, H: torch.Tensor, sparsity: float, nm=None, 
     """Returns (pruned weight, keep mask). Masks are chosen per block by w^2 / [H^-1]_jj^2."""
     W = w.detach().clone().float()
     out, cols = W.shape
-    H = H.clone().double()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    W[:, dead] = 0
-    H += percdamp * torch.diag(H).mean() * torch.eye(cols, dtype=H.dtype)
-    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True).float()
+    U = inverse_hessian_factor(H, W, percdamp)
     keep = torch.ones_like(W, dtype=torch.bool)
     if nm is not None:
         block_size = max(block_size // nm[1], 1) * nm[1]

@@ -29,17 +29,23 @@ class HessianAccumulator:
         return (self.H / max(self.n, 1)).float()
 
 
+def inverse_hessian_factor(H: torch.Tensor, W: torch.Tensor, percdamp: float = 0.01) -> torch.Tensor:
+    """U = chol((H + damp I)^-1)^T, the upper factor GPTQ and SparseGPT walk column by column.
+    Dead inputs (never active: H_jj = 0) get H_jj = 1 and their weight columns are zeroed in place."""
+    H = H.clone().double()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    H += percdamp * torch.diag(H).mean() * torch.eye(H.shape[0], dtype=H.dtype)
+    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True).float()
+
+
 @torch.no_grad()
 def gptq_quantize(w: torch.Tensor, H: torch.Tensor, bits: int, granularity: str, group_size: int, symmetric: bool,
                   block_size: int = 128, percdamp: float = 0.01) -> QuantizedWeight:
     W = w.detach().clone().float()  # [out, in]
     out, cols = W.shape
-    H = H.clone().double()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    W[:, dead] = 0
-    H += percdamp * torch.diag(H).mean() * torch.eye(cols, dtype=H.dtype)
-    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True).float()
+    U = inverse_hessian_factor(H, W, percdamp)
 
     gs = group_size if granularity == "group" else cols
     block_size = max(block_size, gs) if granularity == "group" else block_size
