@@ -1,0 +1,121 @@
+"""Per-token step latency at real shapes, rnnquant vs peers, ratios measured in one run.
+
+    python benchmarks/step_latency.py [--arch mamba|lstm] [--threads 1 2] [--tokens 64]
+
+Builds a random-initialised model at mamba-130m shape (d_model 768, 24 layers, vocab 50280,
+d_state 16, expand 2; or an LSTM LM of similar size) and times, at batch 1:
+  - Hugging Face transformers MambaForCausalLM fp32 (cached decode, one token per forward);
+  - rnnquant's ORT float step graph;
+  - ORT's quantize_dynamic applied to that float graph (the peer tool's default);
+  - rnnquant's w8a8-dynamic and w4a16-rtn step graphs;
+  - the memory-bandwidth floor: weight bytes read per token / read bandwidth measured now.
+llama.cpp is not built here (see docs/RESULTS.md). Writes benchmarks/results/step_latency_<arch>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rnnquant.exporters.onnx_export import export_step
+from rnnquant.models import build, fingerprint
+from rnnquant.quant import PRESETS, quantize
+from rnnquant.zoo import MODELS_DIR
+
+OUT = Path(__file__).parent / "results"
+SHAPES = {
+    "mamba": {"model_type": "mamba", "vocab_size": 50280, "hidden_size": 768, "num_hidden_layers": 24, "state_size": 16, "expand": 2},
+    "lstm": {"model_type": "lstm", "vocab_size": 50280, "embed_size": 768, "hidden_size": 1536, "num_layers": 3},
+}
+
+
+def read_bandwidth_gbs(mb: int = 1024, reps: int = 5) -> float:
+    a = np.ones(mb * 2**20 // 8)
+    a.sum()
+    best = min(_timed(a.sum) for _ in range(reps))
+    return a.nbytes / best / 1e9
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def ort_latency(path: Path, tokens: int, threads: int) -> dict:
+    res = subprocess.run([sys.executable, "-m", "rnnquant.exporters.measure", str(path), "--tokens", str(tokens), "--threads", str(threads)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def hf_latency(cfg: dict, state_dict, tokens: int, threads: int) -> float | None:
+    try:
+        import transformers
+    except ImportError:
+        return None
+    torch.set_num_threads(threads)
+    keys = ("vocab_size", "hidden_size", "num_hidden_layers", "state_size", "expand")
+    hf = transformers.MambaForCausalLM(transformers.MambaConfig(**{k: cfg[k] for k in keys})).eval()
+    hf.load_state_dict(state_dict, strict=False)
+    ids = torch.tensor([[1]])
+    with torch.no_grad():
+        out = hf.generate(ids, max_new_tokens=8, do_sample=False)  # warm-up
+        t0 = time.perf_counter()
+        out = hf.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+        dt = time.perf_counter() - t0
+    return 1e3 * dt / (out.shape[1] - 1)
+
+
+def weight_bytes(model, bits: int) -> int:
+    """Bytes read per token: every Linear at ``bits`` plus one embedding row (the tied head is a Linear)."""
+    n = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    return n * bits // 8
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", choices=sorted(SHAPES), default="mamba")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--tokens", type=int, default=64)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    cfg = SHAPES[args.arch]
+    model = build(cfg).eval()
+    model.fingerprint = fingerprint(model)
+    results = {"arch": args.arch, "config": cfg, "params": model.num_parameters(), "rows": []}
+    bw = read_bandwidth_gbs()
+    results["read_bandwidth_gbs"] = bw
+    print(f"{args.arch}: {model.num_parameters() / 1e6:.1f}M params; read bandwidth {bw:.1f} GB/s", flush=True)
+    with tempfile.TemporaryDirectory() as td:
+        td = Path(td)
+        paths = {"rnnquant fp32": export_step(model, td / "fp32.onnx", MODELS_DIR / "tokenizer.json", prefill=False)}
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(paths["rnnquant fp32"]), str(td / "ort_dyn.onnx"), weight_type=QuantType.QInt8)
+        paths["ORT quantize_dynamic (int8)"] = td / "ort_dyn.onnx"
+        paths["rnnquant w8a8-dynamic"] = export_step(quantize(model, PRESETS["w8a8-dynamic"]), td / "w8.onnx", MODELS_DIR / "tokenizer.json", prefill=False)
+        paths["rnnquant w4a16-rtn"] = export_step(quantize(model, PRESETS["w4a16-rtn"]), td / "w4.onnx", MODELS_DIR / "tokenizer.json", prefill=False)
+        floors = {32: weight_bytes(model, 32), 8: weight_bytes(model, 8), 4: weight_bytes(model, 4)}
+        for threads in args.threads:
+            row = {"threads": threads, "ms": {}}
+            for name, p in paths.items():
+                row["ms"][name] = ort_latency(p, args.tokens, threads)["latency_ms"]["p50"]
+            if args.arch == "mamba":
+                row["ms"]["HF transformers fp32"] = hf_latency(cfg, model.state_dict(), args.tokens, threads)
+            row["floor_ms"] = {f"{b}-bit": 1e3 * n / (bw * 1e9) for b, n in floors.items()}
+            results["rows"].append(row)
+            print(f"threads {threads}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in row["ms"].items() if v is not None), flush=True)
+            print("  floors: " + ", ".join(f"{k} {v:.2f} ms" for k, v in row["floor_ms"].items()), flush=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"step_latency_{args.arch}.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
