@@ -3,7 +3,7 @@
     python -m rnnquant.exporters.measure model.onnx --tokens 256 --threads 1
 
 Prints one JSON object: step latency p50/p90/p99 in ms (batch 1, after warm-up), decode tok/s,
-peak RSS in bytes (ru_maxrss of this process: the runtime, the session and its weights) and
+peak RSS in bytes (VmHWM of this process: the Python runtime, the session and its weights) and
 the baseline RSS before the session was created. Imports no torch.
 """
 from __future__ import annotations
@@ -16,10 +16,22 @@ import time
 import numpy as np
 
 
+def peak_rss_bytes() -> int:
+    """VmHWM of this process. (ru_maxrss survives exec on Linux, so a child started by a large
+    parent would report the parent's peak.)"""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def measure(path: str, tokens: int, threads: int, warmup: int = 16, prefill: int = 128) -> dict:
     from rnnquant.exporters.runner import OrtLM
 
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rss_before = peak_rss_bytes()
     lm = OrtLM(path, threads=threads)
     state, tok, times = lm.init_state(1), np.array([0]), []
     rng = np.random.default_rng(0)
@@ -40,7 +52,7 @@ def measure(path: str, tokens: int, threads: int, warmup: int = 16, prefill: int
         "latency_ms": {"p50": float(np.percentile(ms, 50)), "p90": float(np.percentile(ms, 90)), "p99": float(np.percentile(ms, 99))},
         "decode_tok_s": float(1e3 / ms.mean()),
         "prefill_tok_s": float(prefill / prefill_s),
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss_bytes": peak_rss_bytes(),
         "base_rss_bytes": rss_before,
         "tokens": tokens,
         "threads": threads,

@@ -3,10 +3,16 @@
 Each quantized matmul is a ``torch.autograd.Function`` whose ``forward`` is the simulation
 (so tracing sees the right shapes and values) and whose ``symbolic`` emits the ONNX ops:
 
-    W8, A8 dynamic per-token: amax = ReduceMax|x|; s = amax/127; xq = Cast<int8>(Clip(Round(x/s)))
-                              y = Cast<float>(MatMulInteger(xq, Wt)) * s * w_scale
-    W8, A8 static:            xq = QuantizeLinear(x, a_scale, 0:int8); y = Cast(MatMulInteger(xq, Wt)) * (a_scale * w_scale)
-    W8, A float:              y = MatMul(x, DequantizeLinear(Wt, w_scale, axis=1))
+    W8, A8 dynamic per-token: amax = ReduceMax|x|; s = amax/127; xq = Cast<uint8>(Clip(Round(x/s)) + 128)
+                              y = Cast<float>(MatMulInteger(xq, Wt, a_zp=128)) * s * w_scale
+    W8, A8 static:            xq = QuantizeLinear(x, a_scale, 128:uint8); y = Cast(MatMulInteger(xq, Wt, 128)) * (a_scale * w_scale)
+Activations go in as uint8 with zero point 128 (exactly the symmetric int8 grid shifted): ONNX
+Runtime's fast x86 kernels are U8S8; S8S8 MatMulInteger runs a much slower path (measured:
+docs/RESULTS.md). On AVX2 machines without VNNI, U8S8 can saturate int16 pair sums with
+full-range weights (ORT's `reduce_range` caveat); AVX512-VNNI and ARM dot-product kernels do not.
+    W8, A float:              y = MatMul(x, DequantizeLinear(Wt, w_scale, axis=1))  (faithful but slow: ORT re-runs
+                              the DequantizeLinear every step, and 8-bit MatMulNBits without int8 activations
+                              takes a reference path; presets therefore give W8 Linears int8 activations)
     group-wise (4 or 8 bit):  y = com.microsoft.MatMulNBits(x, B, scales[, zero_points]); accuracy_level 4
                               (int8 activations, per block) when the recipe quantizes activations
 Wt is the int8 code matrix [in, out]; w_scale is per output column. Rotations and float
@@ -35,7 +41,8 @@ class _DynamicW8(torch.autograd.Function):
         amax = g.op("ReduceMax", g.op("Abs", x), axes_i=[-1], keepdims_i=1)
         s = g.op("Div", g.op("Max", amax, _c(g, torch.tensor(1e-12 * 127))), _c(g, torch.tensor(127.0)))
         q = g.op("Clip", g.op("Round", g.op("Div", x, s)), _c(g, torch.tensor(-127.0)), _c(g, torch.tensor(127.0)))
-        acc = g.op("MatMulInteger", g.op("Cast", q, to_i=3), wt)  # int8 x int8 -> int32 (to 3 = INT8)
+        qu = g.op("Cast", g.op("Add", q, _c(g, torch.tensor(128.0))), to_i=2)  # to 2 = UINT8: q + 128
+        acc = g.op("MatMulInteger", qu, wt, _c(g, torch.tensor(128, dtype=torch.uint8)))  # U8S8, a_zero_point 128
         return g.op("Mul", g.op("Mul", g.op("Cast", acc, to_i=1), s), w_scale)
 
 
@@ -46,8 +53,9 @@ class _StaticW8(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g, x, wt, w_scale, a_scale):
-        q = g.op("QuantizeLinear", x, a_scale, _c(g, torch.tensor(0, dtype=torch.int8)))
-        acc = g.op("MatMulInteger", q, wt)
+        zp = _c(g, torch.tensor(128, dtype=torch.uint8))  # uint8 with zero point 128: the same grid as int8
+        q = g.op("QuantizeLinear", x, a_scale, zp)
+        acc = g.op("MatMulInteger", q, wt, zp)
         return g.op("Mul", g.op("Cast", acc, to_i=1), g.op("Mul", a_scale, w_scale))
 
 
@@ -70,9 +78,9 @@ class _MatMulNBits(torch.autograd.Function):
     def symbolic(g, x, b, scales, zeros, w_deq_t, K, N, bits, block_size, accuracy_level, has_zeros):
         inputs = [x, b, scales] + ([zeros] if has_zeros else [])
         y = g.op(f"{MS}::MatMulNBits", *inputs, K_i=K, N_i=N, bits_i=bits, block_size_i=block_size, accuracy_level_i=accuracy_level)
-        sizes = x.type().sizes()
-        if sizes is not None:  # tell the exporter's shape inference what a custom op returns
-            y.setType(x.type().with_sizes([*sizes[:-1], N]))
+        rank = x.type().dim()
+        if rank is not None:  # tell the exporter's shape inference what a custom op returns
+            y.setType(x.type().with_sizes([None] * (rank - 1) + [N]))
         return y
 
 
@@ -105,7 +113,8 @@ def prepare(qlinear) -> None:
     K = len(qlinear.quant_idx)
     if qw.group_size < K or qw.bits == 4:
         b, scales, zeros = nbits_tensors(qw, K)
-        qlinear._export = ("nbits", b, scales, zeros if zeros is not None else torch.zeros(0, dtype=torch.uint8), qw.dequantize().T.contiguous(), zeros is not None)
+        qlinear._export = ("nbits", b, scales, zeros if zeros is not None else torch.zeros(0, dtype=torch.uint8), qw.dequantize().T.contiguous(),
+                           zeros is not None, qw.bits, qw.group_size)
         return
     if not qw.symmetric:  # int8 asymmetric: stored codes are 0..255 with zero points; re-center is exact only if zero == 128
         raise NotImplementedError("asymmetric 8-bit per-channel weights: use a symmetric grid or group-wise (MatMulNBits)")
@@ -122,10 +131,9 @@ def qlinear_forward(m, x):
         xq = torch.index_select(x, -1, m.quant_idx) if m.mixed else x
         kind, *t = m._export
         if kind == "nbits":
-            b, scales, zeros, w_deq_t, has_zeros = t
-            qw = m.qweight
+            b, scales, zeros, w_deq_t, has_zeros, bits, block = t
             acc = 4 if m.a_bits else 0
-            y = _MatMulNBits.apply(xq, b, scales, zeros, w_deq_t, len(m.quant_idx), m.out_features, qw.bits, qw.group_size, acc, has_zeros)
+            y = _MatMulNBits.apply(xq, b, scales, zeros, w_deq_t, len(m.quant_idx), m.out_features, bits, block, acc, has_zeros)
         elif m.a_bits is None:
             y = _FloatActW8.apply(xq, *t)
         elif m.a_mode == "dynamic":
@@ -140,7 +148,12 @@ def qlinear_forward(m, x):
 def qembedding_forward(e, ids):
     """Gather rows of the lm_head's int8 codes (one shared initializer) and scale them."""
     m = e.lm_head
-    if getattr(m, "_export", (None,))[0] == "w8":
-        _, wt, w_scale = m._export
+    kind, *t = getattr(m, "_export", (None,))
+    if kind == "w8":
+        wt, w_scale = t
         return torch.index_select(wt, 1, ids).T.float() * torch.index_select(w_scale, 0, ids).unsqueeze(-1)
+    if kind == "nbits" and t[5] == 8 and t[0].shape[1] == 1 and not t[4]:  # one 8-bit block per row, symmetric
+        b, scales = t[0], t[1]
+        rows = torch.index_select(b, 0, ids).reshape(ids.shape[0], -1)  # [B, K] uint8 codes + 128
+        return (rows.float() - 128) * torch.index_select(scales, 0, ids).unsqueeze(-1)
     return torch.nn.functional.embedding(ids, m.w_deq)
