@@ -1,0 +1,77 @@
+"""Perplexity of pruned zoo models, masked and structural, and what structural pruning saves in
+the exported step graph (docs/RESULTS.md).
+
+    python benchmarks/prune_table.py [--models mamba-pydoc lstm-pydoc] [--threads 2]
+
+Unstructured rows (magnitude / Wanda / SparseGPT at 25 % and 50 %, 2:4) zero weights of every
+Linear but the head: masked sparsity, no smaller file. Structural rows remove 10 % / 25 % of
+Mamba's d_inner (LSTM: hidden units) and 1 / 2 Mamba layers; for those the float step graph is
+exported and its size and per-token latency (1 thread, own process) compared with the unpruned
+graph's. Writes benchmarks/results/prune_table.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from rnnquant.calibrate import CalibConfig, calibrate, calibration_batches
+from rnnquant.eval import perplexity_ids
+from rnnquant.exporters.onnx_export import export_step
+from rnnquant.models import load
+from rnnquant.prune import parse_spec, prune
+from rnnquant.zoo.corpus import split_text
+
+OUT = Path(__file__).parent / "results" / "prune_table.json"
+UNSTRUCTURED = ["magnitude:0.25", "wanda:0.25", "sparsegpt:0.25", "magnitude:0.5", "wanda:0.5", "sparsegpt:0.5", "magnitude:2:4", "wanda:2:4", "sparsegpt:2:4"]
+STRUCTURAL = {"mamba": ["channels:0.1", "channels:0.25", "layers:1", "layers:2"], "lstm": ["channels:0.1", "channels:0.25"]}
+
+
+def latency(path: Path) -> float:
+    res = subprocess.run([sys.executable, "-m", "rnnquant.exporters.measure", str(path), "--tokens", "300", "--threads", "1"],
+                         capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])["latency_ms"]["p50"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["mamba-pydoc", "lstm-pydoc"])
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    with tempfile.TemporaryDirectory() as td:
+        for name in args.models:
+            model = load(name)
+            train = torch.tensor(model.tokenizer.encode(split_text("train")).ids)
+            test = torch.tensor(model.tokenizer.encode(split_text("test")).ids)
+            calib = calibrate(model, train, CalibConfig(samples=64, seq_len=512))
+            batches = calibration_batches(train, 32, 256, 8)
+            base = perplexity_ids(model, test, window=512).ppl
+            base_path = export_step(model, Path(td) / f"{name}.onnx", Path(model.source) / "tokenizer.json", prefill=False)
+            base_ms = latency(base_path)
+            rows.append({"model": name, "spec": "none", "ppl": base, "delta_pct": 0.0, "onnx_bytes": base_path.stat().st_size, "step_ms": base_ms})
+            print(f"{name:12} none            ppl {base:8.3f}  onnx {base_path.stat().st_size / 2**20:.2f} MiB  {base_ms:.3f} ms", flush=True)
+            for spec in UNSTRUCTURED + STRUCTURAL[model.model_type]:
+                p = prune(model, parse_spec(spec), calib, batches)
+                ppl = perplexity_ids(p, test, window=512).ppl
+                row = {"model": name, "spec": spec, "ppl": ppl, "delta_pct": 100 * (ppl / base - 1)} | p.prune_report
+                if spec.startswith(("channels", "layers")):
+                    path = export_step(p, Path(td) / f"{name}-{spec.replace(':', '_')}.onnx", Path(model.source) / "tokenizer.json", prefill=False)
+                    row |= {"onnx_bytes": path.stat().st_size, "step_ms": latency(path), "pruned_layers": getattr(p, "pruned_layers", None)}
+                    row |= {"onnx_smaller_pct": 100 * (1 - row["onnx_bytes"] / base_path.stat().st_size), "faster_pct": 100 * (1 - row["step_ms"] / base_ms)}
+                rows.append(row)
+                extra = f"  onnx -{row['onnx_smaller_pct']:.1f}%  step {row['step_ms']:.3f} ms (-{row['faster_pct']:.1f}%)" if "onnx_bytes" in row else ""
+                print(f"{name:12} {spec:15} ppl {ppl:8.3f} ({row['delta_pct']:+6.2f}%)  masked {row['masked_sparsity_pct']:5.1f}%  "
+                      f"structural {row['structural_reduction_pct']:5.1f}%{extra}", flush=True)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps({"rows": rows, "args": vars(args)}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
