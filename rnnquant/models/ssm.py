@@ -22,8 +22,15 @@ def selective_scan(u, dt, A, Bm, Cm, D, h0, chunk_size: int = 64):
     Chunked over time so memory is O(B * chunk * E * N) whatever T is: the discretisation
     and the C readout are batched over a chunk, and inside it the recurrence is two
     elementwise ops per step (on CPU at these sizes that beats a log-depth parallel scan,
-    which does log2(chunk) times the arithmetic).
+    which does log2(chunk) times the arithmetic). On CUDA (or RNNQUANT_KERNELS=triton) the Triton
+    scan of ``rnnquant.kernels`` runs instead.
     """
+    from rnnquant.kernels import use_triton
+
+    if use_triton(u) and not torch.onnx.is_in_onnx_export():
+        from rnnquant.kernels.selective_scan import selective_scan as triton_scan
+
+        return triton_scan(u, dt, A, Bm, Cm, D, None, h0)
     h = h0
     ys = []
     for s in range(0, u.shape[1], chunk_size):
@@ -41,6 +48,12 @@ def selective_scan(u, dt, A, Bm, Cm, D, h0, chunk_size: int = 64):
 
 def selective_state_update(u, dt, A, Bm, Cm, D, h):
     """One step of the recurrence. u, dt [B,E]; Bm, Cm [B,N]; h [B,E,N] -> (y [B,E], h')."""
+    from rnnquant.kernels import use_triton
+
+    if use_triton(u) and not torch.onnx.is_in_onnx_export():
+        from rnnquant.kernels.selective_scan import selective_state_update as triton_step
+
+        return triton_step(u, dt, A, Bm, Cm, D, None, h)
     h = torch.exp(dt.unsqueeze(-1) * A) * h + (dt * u).unsqueeze(-1) * Bm.unsqueeze(1)
     y = (h * Cm.unsqueeze(1)).sum(-1) + u * D
     return y, h
