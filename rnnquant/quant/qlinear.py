@@ -51,6 +51,8 @@ class QLinear(nn.Module):
             from rnnquant.exporters.qops import qlinear_forward
 
             return qlinear_forward(self, x)
+        if self._triton_gemv_ok(x):
+            return self._triton_gemv(x)
         if self.rotation is not None:
             x = x @ self.rotation
         if self.qweight is None:
@@ -59,6 +61,27 @@ class QLinear(nn.Module):
             y = self._act(x[..., self.quant_idx]) @ self.w_deq.T + x[..., self.float_idx] @ self.w_float.T
         else:
             y = self._act(x) @ self.w_deq.T
+        return y + self.bias if self.bias is not None else y
+
+    def _triton_gemv_ok(self, x) -> bool:
+        """Decode-time (batch <= 8) float-activation matmuls go through the fused dequant-GEMV kernels."""
+        from rnnquant.kernels import use_triton
+
+        qw = self.qweight
+        plain = qw is not None and self.a_bits is None and self.rotation is None and not len(self.float_idx) and x.dim() == 2 and x.shape[0] <= 8
+        return plain and use_triton(x) and ((qw.bits == 8 and qw.symmetric and qw.group_size >= self.in_features) or
+                                            (qw.bits == 4 and self.in_features % qw.group_size == 0 and qw.group_size & (qw.group_size - 1) == 0))
+
+    def _triton_gemv(self, x):
+        from rnnquant.kernels.gemv import w4_gemv, w8_gemv
+        from rnnquant.quant.serialize import pack_codes
+
+        qw = self.qweight
+        if not hasattr(self, "_gemv_w"):  # the integer form, laid out once for the kernels
+            z = qw.zero if not qw.symmetric else torch.full_like(qw.zero, 8)
+            self._gemv_w = (pack_codes(qw).to(x.device), qw.scale.to(x.device), z.to(torch.uint8).to(x.device)) if qw.bits == 4 else \
+                (qw.q.to(torch.int8).to(x.device), qw.scale[:, 0].to(x.device))
+        y = w4_gemv(x, *self._gemv_w, qw.group_size) if qw.bits == 4 else w8_gemv(x, *self._gemv_w)
         return y + self.bias if self.bias is not None else y
 
     def extra_repr(self) -> str:

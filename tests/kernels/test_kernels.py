@@ -104,3 +104,18 @@ def test_model_dispatch_to_triton(monkeypatch):
     monkeypatch.setenv("RNNQUANT_KERNELS", "ref")
     ref_logits, ref_step_state = m.step(ids[:, 0], m.init_state(2))
     assert (logits - ref_logits).abs().max() <= 1e-4
+
+
+@torch.no_grad()
+def test_qlinear_dispatch_to_gemv(monkeypatch):
+    from rnnquant.quant import PRESETS, quantize
+    from tests.conftest import tiny_model
+
+    q = quantize(tiny_model("lstm"), PRESETS["w4a16-rtn"])
+    ids = torch.randint(0, 4096, (3,), generator=torch.Generator().manual_seed(0))
+    state = q.init_state(3)
+    ref, _ = q.step(ids, state)
+    monkeypatch.setenv("RNNQUANT_KERNELS", "triton")
+    out, _ = q.step(ids, state)
+    assert hasattr(q.layers[0].hh, "_gemv_w")  # the W4 recurrent matmul ran through the kernel
+    assert (out - ref).abs().max() <= 1e-4
