@@ -78,11 +78,11 @@ def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bo
     out_path = Path(out_path)
     if out_path.suffix != ".onnx":
         raise RnnquantError(f"{out_path}: the output must end in .onnx")
-    for m in model.modules():
-        if isinstance(m, QLinear):
-            from .qops import prepare
+    qlinears = [m for m in model.modules() if isinstance(m, QLinear)]
+    for m in qlinears:
+        from .qops import prepare
 
-            prepare(m)
+        prepare(m)
     names = [s.name for s in model.arch_spec().states]
     state = model.init_state(1)
     inputs, outputs = ["input_ids", *names], ["logits", *[f"new_{n}" for n in names]]
@@ -91,7 +91,8 @@ def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bo
         torch.onnx.export(
             _StepGraph(model).eval(), (torch.tensor([0]), *state), str(tmp), input_names=inputs, output_names=outputs,
             dynamic_axes={k: {0: "batch"} for k in inputs + outputs}, opset_version=opset, dynamo=False,
-            custom_opsets={"com.microsoft": 1}, do_constant_folding=True,
+            custom_opsets={"com.microsoft": 1} if any(m._export[0] == "nbits" for m in qlinears if hasattr(m, "_export")) else None,
+            do_constant_folding=True,
         )
         proto = onnx.load(str(tmp))
         for k, v in metadata(model, Path(tokenizer_path) if tokenizer_path else None).items():
