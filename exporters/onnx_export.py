@@ -55,6 +55,36 @@ def metadata(model, tokenizer_path: Path | None) -> dict[str, str]:
     }
 
 
+def _share_tied_embedding(proto) -> None:
+    """A tied fp32 embedding is exported twice: the Gather table [V, D] and the head's folded
+    transpose [D, V]. Read the rows from the head's copy instead (Gather on axis 1, then a
+    Transpose of the [D, batch] result) and drop the table."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    inits = {t.name: t for t in proto.graph.initializer}
+    by_shape = {}
+    for t in inits.values():
+        if len(t.dims) == 2 and t.data_type == onnx.TensorProto.FLOAT:
+            by_shape.setdefault(tuple(t.dims), []).append(t)
+    for i, node in enumerate(list(proto.graph.node)):
+        table = inits.get(node.input[0]) if node.op_type == "Gather" else None
+        if table is None or len(table.dims) != 2 or any(a.name == "axis" and a.i != 0 for a in node.attribute):
+            continue
+        rows = numpy_helper.to_array(table)
+        head = next((t for t in by_shape.get((table.dims[1], table.dims[0]), []) if (numpy_helper.to_array(t) == rows.T).all()), None)
+        if head is None or sum(node.input[0] in n.input for n in proto.graph.node) > 1:
+            continue
+        cols = f"{node.output[0]}_cols"
+        new = [helper.make_node("Gather", [head.name, node.input[1]], [cols], axis=1, name=f"{node.name}_tied"),
+               helper.make_node("Transpose", [cols], [node.output[0]], perm=[1, 0], name=f"{node.name}_tied_t")]
+        proto.graph.node.remove(node)
+        for j, n in enumerate(new):
+            proto.graph.node.insert(i + j, n)
+        proto.graph.initializer.remove(table)
+        return
+
+
 def _check_loads(path: Path) -> None:
     """An exported graph ONNX Runtime cannot load is an error, never a file left behind."""
     import onnxruntime as ort
@@ -95,6 +125,7 @@ def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bo
             do_constant_folding=True,
         )
         proto = onnx.load(str(tmp))
+        _share_tied_embedding(proto)
         for k, v in metadata(model, Path(tokenizer_path) if tokenizer_path else None).items():
             proto.metadata_props.add(key=k, value=v)
         proto.doc_string = f"rnnquant {__version__} step graph: O(1) work per token"

@@ -75,6 +75,8 @@ def test_metadata_and_ort_format(tmp_path):
     meta = {p.key: p.value for p in onnx.load(path).metadata_props}
     assert meta["architecture"] == "mamba" and meta["model_fingerprint"] == m.fingerprint
     assert [s["name"] for s in json.loads(meta["states"])] == ["conv_0", "ssm_0", "conv_1", "ssm_1"]
+    big = [t for t in onnx.load(path).graph.initializer if list(t.dims) in ([4096, 32], [32, 4096])]
+    assert len(big) == 1  # the tied embedding and the head share one table
     ort_path, diff = convert_to_ort(path)
     assert ort_path.is_file() and diff <= 1e-5
 
