@@ -1,9 +1,10 @@
 """``quantize(model, recipe, calib, ids)``: the one verb that applies a recipe.
 
 Order: (1) SmoothQuant folds into the norms (uses calibration absmax, float function unchanged);
-(2) a data pass over the transformed float model collects what the rules need at each target
-Linear's input (per-tensor |x| histogram for static scales and clipping, Hessians for GPTQ, a
-row sample for choosing the clip); (3) each target Linear becomes a QLinear.
+(2) a data pass over the transformed model collects what the rules need at each target Linear's
+input (per-tensor |x| histogram for static scales and clipping, Hessians for GPTQ, a row sample
+for choosing the clip); (3) each target Linear becomes a QLinear. With GPTQ in the recipe, (2)
+and (3) run Linear by Linear in model order, each pass seeing the earlier Linears quantized.
 """
 from __future__ import annotations
 
@@ -171,9 +172,16 @@ def quantize(model, recipe: Recipe, calib=None, batches=None):
     plan = _plan(qm, recipe, calib)
     if recipe.smooth_alpha is not None:
         smooth(qm, calib, recipe.smooth_alpha, {n for n, p in plan.items() if p["rule"].a_bits is not None and p["rotation"] is None})
-    probes = _data_pass(qm, plan, batches or [])
-    for name, p in plan.items():
-        _set_module(qm, name, _quantize_linear(qm.get_submodule(name), p, probes.get(name)))
+    if any(p["rule"].w_bits and p["rule"].w_method == "gptq" for p in plan.values()):
+        # sequential, as in the GPTQ paper: each Linear's Hessian and input statistics come from
+        # a model whose earlier Linears are already quantized, so their errors are compensated
+        for name, p in plan.items():
+            probe = _data_pass(qm, {name: p}, batches).get(name)
+            _set_module(qm, name, _quantize_linear(qm.get_submodule(name), p, probe))
+    else:
+        probes = _data_pass(qm, plan, batches or [])
+        for name, p in plan.items():
+            _set_module(qm, name, _quantize_linear(qm.get_submodule(name), p, probes.get(name)))
     if qm.config.get("tie_word_embeddings") and spec.embedding and QEmbedding.can_tie(qm.lm_head):
         _set_module(qm, spec.embedding, QEmbedding(qm.lm_head))  # the embedding shares the lm_head's codes
     qm.recipe = recipe
