@@ -57,6 +57,7 @@ def main() -> None:
     ap.add_argument("--calib-samples", type=int, default=64)
     ap.add_argument("--data-samples", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
@@ -67,8 +68,8 @@ def main() -> None:
         rows += evaluate(name, model, train_ids, test_ids, args)
         if args.inject and model.model_type == "mamba":
             rows += evaluate(f"{name}+outliers x{args.inject:g}", injected(model, args.inject), train_ids, test_ids, args)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({"rows": rows, "args": vars(args)}, indent=2) + "\n")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"rows": rows, "args": vars(args)}, indent=2) + "\n")
     print("\n| model | preset | test ppl | Δ vs float | size MiB |\n|---|---|---:|---:|---:|")
     for r in rows:
         print(f"| {r['model']} | {r['preset']} | {r['ppl']:.3f} | {r['delta_pct']:+.2f}% | {r['size_bytes'] / 2**20:.2f} |")
