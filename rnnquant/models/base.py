@@ -21,6 +21,10 @@ from torch import nn
 
 State = tuple[torch.Tensor, ...]
 
+# Every role an adapter may give a Linear; recipes may name any of them (a rule for a role the
+# model lacks simply matches nothing), anything else must match a module name of the model.
+ROLES = frozenset({"in_proj", "x_proj", "dt_proj", "out_proj", "lm_head", "rnn_ih", "rnn_hh", "proj"})
+
 
 class Tap(nn.Identity):
     """A named activation point (x after conv, dt, B, C, ...). Identity in the float model;

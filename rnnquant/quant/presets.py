@@ -9,6 +9,13 @@ from .recipe import Recipe, Rule
 _LM_HEAD_W8 = Rule(match="lm_head", w_bits=8, w_granularity="channel", a_bits=8, a_mode="dynamic")
 
 
+def _w4(method: str, a_bits=None, a_mode="dynamic") -> list[Rule]:
+    """4-bit group-32 rules; Mamba's dt_proj (input = dt_rank, e.g. 48 in mamba-130m) gets groups
+    of 16, the smallest block ONNX Runtime's MatMulNBits takes, so that every width divides."""
+    kw = dict(w_bits=4, w_granularity="group", w_symmetric=False, w_method=method, a_bits=a_bits, a_mode=a_mode)
+    return [_LM_HEAD_W8, Rule(match="dt_proj", group_size=16, **kw), Rule(group_size=32, **kw)]
+
+
 def _presets() -> dict[str, Recipe]:
     p = [
         Recipe("w8a8-naive", [Rule(w_bits=8, w_granularity="tensor", a_bits=8, a_mode="static", a_clip="absmax")],
@@ -22,12 +29,11 @@ def _presets() -> dict[str, Recipe]:
         Recipe("w8a8-outlier", [Rule(w_bits=8, w_granularity="channel", a_bits=8, a_mode="static", a_clip="auto", outliers="float")],
                smooth_alpha=0.5, hadamard=True,
                description="SmoothQuant + Hadamard + per-layer percentile clipping + float outlier channels; W8 per-channel, A8 static"),
-        Recipe("w4a16-rtn", [_LM_HEAD_W8, Rule(w_bits=4, w_granularity="group", group_size=32, w_symmetric=False)],
+        Recipe("w4a16-rtn", _w4("rtn"),
                description="W4 group-32 asymmetric round-to-nearest, float activations (lm_head W8A8 dynamic)"),
-        Recipe("w4a16-gptq", [_LM_HEAD_W8, Rule(w_bits=4, w_granularity="group", group_size=32, w_symmetric=False, w_method="gptq")],
+        Recipe("w4a16-gptq", _w4("gptq"),
                description="W4 group-32 asymmetric GPTQ, float activations (lm_head W8A8 dynamic)"),
-        Recipe("w4a8", [_LM_HEAD_W8,
-                        Rule(w_bits=4, w_granularity="group", group_size=32, w_symmetric=False, w_method="gptq", a_bits=8, a_mode="dynamic")],
+        Recipe("w4a8", _w4("gptq", a_bits=8),
                hadamard=True, description="W4 group-32 GPTQ + A8 dynamic per-token, Hadamard at rotation points (lm_head W8A8 dynamic)"),
     ]
     return {r.name: r for r in p}

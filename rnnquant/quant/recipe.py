@@ -96,7 +96,7 @@ class Recipe:
                 ("w_bits", r.w_bits in (None, 4, 8), "4, 8 or null"),
                 ("a_bits", r.a_bits in (None, 8), "8 or null"),
                 ("w_granularity", r.w_granularity in GRANULARITIES, " | ".join(GRANULARITIES)),
-                ("group_size", r.group_size in (32, 64, 128, 256), "32, 64, 128 or 256"),
+                ("group_size", r.group_size in (16, 32, 64, 128, 256), "16, 32, 64, 128 or 256"),
                 ("w_method", r.w_method in ("rtn", "gptq"), "rtn | gptq"),
                 ("a_mode", r.a_mode in ("dynamic", "static"), "dynamic | static"),
                 ("a_clip", r.a_clip in CLIPS, " | ".join(CLIPS)),
@@ -110,12 +110,14 @@ class Recipe:
     def check_fits(self, spec, in_features: dict[str, int]) -> None:
         """Every rule's match must name something in the model; group sizes must divide the dims
         (a Linear narrower than one group gets a single group per row)."""
-        roles = set(spec.linears.values())
         from fnmatch import fnmatchcase
 
+        from ..models.base import ROLES
+
         for i, r in enumerate(self.rules):
-            if r.match not in roles and not any(fnmatchcase(n, r.match) for n in spec.linears):
-                raise RnnquantError(f"recipe {self.name!r}: rules[{i}] match {r.match!r} names no Linear or role of this model (roles: {', '.join(sorted(roles))})")
+            if r.match not in ROLES and not any(fnmatchcase(n, r.match) for n in spec.linears):
+                raise RnnquantError(f"recipe {self.name!r}: rules[{i}] match {r.match!r} is no known role and names no Linear of this model "
+                                    f"(roles: {', '.join(sorted(ROLES))})")
         for name, role in spec.linears.items():
             r = self.rule_for(name, role)
             n = in_features[name]

@@ -51,8 +51,9 @@ def test_unparseable_and_unknown(tmp_path):
 
 def test_recipe_must_fit_model():
     model = tiny_model("lstm")
-    with pytest.raises(RnnquantError, match="names no Linear or role"):
-        quantize(model, Recipe.from_dict({"rules": [{"match": "in_proj"}]}))
+    with pytest.raises(RnnquantError, match="'q_proj' is no known role and names no Linear"):
+        quantize(model, Recipe.from_dict({"rules": [{"match": "q_proj"}]}))
+    quantize(model, Recipe.from_dict({"rules": [{"match": "in_proj"}, {"match": "*"}]}))  # a known role this model lacks: fine
     odd = build({"model_type": "lstm", "vocab_size": 4096, "embed_size": 48, "hidden_size": 32, "num_layers": 1})
     with pytest.raises(RnnquantError, match="group_size 32 does not divide layers.0.ih's 48 input features"):
         quantize(odd, Recipe.from_dict({"name": "g", "rules": [{"w_bits": 4, "w_granularity": "group", "group_size": 32}]}))
@@ -61,3 +62,18 @@ def test_recipe_must_fit_model():
 def test_static_recipe_needs_calibration():
     with pytest.raises(RnnquantError, match="needs calibration statistics"):
         quantize(tiny_model("gru"), PRESETS["w8a8-naive"])
+
+
+def test_adapters_use_known_roles():
+    from rnnquant.models.base import ROLES
+    from tests.conftest import TINY
+
+    for arch in TINY:
+        assert set(tiny_model(arch).arch_spec().linears.values()) <= ROLES
+
+
+def test_4bit_presets_fit_mamba_130m_dt_rank():
+    """mamba-130m's dt_proj reads dt_rank = 48 inputs: not a multiple of 32."""
+    m = build({"model_type": "mamba", "vocab_size": 64, "hidden_size": 768, "num_hidden_layers": 1, "state_size": 4})
+    q = quantize(m, PRESETS["w4a16-rtn"])
+    assert q.backbone.layers[0].mixer.dt_proj.qweight.group_size == 16
