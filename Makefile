@@ -7,7 +7,7 @@ OUT    := demo-out
 MODEL  := mamba-pydoc
 PROMPT := "The list data type has some more methods."
 
-.PHONY: demo test install clean
+.PHONY: demo test fuzz install clean
 
 install: $(STAMP)
 
@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q
+
+# longer fuzzing of every parser (CI runs 40 examples per target inside `make test`)
+fuzz: $(STAMP)
+	RNNQUANT_FUZZ_EXAMPLES=3000 $(VENV)/bin/pytest -q tests/reliability/test_fuzz.py
 
 # calibrate -> export (float, outlier-aware W8A8, W4A16 GPTQ) -> run -> compare, on the default zoo model
 demo: $(STAMP)

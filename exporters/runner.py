@@ -34,6 +34,15 @@ def read_metadata(path) -> dict[str, str]:
     missing = [k for k in REQUIRED_META if k not in meta]
     if missing:
         raise RnnquantError(f"{p}: no rnnquant metadata (missing {missing[0]!r}); export it with `rnnquant export`")
+    try:
+        states = json.loads(meta["states"])
+        ok = isinstance(states, list) and all(
+            isinstance(s, dict) and isinstance(s.get("name"), str) and isinstance(s.get("shape"), list)
+            and all(isinstance(d, int) and not isinstance(d, bool) and 0 < d < 2**31 for d in s["shape"]) for s in states)
+        if not ok or int(meta["vocab_size"]) < 1:
+            raise ValueError
+    except (ValueError, TypeError):
+        raise RnnquantError(f"{p}: corrupt rnnquant metadata (states / vocab_size)") from None
     return meta
 
 
@@ -72,7 +81,10 @@ class OrtLM:
             raise RnnquantError(f"{f}: missing tokenizer.json beside the model")
         if hashlib.sha256(f.read_bytes()).hexdigest() != self.meta["tokenizer_sha256"]:
             raise RnnquantError(f"{f}: tokenizer does not match the one the model was exported with")
-        return Tokenizer.from_file(str(f))
+        try:
+            return Tokenizer.from_file(str(f))
+        except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception on bad files
+            raise RnnquantError(f"{f}: corrupt tokenizer ({str(e).splitlines()[0][:120]})") from None
 
     # --- the step contract, in numpy ------------------------------------------------
     def init_state(self, batch: int) -> list[np.ndarray]:

@@ -41,9 +41,16 @@ def atomic_path(path, *, directory: bool = False, force: bool = True):
         if directory and path.is_dir():
             shutil.rmtree(path)
         os.replace(tmp, path)
+    except OSError as e:  # disk full, permissions, ...: a one-line error, nothing under the final name
+        _remove(tmp)
+        raise RnnquantError(f"cannot write {path}: {e.strerror or e}") from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise
+
+
+def _remove(tmp: Path) -> None:
+    shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
 
 
 def _default_permissions(path: Path) -> None:
