@@ -9,10 +9,13 @@ import click
 from .errors import RnnquantError
 
 
+_ALLOW_PICKLE = False
+
+
 def _model(path_or_name):
     from .models import load
 
-    return load(path_or_name)
+    return load(path_or_name, allow_pickle=_ALLOW_PICKLE)
 
 
 def _text(model, data, split: str):
@@ -75,7 +78,8 @@ def _batches(model, data, samples, seq_len):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="rnnquant")
-def cli():
+@click.option("--allow-pickle", is_flag=True, help="Accept pickle checkpoints (pytorch_model.bin), loaded with torch.load(weights_only=True).")
+def cli(allow_pickle):
     """Quantize, prune and export recurrent language models for O(1)-per-token inference.
 
     \b
@@ -84,6 +88,8 @@ def cli():
       rnnquant ppl mamba-pydoc
       rnnquant generate mamba-pydoc --prompt "import os"
     """
+    global _ALLOW_PICKLE
+    _ALLOW_PICKLE = allow_pickle
 
 
 @cli.command()

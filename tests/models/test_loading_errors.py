@@ -70,3 +70,16 @@ def test_pickle_refused(capsys, tiny_dir):
     (tiny_dir / "model.safetensors").unlink()
     torch.save(state, tiny_dir / "pytorch_model.bin")
     assert_one_line_error(capsys, "ppl", tiny_dir, "--data", __file__, match="pickle checkpoints are refused")
+
+
+def test_pickle_with_explicit_flag(capsys, tiny_dir, tmp_path):
+    from tests.eval.test_perplexity import TEXT
+    from tests.helpers import run_cli
+
+    state = load_file(str(tiny_dir / "model.safetensors"))
+    (tiny_dir / "model.safetensors").unlink()
+    torch.save(state, tiny_dir / "pytorch_model.bin")
+    data = tmp_path / "d.txt"
+    data.write_text(TEXT)
+    code, out, err = run_cli(capsys, "--allow-pickle", "ppl", tiny_dir, "--data", data, "--window", 32)
+    assert code == 0 and out.startswith("perplexity"), err
