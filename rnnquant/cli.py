@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -154,8 +155,6 @@ def calibrate(model, data, samples, seq_len, batch_size, outlier_k, out, force):
       rnnquant calibrate mamba-pydoc --out calib/
       rnnquant calibrate ./my-mamba --data calib.txt --samples 64 --seq-len 256 --out calib/
     """
-    from pathlib import Path
-
     from .calibrate import CalibConfig, calibrate as run_calibration, save_calibration
     from .eval import tokenize
 
@@ -174,7 +173,7 @@ def calibrate(model, data, samples, seq_len, batch_size, outlier_k, out, force):
     click.echo(f"calibrated on {calib.meta['tokens']} tokens: {len(calib.points)} points, {n_out} outlier channels (absmax > {outlier_k}x median)")
     for name, p in worst:
         click.echo(f"  {name:<45} max/median {p['outliers']['max_median_ratio']:7.1f}  outliers {len(p['outliers']['absmax'])}")
-    click.echo(f"wrote {out}/ (calib.safetensors, calib.json, report.md)")
+    click.echo(f"wrote {Path(out)}/ (calib.safetensors, calib.json, report.md)")
 
 
 @cli.command()
@@ -199,8 +198,6 @@ def quantize(model, recipe, calib, data, samples, seq_len, prune_spec, out, forc
       rnnquant quantize mamba-pydoc --calib calib/ --recipe w8a8-outlier --out mamba-w8a8/
       rnnquant ppl mamba-w8a8/
     """
-    from pathlib import Path
-
     from .quant import save_quantized, size_bytes
 
     if Path(out).exists() and not force:
@@ -208,7 +205,7 @@ def quantize(model, recipe, calib, data, samples, seq_len, prune_spec, out, forc
     m = _model(model)
     qm = _quantized(m, recipe, calib, data, samples, seq_len, prune_spec)
     save_quantized(qm, out, Path(m.source) / "tokenizer.json", force=force)
-    click.echo(f"{qm.recipe.name}: {size_bytes(m) / 2**20:.2f} MiB float -> {size_bytes(qm) / 2**20:.2f} MiB; wrote {out}/")
+    click.echo(f"{qm.recipe.name}: {size_bytes(m) / 2**20:.2f} MiB float -> {size_bytes(qm) / 2**20:.2f} MiB; wrote {Path(out)}/")
 
 
 @cli.command()
@@ -234,8 +231,6 @@ def prune(model, method, sparsity, nm, n_layers, calib, data, samples, seq_len, 
       rnnquant prune mamba-pydoc --calib calib/ --method wanda --sparsity 0.5 --out mamba-wanda50/
       rnnquant prune mamba-pydoc --calib calib/ --method channels --sparsity 0.25 --out mamba-ch25/
     """
-    from pathlib import Path
-
     from .io import save_checkpoint
     from .prune import parse_spec
 
@@ -246,7 +241,7 @@ def prune(model, method, sparsity, nm, n_layers, calib, data, samples, seq_len, 
     p = _pruned(m, parse_spec(spec), calib, data, samples, seq_len)
     save_checkpoint(p, out, Path(m.source) / "tokenizer.json", force=force)
     _echo_prune(p)
-    click.echo(f"wrote {out}/")
+    click.echo(f"wrote {Path(out)}/")
 
 
 def _echo_prune(p) -> None:
@@ -312,8 +307,6 @@ def export(model, recipe, calib, data, samples, seq_len, prune_spec, out, to_ort
       rnnquant export mamba-pydoc --calib calib/ --recipe w8a8-outlier --out out/mamba-w8a8.onnx
       rnnquant export mamba-w4/ --out out/mamba-w4.onnx --ort
     """
-    from pathlib import Path
-
     from .exporters.onnx_export import export_step
 
     if Path(out).exists() and not force:
@@ -399,7 +392,7 @@ def compare(float_model, variants, data, window, threads, tokens, out):
     report = run_compare(m, list(variants), tokenize(m.tokenizer, _text(m, data, "test")), window, tokens, threads, source)
     write_report(report, out)
     click.echo(markdown_table(report))
-    click.echo(f"wrote {out}/report.json, report.md, report.html")
+    click.echo(f"wrote {Path(out)}/report.json, report.md, report.html")
 
 
 def main(argv=None) -> None:
