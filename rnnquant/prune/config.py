@@ -6,7 +6,7 @@
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from ..errors import RnnquantError
 
@@ -40,9 +40,6 @@ class PruneConfig:
         if self.method == "layers":
             return f"layers:{self.layers}"
         return f"{self.method}:{self.nm[0]}:{self.nm[1]}" if self.nm else f"{self.method}:{self.sparsity:g}"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def parse_spec(spec: str) -> PruneConfig:
