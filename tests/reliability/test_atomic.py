@@ -69,9 +69,13 @@ def test_ctrl_c_during_calibration(tmp_path, model_dir):
     out = tmp_path / "calib"
     p = subprocess.Popen([*CLI, "calibrate", str(model_dir), "--data", str(data), "--samples", "400", "--seq-len", "256", "--out", str(out)],
                          env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(4)
+    seen, deadline = "", time.time() + 120
+    while "calibrate:" not in seen and time.time() < deadline:  # interrupt mid-calibration, not during imports
+        seen += p.stderr.read(1)
+    time.sleep(0.5)
     p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=60)
+    _, rest = p.communicate(timeout=60)
+    err = seen + rest
     assert p.returncode == 130, err
     assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
     assert not out.exists() and not list(tmp_path.glob(".calib*"))
