@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 from pathlib import Path
+
+from rnnquant.exporters.measure import measure_in_process
 
 
 def main() -> None:
@@ -27,9 +27,7 @@ def main() -> None:
     p50 = {g: [] for g in args.graphs}
     for _ in range(args.rounds):
         for g in args.graphs:
-            res = subprocess.run([sys.executable, "-m", "rnnquant.exporters.measure", g, "--tokens", str(args.tokens), "--threads", str(args.threads)],
-                                 capture_output=True, text=True, check=True)
-            p50[g].append(json.loads(res.stdout.strip().splitlines()[-1])["latency_ms"]["p50"])
+            p50[g].append(measure_in_process(g, args.tokens, args.threads)["latency_ms"]["p50"])
     base = statistics.median(p50[args.graphs[0]])
     rows = [{"graph": g, "size_bytes": Path(g).stat().st_size, "p50_ms_median": statistics.median(v), "p50_ms_runs": v,
              "ratio_to_first": statistics.median(v) / base} for g, v in p50.items()]

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -23,6 +21,7 @@ import torch
 
 from rnnquant.calibrate import CalibConfig, calibrate, calibration_batches
 from rnnquant.eval import perplexity_ids
+from rnnquant.exporters.measure import measure_in_process
 from rnnquant.exporters.onnx_export import export_step
 from rnnquant.exporters.runner import OrtLM
 from rnnquant.models import load
@@ -65,9 +64,7 @@ def main() -> None:
                 lm = OrtLM(path)
                 sim = perplexity_ids(m, test, window=512).ppl
                 ort_ppl, _ = lm.perplexity(test.numpy(), window=512)
-                res = subprocess.run([sys.executable, "-m", "rnnquant.exporters.measure", str(path), "--tokens", "256", "--threads", str(args.threads)],
-                                     capture_output=True, text=True, check=True)
-                speed = json.loads(res.stdout.strip().splitlines()[-1])
+                speed = measure_in_process(path, tokens=256, threads=args.threads)
                 ops = Counter(n.op_type for n in onnx.load(str(path)).graph.node)
                 rows.append({"model": name, "variant": v, "size_bytes": path.stat().st_size, "nodes": sum(ops.values()), "ops": dict(ops.most_common()),
                              "max_abs_logit_diff": parity(m, lm), "ppl_torch": sim, "ppl_ort": ort_ppl, "ppl_rel_diff_pct": 100 * (ort_ppl / sim - 1)} | speed)

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import torch
 
 from rnnquant.calibrate import CalibConfig, calibrate, calibration_batches
 from rnnquant.eval import perplexity_ids
+from rnnquant.exporters.measure import measure_in_process
 from rnnquant.exporters.onnx_export import export_step
 from rnnquant.models import load
 from rnnquant.prune import parse_spec, prune
@@ -33,9 +32,7 @@ STRUCTURAL = {"mamba": ["channels:0.1", "channels:0.25", "layers:1", "layers:2"]
 
 
 def latency(path: Path) -> float:
-    res = subprocess.run([sys.executable, "-m", "rnnquant.exporters.measure", str(path), "--tokens", "300", "--threads", "1"],
-                         capture_output=True, text=True, check=True)
-    return json.loads(res.stdout.strip().splitlines()[-1])["latency_ms"]["p50"]
+    return measure_in_process(path, tokens=300, threads=1)["latency_ms"]["p50"]
 
 
 def main() -> None:

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rnnquant.exporters.measure import measure_in_process
 from rnnquant.exporters.onnx_export import export_step
 from rnnquant.models import build, fingerprint
 from rnnquant.quant import PRESETS, quantize
@@ -47,12 +46,6 @@ def _timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
-
-
-def ort_latency(path: Path, tokens: int, threads: int) -> dict:
-    res = subprocess.run([sys.executable, "-m", "rnnquant.exporters.measure", str(path), "--tokens", str(tokens), "--threads", str(threads)],
-                         capture_output=True, text=True, check=True)
-    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def hf_latency(cfg: dict, state_dict, tokens: int, threads: int) -> float | None:
@@ -106,7 +99,7 @@ def main() -> None:
         for threads in args.threads:
             row = {"threads": threads, "ms": {}}
             for name, p in paths.items():
-                row["ms"][name] = ort_latency(p, args.tokens, threads)["latency_ms"]["p50"]
+                row["ms"][name] = measure_in_process(p, args.tokens, threads)["latency_ms"]["p50"]
             if args.arch == "mamba":
                 row["ms"]["HF transformers fp32"] = hf_latency(cfg, model.state_dict(), args.tokens, threads)
             row["floor_ms"] = {f"{b}-bit": 1e3 * n / (bw * 1e9) for b, n in floors.items()}

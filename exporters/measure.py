@@ -59,6 +59,21 @@ def measure(path: str, tokens: int, threads: int, warmup: int = 16, prefill: int
     }
 
 
+def measure_in_process(path, tokens: int, threads: int) -> dict:
+    """``measure`` in a fresh Python process, so variants' memory and caches don't bleed."""
+    import subprocess
+    import sys
+
+    from rnnquant.errors import RnnquantError
+
+    cmd = [sys.executable, "-m", "rnnquant.exporters.measure", str(path), "--tokens", str(tokens), "--threads", str(threads)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if res.returncode != 0:
+        last = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit code {res.returncode}"
+        raise RnnquantError(f"{path}: latency measurement failed ({last})")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("model")

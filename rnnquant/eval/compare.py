@@ -20,23 +20,14 @@ import json
 import math
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 from ..errors import RnnquantError
+from ..exporters.measure import measure_in_process
 from ..io import atomic_path
 
 SCHEMA_VERSION = 1
-
-
-def _measure(onnx_path: Path, tokens: int, threads: int) -> dict:
-    cmd = [sys.executable, "-m", "rnnquant.exporters.measure", str(onnx_path), "--tokens", str(tokens), "--threads", str(threads)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-    if res.returncode != 0:
-        raise RnnquantError(f"{onnx_path}: latency measurement failed ({res.stderr.strip().splitlines()[-1] if res.stderr.strip() else res.returncode})")
-    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def _state_bytes(states: list[dict]) -> int:
@@ -53,7 +44,7 @@ def _torch_entry(model, name: str, path: str, ids, window: int, tokens: int, thr
 
     ppl = perplexity_ids(model, ids, window=window, progress=True)
     onnx_path = export_step(model, tmp / f"{len(list(tmp.iterdir()))}.onnx", Path(model.source) / "tokenizer.json")
-    m = _measure(onnx_path, tokens, threads)
+    m = measure_in_process(onnx_path, tokens, threads)
     recipe = getattr(model, "recipe", None)
     return {"name": name, "path": path, "kind": "pytorch" if recipe is None else "quantized-dir",
             "recipe": recipe.name if recipe else "float", "perplexity": ppl.ppl, "tokens": ppl.tokens,
@@ -72,7 +63,7 @@ def _onnx_entry(path: Path, ids, window: int, tokens: int, threads: int) -> dict
     recipe = lm.meta["recipe"]
     return {"name": path.stem, "path": str(path), "kind": path.suffix.lstrip("."),
             "recipe": json.loads(recipe)["name"] if recipe != "float" else "float", "perplexity": ppl, "tokens": n,
-            "size_bytes": path.stat().st_size, "state_bytes": _state_bytes(lm.states)} | _timing(_measure(path, tokens, threads))
+            "size_bytes": path.stat().st_size, "state_bytes": _state_bytes(lm.states)} | _timing(measure_in_process(path, tokens, threads))
 
 
 def machine(threads: int) -> dict:
