@@ -27,7 +27,7 @@ def _text(model, data, split: str):
 
     if data is not None:
         return read_text(data)
-    if is_zoo_model(model.source) or is_zoo_model(getattr(model, "origin", None) or model.source):
+    if is_zoo_model(getattr(model, "origin", None) or model.source):  # a quantized dir remembers its float origin
         return split_text(split)
     raise RnnquantError("--data FILE is required for models outside the zoo")
 

@@ -117,9 +117,14 @@ def _check_and_assign(model: RecurrentLM, state: dict, d: Path) -> None:
             raise RnnquantError(f"{d}: tensor {k!r} has shape {list(v.shape)}, config implies {list(expected[k].shape)}")
         if not v.is_floating_point():
             raise RnnquantError(f"{d}: tensor {k!r} has dtype {v.dtype}, expected a float type")
-        if not torch.isfinite(v).all():
-            raise RnnquantError(f"{d}: tensor {k!r} contains NaN or Inf")
+    _check_finite(state, d)
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+
+
+def _check_finite(state: dict[str, torch.Tensor], d: Path) -> None:
+    for k, v in state.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise RnnquantError(f"{d}: tensor {k!r} contains NaN or Inf")
 
 
 def fingerprint(model: RecurrentLM) -> str:
@@ -140,9 +145,7 @@ def load(path_or_name, *, allow_pickle: bool = False) -> RecurrentLM:
         from ..quant.serialize import load_quantized_into
 
         state = _read_weights(d, allow_pickle)
-        for k, v in state.items():
-            if v.is_floating_point() and not torch.isfinite(v).all():
-                raise RnnquantError(f"{d}: tensor {k!r} contains NaN or Inf")
+        _check_finite(state, d)
         load_quantized_into(model, d, state)
     else:
         _check_and_assign(model, _read_weights(d, allow_pickle), d)

@@ -117,11 +117,9 @@ def _choose_clip(probe: _InputProbe, w: torch.Tensor, clip: str, bits: int) -> f
     if clip != "auto":
         return cands[clip]
     x = torch.cat(probe.rows)
-    ref = x @ w.T
     qmax = 2 ** (bits - 1) - 1
     errs = {k: float(((fake_quant_static(x, torch.tensor(c / qmax), bits) - x) @ w.T).pow(2).mean()) for k, c in cands.items() if c > 0}
     best = min(errs, key=errs.get) if errs else "absmax"
-    del ref
     return cands[best]
 
 
