@@ -1,0 +1,48 @@
+"""Per-op-type time of one exported step graph, from ONNX Runtime's own profiler.
+
+    python benchmarks/ort_profile.py MODEL.onnx [--steps 200] [--threads 1]
+
+Runs the step graph (batch 1, zero state) with profiling on and prints microseconds per token by
+op type (the profiler's own overhead inflates the totals; compare op types, not absolutes).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+
+import numpy as np
+import onnxruntime as ort
+
+from rnnquant.exporters.runner import read_metadata
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model")
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    states = json.loads(read_metadata(args.model)["states"])
+    opts = ort.SessionOptions()
+    opts.enable_profiling = True
+    opts.intra_op_num_threads = args.threads
+    sess = ort.InferenceSession(args.model, opts, providers=["CPUExecutionProvider"])
+    feeds = {"input_ids": np.array([5])} | {s["name"]: np.zeros([1, *s["shape"]], np.float32) for s in states}
+    for _ in range(args.steps):
+        sess.run(None, feeds)
+    trace = sess.end_profiling()
+    total, count = collections.Counter(), collections.Counter()
+    for e in json.load(open(trace)):
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            total[e["args"]["op_name"]] += e["dur"]
+            count[e["args"]["op_name"]] += 1
+    os.remove(trace)
+    for op, us in total.most_common(15):
+        print(f"{op:28} {us / args.steps:9.1f} us/token  ({count[op] // args.steps} nodes)")
+    print(f"total kernel time {sum(total.values()) / args.steps:.1f} us/token")
+
+
+if __name__ == "__main__":
+    main()
