@@ -15,6 +15,7 @@ import numpy as np
 
 from rnnquant.errors import RnnquantError
 from rnnquant.eval.windows import windows
+from rnnquant.text import encode_prompt
 
 REQUIRED_META = ("graph", "architecture", "states", "vocab_size", "tokenizer_sha256")
 
@@ -110,9 +111,7 @@ class OrtLM:
         return np.stack(out, 1), state
 
     def encode(self, text: str) -> list[int]:
-        ids = self.tokenizer.encode(text).ids
-        if not ids:
-            raise RnnquantError("the prompt is empty after tokenization")
+        ids = encode_prompt(self.tokenizer, text)
         if max(ids) >= self.vocab_size:
             raise RnnquantError(f"the prompt has token id {max(ids)} beyond the model's vocabulary ({self.vocab_size})")
         return ids

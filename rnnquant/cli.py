@@ -19,17 +19,25 @@ def _model(path_or_name):
     return load(path_or_name, allow_pickle=_ALLOW_PICKLE)
 
 
-def _text(model, data, split: str):
-    """--data, or for zoo models the corpus split (train for calibration, test for evaluation)."""
-    from .io import read_text
+def _ids(model, data, split: str, max_tokens: int | None = None):
+    """Token ids of --data, or for zoo models of the corpus split (train for calibration, test for
+    evaluation); read in bounded memory, at most ``max_tokens`` of them."""
+    import torch
+
+    from .text import MAX_TOKENS, token_ids
     from .zoo import is_zoo_model
     from .zoo.corpus import split_text
 
     if data is not None:
-        return read_text(data)
-    if is_zoo_model(getattr(model, "origin", None) or model.source):  # a quantized dir remembers its float origin
-        return split_text(split)
-    raise RnnquantError("--data FILE is required for models outside the zoo")
+        source = Path(data)
+    elif is_zoo_model(getattr(model, "origin", None) or model.source):  # a quantized dir remembers its float origin
+        source = split_text(split)
+    else:
+        raise RnnquantError("--data FILE is required for models outside the zoo")
+    ids, truncated = token_ids(model.tokenizer, source, max_tokens or MAX_TOKENS)
+    if truncated:
+        click.echo(f"note: using the first {len(ids)} tokens of {data or 'the ' + split + ' split'} (raise --max-tokens for more)", err=True)
+    return torch.from_numpy(ids)
 
 
 def _calibration(calib, model):
@@ -59,22 +67,25 @@ def _quantized(m, recipe, calib, data, samples, seq_len, prune_spec=None):
     c = _calibration(calib, m)
     if prune_spec:
         from .calibrate import CalibConfig, calibrate as run_calibration
-        from .eval import tokenize
         from .prune import parse_spec
 
         m = _pruned(m, parse_spec(prune_spec), calib, data, samples, seq_len)
         _echo_prune(m)
         if c is not None:
             s = c.meta["settings"]
-            c = run_calibration(m, tokenize(m.tokenizer, _text(m, data, "train")), CalibConfig(samples=s["samples"], seq_len=s["seq_len"]))
+            c = run_calibration(m, _ids(m, data, "train"), CalibConfig(samples=s["samples"], seq_len=s["seq_len"]))
     return apply_recipe(m, r, c, _batches(m, data, samples, seq_len) if r.needs_data() else None)
 
 
 def _batches(model, data, samples, seq_len):
     from .calibrate import calibration_batches
-    from .eval import tokenize
 
-    return calibration_batches(tokenize(model.tokenizer, _text(model, data, "train")), samples, seq_len, 8)
+    return calibration_batches(_ids(model, data, "train"), samples, seq_len, 8)
+
+
+_max_tokens = click.option(
+    "--max-tokens", type=int, default=None, help="Read at most this many tokens of the text (default 2,000,000); the file is streamed."
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -121,7 +132,8 @@ def zoo(as_json):
 @click.option("--window", default=512, show_default=True, help="Tokens per window; each window starts from a fresh state.")
 @click.option("--mode", type=click.Choice(["forward", "step"]), default="forward", show_default=True, help="Parallel forward or the O(1) step form.")
 @click.option("--batch-size", default=8, show_default=True)
-def ppl(model, data, window, mode, batch_size):
+@_max_tokens
+def ppl(model, data, window, mode, batch_size, max_tokens):
     """Token-level perplexity of MODEL on a text.
 
     \b
@@ -129,10 +141,10 @@ def ppl(model, data, window, mode, batch_size):
       rnnquant ppl mamba-pydoc
       rnnquant ppl ./my-mamba --data valid.txt --window 1024
     """
-    from .eval import perplexity
+    from .eval import perplexity_ids
 
     m = _model(model)
-    r = perplexity(m, _text(m, data, "test"), window=window, batch_size=batch_size, mode=mode, progress=True)
+    r = perplexity_ids(m, _ids(m, data, "test", max_tokens), window=window, batch_size=batch_size, mode=mode, progress=True)
     click.echo(f"perplexity {r.ppl:.4f} over {r.tokens} tokens (window {window}, {mode})")
 
 
@@ -145,7 +157,8 @@ def ppl(model, data, window, mode, batch_size):
 @click.option("--outlier-k", default=6.0, show_default=True, help="Outlier: channel absmax > K x the point's median absmax.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory (written atomically).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output directory.")
-def calibrate(model, data, samples, seq_len, batch_size, outlier_k, out, force):
+@_max_tokens
+def calibrate(model, data, samples, seq_len, batch_size, outlier_k, out, force, max_tokens):
     """Record per-channel activation statistics and find the outlier channels.
 
     Writes OUT/calib.safetensors, OUT/calib.json, OUT/report.md and PNG plots.
@@ -156,7 +169,6 @@ def calibrate(model, data, samples, seq_len, batch_size, outlier_k, out, force):
       rnnquant calibrate ./my-mamba --data calib.txt --samples 64 --seq-len 256 --out calib/
     """
     from .calibrate import CalibConfig, calibrate as run_calibration, save_calibration
-    from .eval import tokenize
 
     if Path(out).exists() and not force:
         raise RnnquantError(f"{out} already exists (use --force to overwrite)")
@@ -164,9 +176,9 @@ def calibrate(model, data, samples, seq_len, batch_size, outlier_k, out, force):
         if v < 1:
             raise RnnquantError(f"{name} must be >= 1, got {v}")
     m = _model(model)
-    text = _text(m, data, "train")
+    ids = _ids(m, data, "train", max_tokens)
     cfg = CalibConfig(samples=samples, seq_len=seq_len, batch_size=batch_size, outlier_k=outlier_k)
-    calib = run_calibration(m, tokenize(m.tokenizer, text), cfg, progress=True)
+    calib = run_calibration(m, ids, cfg, progress=True)
     save_calibration(calib, out, force=force)
     worst = sorted(calib.points.items(), key=lambda kv: -kv[1]["outliers"]["max_median_ratio"])[:5]
     n_out = sum(len(p["outliers"]["absmax"]) for p in calib.points.values())
@@ -268,11 +280,10 @@ def generate(model, prompt, max_new_tokens, temperature, top_k, seed):
     import time
 
     from .generate import generate as gen
+    from .text import encode_prompt
 
     m = _model(model)
-    ids = m.tokenizer.encode(prompt).ids
-    if not ids:
-        raise RnnquantError("--prompt is empty after tokenization")
+    ids = encode_prompt(m.tokenizer, prompt)
     click.echo(prompt, nl=False)
     out, t0 = [], time.perf_counter()
     for tok in gen(m, ids, max_new_tokens, temperature, top_k, seed):
@@ -374,7 +385,8 @@ def run(model, prompt, max_new_tokens, temperature, top_k, seed, threads):
 @click.option("--threads", default=1, show_default=True, help="ONNX Runtime threads for latency.")
 @click.option("--tokens", default=256, show_default=True, help="Timed decode steps per variant (after warm-up).")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
-def compare(float_model, variants, data, window, threads, tokens, out):
+@_max_tokens
+def compare(float_model, variants, data, window, threads, tokens, out, max_tokens):
     """Perplexity, latency, size and memory of each VARIANT against the float model.
 
     A VARIANT is an exported .onnx/.ort file or a quantized model directory. Writes
@@ -384,12 +396,11 @@ def compare(float_model, variants, data, window, threads, tokens, out):
     Example:
       rnnquant compare --float mamba-pydoc out/mamba-w8a8.onnx out/mamba-w4.onnx --threads 2 --out report/
     """
-    from .eval import tokenize
     from .eval.compare import compare as run_compare, markdown_table, write_report
 
     m = _model(float_model)
     source = data or "zoo test split"
-    report = run_compare(m, list(variants), tokenize(m.tokenizer, _text(m, data, "test")), window, tokens, threads, source)
+    report = run_compare(m, list(variants), _ids(m, data, "test", max_tokens), window, tokens, threads, source)
     write_report(report, out)
     click.echo(markdown_table(report))
     click.echo(f"wrote {Path(out)}/report.json, report.md, report.html")
