@@ -8,13 +8,16 @@ d_state 16, expand 2; or an LSTM LM of similar size) and times, at batch 1:
   - rnnquant's ORT float step graph;
   - ORT's quantize_dynamic applied to that float graph (the peer tool's default);
   - rnnquant's w8a8-dynamic and w4a16-rtn step graphs;
-  - the memory-bandwidth floor: weight bytes read per token / read bandwidth measured now.
-llama.cpp is not built here (see docs/RESULTS.md). Writes benchmarks/results/step_latency_<arch>.json.
+  - the memory-bandwidth floor: weight bytes read per token / read bandwidth measured now;
+  - llama.cpp (Mamba only) F32, Q8_0 and Q4_0 with llama-bench, when benchmarks/peers/llamacpp.sh
+    has built it (skipped with a message otherwise).
+Prints ratios and writes benchmarks/results/step_latency_<arch>.json.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +30,9 @@ from rnnquant.exporters.onnx_export import export_step
 from rnnquant.models import build, fingerprint
 from rnnquant.quant import PRESETS, quantize
 from rnnquant.zoo import MODELS_DIR
+
+sys.path.insert(0, str(Path(__file__).parent))
+from peers import llamacpp  # noqa: E402
 
 OUT = Path(__file__).parent / "results"
 SHAPES = {
@@ -72,6 +78,18 @@ def weight_bytes(model, bits: int) -> int:
     return n * bits // 8
 
 
+def ratios(ms: dict) -> dict:
+    """How many times faster the first of each pair is (the issue's targets), where both were measured."""
+    pairs = {
+        "int8 vs llama.cpp Q8_0": ("rnnquant w8a8-dynamic", "llama.cpp Q8_0"),
+        "int8 vs ORT quantize_dynamic": ("rnnquant w8a8-dynamic", "ORT quantize_dynamic (int8)"),
+        "int4 vs llama.cpp Q4_0": ("rnnquant w4a16-rtn", "llama.cpp Q4_0"),
+        "fp32 vs llama.cpp F32": ("rnnquant fp32", "llama.cpp F32"),
+        "int8 vs HF fp32": ("rnnquant w8a8-dynamic", "HF transformers fp32"),
+    }
+    return {k: ms[b] / ms[a] for k, (a, b) in pairs.items() if ms.get(a) and ms.get(b)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", choices=sorted(SHAPES), default="mamba")
@@ -95,6 +113,7 @@ def main() -> None:
         paths["ORT quantize_dynamic (int8)"] = td / "ort_dyn.onnx"
         paths["rnnquant w8a8-dynamic"] = export_step(quantize(model, PRESETS["w8a8-dynamic"]), td / "w8.onnx", MODELS_DIR / "tokenizer.json", prefill=False)
         paths["rnnquant w4a16-rtn"] = export_step(quantize(model, PRESETS["w4a16-rtn"]), td / "w4.onnx", MODELS_DIR / "tokenizer.json", prefill=False)
+        ggufs = llamacpp.to_gguf(model, td) if args.arch == "mamba" and llamacpp.available() else {}
         floors = {32: weight_bytes(model, 32), 8: weight_bytes(model, 8), 4: weight_bytes(model, 4)}
         for threads in args.threads:
             row = {"threads": threads, "ms": {}}
@@ -102,10 +121,14 @@ def main() -> None:
                 row["ms"][name] = measure_in_process(p, args.tokens, threads)["latency_ms"]["p50"]
             if args.arch == "mamba":
                 row["ms"]["HF transformers fp32"] = hf_latency(cfg, model.state_dict(), args.tokens, threads)
+            for q, g in ggufs.items():
+                row["ms"][f"llama.cpp {q}"] = llamacpp.decode_ms(g, threads, args.tokens)
             row["floor_ms"] = {f"{b}-bit": 1e3 * n / (bw * 1e9) for b, n in floors.items()}
             results["rows"].append(row)
             print(f"threads {threads}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in row["ms"].items() if v is not None), flush=True)
             print("  floors: " + ", ".join(f"{k} {v:.2f} ms" for k, v in row["floor_ms"].items()), flush=True)
+            row["ratios"] = ratios(row["ms"])
+            print("  speed-ups: " + ", ".join(f"{k} {v:.2f}x" for k, v in row["ratios"].items()), flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"step_latency_{args.arch}.json").write_text(json.dumps(results, indent=2) + "\n")
 
