@@ -222,18 +222,18 @@ def quantize(model, recipe, calib, data, samples, seq_len, prune_spec, out, forc
 
 @cli.command()
 @click.argument("model")
-@click.option("--method", type=click.Choice(["magnitude", "wanda", "sparsegpt", "channels", "layers"]), required=True)
+@click.option("--method", type=click.Choice(["magnitude", "wanda", "sparsegpt", "channels", "state", "layers"]), required=True)
 @click.option("--sparsity", type=float, default=0.5, show_default=True, help="Fraction removed (unstructured and channels).")
 @click.option("--nm", help="N:M pattern instead of --sparsity, e.g. 2:4.")
 @click.option("--layers", "n_layers", type=int, default=1, show_default=True, help="Layers removed (--method layers).")
-@click.option("--calib", type=click.Path(file_okay=False), help="Calibration directory (wanda, channels).")
+@click.option("--calib", type=click.Path(file_okay=False), help="Calibration directory (wanda, channels, state).")
 @click.option("--data", type=click.Path(dir_okay=False), help="Text for SparseGPT Hessians / block influence (default for zoo models: the train split).")
 @click.option("--samples", default=32, show_default=True)
 @click.option("--seq-len", default=256, show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @click.option("--force", is_flag=True)
 def prune(model, method, sparsity, nm, n_layers, calib, data, samples, seq_len, out, force):
-    """Prune a model: masked (magnitude, Wanda, SparseGPT, N:M) or structural (channels, layers).
+    """Prune a model: masked (magnitude, Wanda, SparseGPT, N:M) or structural (channels, state, layers).
 
     Writes a float checkpoint; structural pruning shrinks its config and matrices. Prints
     masked sparsity and structural savings separately.

@@ -44,13 +44,14 @@ class ChannelLayer:
 
     ``slices``: (parameter, dim, starts): channel c lives at index start + c along dim, for each
     start (e.g. Mamba's in_proj rows hold x at 0 and z at E: starts (0, E)).
-    ``score_point`` / ``score_weight``: the calibration point whose per-channel RMS, times the
-    column norms of this weight, scores each channel (Wanda-style: activation x outgoing weight).
+    ``score_points`` / ``score_weight``: the calibration points whose per-channel RMS (multiplied),
+    times the column norms of this weight if any, score each channel (Wanda-style: activation x
+    outgoing weight; for Mamba's d_state: RMS of B_n x RMS of C_n, the state's write and read).
     """
 
     slices: list[tuple[str, int, tuple[int, ...]]]
-    score_point: str
-    score_weight: str
+    score_points: tuple[str, ...]
+    score_weight: str | None
 
 
 @dataclass(frozen=True)

@@ -154,7 +154,9 @@ class MambaLM(RecurrentLM):
         linears["lm_head"] = "lm_head"
         layers = [f"backbone.layers.{i}" for i in range(c["num_hidden_layers"])]
         d_inner = ChannelGroup("intermediate_size", [self._d_inner_slices(f"{p}.mixer") for p in layers])
-        return ArchSpec(linears, pairs, rot, taps, floats, states, embedding="backbone.embeddings", channel_groups={"d_inner": d_inner},
+        d_state = ChannelGroup("state_size", [self._d_state_slices(f"{p}.mixer") for p in layers])
+        return ArchSpec(linears, pairs, rot, taps, floats, states, embedding="backbone.embeddings",
+                        channel_groups={"d_inner": d_inner, "d_state": d_state},
                         residual_layers=layers, residual_inputs=[f"{p}.norm" for p in layers] + ["backbone.norm_f"])
 
     def _d_inner_slices(self, m: str) -> ChannelLayer:
@@ -166,4 +168,9 @@ class MambaLM(RecurrentLM):
              (f"{m}.out_proj.weight", 1, (0,))]
         s += [(f"{m}.in_proj.bias", 0, (0, E))] if self.config["use_bias"] else []
         s += [(f"{m}.conv1d.bias", 0, (0,))] if self.config["use_conv_bias"] else []
-        return ChannelLayer(s, f"{m}.out_proj.input", f"{m}.out_proj.weight")
+        return ChannelLayer(s, (f"{m}.out_proj.input",), f"{m}.out_proj.weight")
+
+    def _d_state_slices(self, m: str) -> ChannelLayer:
+        """A state dimension n: x_proj rows R+n (B_n) and R+N+n (C_n) and A_log column n."""
+        R, N = self.config["time_step_rank"], self.config["state_size"]
+        return ChannelLayer([(f"{m}.x_proj.weight", 0, (R, R + N)), (f"{m}.A_log", 1, (0,))], (f"{m}.tap_B", f"{m}.tap_C"), None)

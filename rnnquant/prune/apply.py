@@ -13,7 +13,7 @@ import torch
 from ..errors import RnnquantError
 from ..models import build, fingerprint
 from ..quant.gptq import HessianAccumulator
-from .config import UNSTRUCTURED, PruneConfig
+from .config import STRUCTURED_GROUPS, UNSTRUCTURED, PruneConfig
 from .masks import magnitude_mask, sparsegpt_prune, wanda_mask
 
 
@@ -66,8 +66,14 @@ def _unstructured(model, cfg: PruneConfig, calib, batches):
     return model
 
 
-def _channel_index(starts: tuple[int, ...], keep: torch.Tensor) -> torch.Tensor:
-    return torch.cat([s + keep for s in starts])
+def _channel_index(size: int, width: int, starts: tuple[int, ...], keep: torch.Tensor) -> torch.Tensor:
+    """Indices along a dim of ``size`` that survive: each group block [s, s + width) keeps only
+    ``keep``; indices outside every block (e.g. x_proj's dt rows beside B and C) all stay."""
+    mask = torch.ones(size, dtype=torch.bool)
+    for s in starts:
+        mask[s : s + width] = False
+        mask[s + keep] = True
+    return mask.nonzero().squeeze(1)
 
 
 @torch.no_grad()
@@ -75,9 +81,10 @@ def remove_channels(model, group_name: str, keep: list[torch.Tensor]):
     """A new model with only the ``keep[i]`` channels of each layer's group (same count per layer)."""
     group = model.arch_spec().channel_groups[group_name]
     state = {k: v.clone() for k, v in model.state_dict().items()}
+    width = model.config[group.config_key]
     for layer, k in zip(group.layers, keep, strict=True):
         for param, dim, starts in layer.slices:
-            state[param] = state[param].index_select(dim, _channel_index(starts, k.sort().values))
+            state[param] = state[param].index_select(dim, _channel_index(state[param].shape[dim], width, starts, k))
     cfg = {"model_type": model.model_type} | model.config | {group.config_key: len(keep[0])}
     new = build(cfg)
     new.load_state_dict(state, strict=False)
@@ -86,9 +93,10 @@ def remove_channels(model, group_name: str, keep: list[torch.Tensor]):
 
 def _channels(model, cfg: PruneConfig, calib):
     spec = model.arch_spec()
-    if not spec.channel_groups:
-        raise RnnquantError(f"{model.model_type} declares no structurally prunable channels")
-    name, group = next(iter(spec.channel_groups.items()))
+    name = STRUCTURED_GROUPS[cfg.method] or next(iter(spec.channel_groups), None)
+    if name not in spec.channel_groups:
+        raise RnnquantError(f"{model.model_type} has no {STRUCTURED_GROUPS[cfg.method] or 'structurally prunable'} channels to prune")
+    group = spec.channel_groups[name]
     width = model.config[group.config_key]
     n_keep = width - int(round(width * cfg.sparsity))
     if n_keep < 1:
@@ -96,7 +104,9 @@ def _channels(model, cfg: PruneConfig, calib):
     mods = dict(model.named_parameters())
     keep = []
     for layer in group.layers:
-        score = _rms(calib, layer.score_point) * mods[layer.score_weight].norm(dim=0)  # activation x outgoing weight
+        score = torch.stack([_rms(calib, p) for p in layer.score_points]).prod(0)
+        if layer.score_weight is not None:
+            score = score * mods[layer.score_weight].norm(dim=0)  # activation x outgoing weight
         keep.append(score.topk(n_keep).indices)
     return remove_channels(model, name, keep)
 
@@ -140,14 +150,14 @@ def prune(model, cfg: PruneConfig, calib=None, batches=None):
     """A pruned copy of ``model``. Wanda and structured pruning read ``calib``; SparseGPT and layer
     removal need ``batches`` (token id tensors [B, T])."""
     cfg.validate()
-    if cfg.method in ("wanda", "channels") and calib is None:
+    if cfg.method in ("wanda", *STRUCTURED_GROUPS) and calib is None:
         raise RnnquantError(f"pruning method {cfg.method!r} needs calibration statistics (--calib DIR)")
     if cfg.method in ("sparsegpt", "layers") and not batches:
         raise RnnquantError(f"pruning method {cfg.method!r} needs calibration text")
     src = copy.deepcopy(model)
     if cfg.method in UNSTRUCTURED:
         new = _unstructured(src, cfg, calib, batches)
-    elif cfg.method == "channels":
+    elif cfg.method in STRUCTURED_GROUPS:
         new = _channels(src, cfg, calib)
     else:
         new = _layers(src, cfg, batches)

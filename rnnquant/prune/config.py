@@ -2,6 +2,7 @@
 
     magnitude:0.5   wanda:0.5   sparsegpt:0.5   wanda:2:4   sparsegpt:4:8     (unstructured / N:M, masked)
     channels:0.25   (structured: a quarter of Mamba's d_inner or of LSTM/GRU hidden units, removed)
+    state:0.25      (structured: a quarter of Mamba's SSM state dimension d_state, removed)
     layers:2        (structured: the 2 residual blocks with the lowest block influence, removed)
 """
 from __future__ import annotations
@@ -11,7 +12,8 @@ from dataclasses import dataclass
 from ..errors import RnnquantError
 
 UNSTRUCTURED = ("magnitude", "wanda", "sparsegpt")
-METHODS = (*UNSTRUCTURED, "channels", "layers")
+STRUCTURED_GROUPS = {"channels": None, "state": "d_state"}  # method -> channel group (None: the adapter's first)
+METHODS = (*UNSTRUCTURED, *STRUCTURED_GROUPS, "layers")
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,35 @@ def test_mamba_channel_removal_equals_zeroing():
 
 
 @torch.no_grad()
+def test_mamba_state_removal_equals_zeroing():
+    """Dropping state dimension n == zeroing the x_proj rows that make B_n and C_n (h_n is never
+    written and never read)."""
+    m = tiny_model("mamba")
+    R, N = m.config["time_step_rank"], m.config["state_size"]
+    keep = [torch.tensor([0, 2, 5, 7]), torch.tensor([1, 2, 3, 6])]
+    small = remove_channels(m, "d_state", keep)
+    zeroed = tiny_model("mamba")
+    for layer, k in zip(zeroed.backbone.layers, keep):
+        drop = torch.tensor(sorted(set(range(N)) - set(k.tolist())))
+        layer.mixer.x_proj.weight[R + drop] = 0
+        layer.mixer.x_proj.weight[R + N + drop] = 0
+    ids = IDS[:64].view(2, 32)
+    assert small.config["state_size"] == 4 and small.init_state(1)[1].shape == (1, m.config["intermediate_size"], 4)
+    assert (small(ids) - zeroed(ids)).abs().max() <= 1e-4
+    logits, _ = small.step(ids[:, 0], small.init_state(2))
+    assert (logits - small(ids[:, :1])[:, 0]).abs().max() <= 1e-4
+
+
+def test_state_pruning_by_calibration_and_refused_for_rnn():
+    m, calib, batches = _calibrated("mamba")
+    p = prune(m, parse_spec("state:0.25"), calib, batches)
+    assert p.config["state_size"] == 6 and p.prune_report["structural_reduction_pct"] > 0
+    lstm, lcalib, lbatches = _calibrated("lstm")
+    with pytest.raises(RnnquantError, match="lstm has no d_state channels"):
+        prune(lstm, parse_spec("state:0.25"), lcalib, lbatches)
+
+
+@torch.no_grad()
 @pytest.mark.parametrize("arch", ["lstm", "gru"])
 def test_rnn_hidden_removal_equals_zeroing(arch):
     m = tiny_model(arch)
