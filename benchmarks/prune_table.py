@@ -28,7 +28,7 @@ from rnnquant.zoo.corpus import split_text
 
 OUT = Path(__file__).parent / "results" / "prune_table.json"
 UNSTRUCTURED = ["magnitude:0.25", "wanda:0.25", "sparsegpt:0.25", "magnitude:0.5", "wanda:0.5", "sparsegpt:0.5", "magnitude:2:4", "wanda:2:4", "sparsegpt:2:4"]
-STRUCTURAL = {"mamba": ["channels:0.1", "channels:0.25", "layers:1", "layers:2"], "lstm": ["channels:0.1", "channels:0.25"]}
+STRUCTURAL = {"mamba": ["channels:0.1", "channels:0.25", "state:0.25", "state:0.5", "layers:1", "layers:2"], "lstm": ["channels:0.1", "channels:0.25"]}
 
 
 def latency(path: Path) -> float:

@@ -2,8 +2,8 @@
 runner uses it too).
 
 A text file is read in chunks of ``CHUNK_BYTES``, validated as it goes (NUL bytes, invalid UTF-8
-with the byte offset) and cut only where the byte-level pre-tokenizer splits anyway (after a newline
-followed by a non-space character), so chunked tokenization gives the same ids as tokenizing the
+with the byte offset) and cut only where the byte-level pre-tokenizer splits anyway (after a lone newline
+between two non-space characters; a cut inside a run of whitespace would change its tokens), so chunked tokenization gives the same ids as tokenizing the
 whole text. Tokenization stops at ``max_tokens``: a 1 GB file costs one chunk of memory, not 1 GB.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from .errors import RnnquantError
 
 CHUNK_BYTES = 1 << 20
 MAX_TOKENS = 2_000_000  # default budget: 16 MB of int64 ids; the zoo test split is ~5% of it
-_CUT = re.compile(r"\n(?=\S)")
+_CUT = re.compile(r"(?<=\S)\n(?=\S)")  # a lone newline between two non-space characters
 
 
 def iter_text(path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[str]:
@@ -58,7 +58,7 @@ def iter_text(path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[str]:
 
 
 def _last_cut(text: str, start: int) -> int | None:
-    """Index just after the last newline that is followed by a non-space character."""
+    """Index just after the last lone newline between two non-space characters."""
     last = None
     for m in _CUT.finditer(text, max(start - 1, 0)):
         last = m.end()

@@ -27,6 +27,14 @@ def test_chunked_tokenization_equals_whole_text(tmp_path, zoo_tokenizer):
     assert not truncated and ids.tolist() == zoo_tokenizer.encode(text).ids
 
 
+@pytest.mark.parametrize("chunk", [5, 7, 16, 64])
+def test_cuts_never_split_whitespace_runs(tmp_path, zoo_tokenizer, chunk):
+    text = "a\n\n..b\n \nc\n\t\td\r\ne\n\n\nf  g\n" * 50
+    f = tmp_path / "t.txt"
+    f.write_bytes(text.encode())
+    assert token_ids(zoo_tokenizer, f, max_tokens=10**9)[0].tolist() == zoo_tokenizer.encode(text).ids
+
+
 def test_budget_stops_reading(tmp_path, zoo_tokenizer):
     f = tmp_path / "t.txt"
     f.write_text("def f(x):\n    return x\n" * 100_000)
