@@ -7,7 +7,7 @@ d_state 16, expand 2; or an LSTM LM of similar size) and times, at batch 1:
   - Hugging Face transformers MambaForCausalLM fp32 (cached decode, one token per forward);
   - rnnquant's ORT float step graph;
   - ORT's quantize_dynamic applied to that float graph (the peer tool's default);
-  - rnnquant's w8a8-dynamic and w4a16-rtn step graphs;
+  - rnnquant's w8a8-dynamic, w4a16-rtn and w4a8-rtn step graphs;
   - the memory-bandwidth floor: weight bytes read per token / read bandwidth measured now;
   - llama.cpp (Mamba only) F32, Q8_0 and Q4_0 with llama-bench, when benchmarks/peers/llamacpp.sh
     has built it (skipped with a message otherwise).
@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 import tempfile
+from dataclasses import replace
 import time
 from pathlib import Path
 
@@ -35,6 +36,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from peers import llamacpp  # noqa: E402
 
 OUT = Path(__file__).parent / "results"
+# the w4a8 preset's integer path (MatMulNBits with int8 activations) without GPTQ and Hadamard, which
+# need calibration text a random-init model has no use for
+W4A8_RTN = replace(PRESETS["w4a8"], name="w4a8-rtn", hadamard=False, rules=[replace(r, w_method="rtn") for r in PRESETS["w4a8"].rules])
 SHAPES = {
     "mamba": {"model_type": "mamba", "vocab_size": 50280, "hidden_size": 768, "num_hidden_layers": 24, "state_size": 16, "expand": 2},
     "lstm": {"model_type": "lstm", "vocab_size": 50280, "embed_size": 768, "hidden_size": 1536, "num_layers": 3},
@@ -83,7 +87,8 @@ def ratios(ms: dict) -> dict:
     pairs = {
         "int8 vs llama.cpp Q8_0": ("rnnquant w8a8-dynamic", "llama.cpp Q8_0"),
         "int8 vs ORT quantize_dynamic": ("rnnquant w8a8-dynamic", "ORT quantize_dynamic (int8)"),
-        "int4 vs llama.cpp Q4_0": ("rnnquant w4a16-rtn", "llama.cpp Q4_0"),
+        "int4 (w4a16) vs llama.cpp Q4_0": ("rnnquant w4a16-rtn", "llama.cpp Q4_0"),
+        "int4 (w4a8) vs llama.cpp Q4_0": ("rnnquant w4a8-rtn", "llama.cpp Q4_0"),
         "fp32 vs llama.cpp F32": ("rnnquant fp32", "llama.cpp F32"),
         "int8 vs HF fp32": ("rnnquant w8a8-dynamic", "HF transformers fp32"),
     }
@@ -113,6 +118,7 @@ def main() -> None:
         paths["ORT quantize_dynamic (int8)"] = td / "ort_dyn.onnx"
         paths["rnnquant w8a8-dynamic"] = export_step(quantize(model, PRESETS["w8a8-dynamic"]), td / "w8.onnx", MODELS_DIR / "tokenizer.json", prefill=False)
         paths["rnnquant w4a16-rtn"] = export_step(quantize(model, PRESETS["w4a16-rtn"]), td / "w4.onnx", MODELS_DIR / "tokenizer.json", prefill=False)
+        paths["rnnquant w4a8-rtn"] = export_step(quantize(model, W4A8_RTN), td / "w4a8.onnx", MODELS_DIR / "tokenizer.json", prefill=False)
         ggufs = llamacpp.to_gguf(model, td) if args.arch == "mamba" and llamacpp.available() else {}
         floors = {32: weight_bytes(model, 32), 8: weight_bytes(model, 8), 4: weight_bytes(model, 4)}
         for threads in args.threads:
