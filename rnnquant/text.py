@@ -25,7 +25,7 @@ _CUT = re.compile(r"(?<=\S)\n(?=\S)")  # a lone newline between two non-space ch
 def iter_text(path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[str]:
     """Yield the UTF-8 text of ``path`` in pieces that end where the pre-tokenizer splits anyway."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists() or path.is_dir():  # not is_file(): pipes such as <(...) are fine
         raise RnnquantError(f"{path}: no such file")
     decoder = codecs.getincrementaldecoder("utf-8")()
     offset, carry, seen_text = 0, "", False

@@ -7,7 +7,7 @@ import pytest
 
 from rnnquant.cli import cli
 from tests.eval.test_perplexity import TEXT
-from tests.helpers import run_cli
+from tests.helpers import assert_one_line_error, run_cli
 
 
 @pytest.mark.parametrize("command", [None, *sorted(cli.commands)])
@@ -32,3 +32,11 @@ def test_runs_with_sockets_blocked(capsys, monkeypatch, tmp_path, tiny_dir):
 def test_unknown_command_is_a_usage_error(capsys):
     code, _, err = run_cli(capsys, "frobnicate")
     assert code == 2 and "No such command" in err
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [(["pl"], "No such command 'pl'"), (["export"], "Missing argument 'MODEL'"), (["ppl", "mamba-pydoc", "--data", "."], "is a directory")],
+)
+def test_usage_errors_are_one_line(capsys, args, match):
+    assert_one_line_error(capsys, *args, match=match)
