@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -116,8 +117,11 @@ def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bo
     names = [s.name for s in model.arch_spec().states]
     state = model.init_state(1)
     inputs, outputs = ["input_ids", *names], ["logits", *[f"new_{n}" for n in names]]
-    with atomic_path(out_path, force=force) as tmp, warnings.catch_warnings():
+    if out_path.exists() and not force:
+        raise RnnquantError(f"{out_path} already exists (use --force to overwrite)")
+    with tempfile.TemporaryDirectory(prefix="rnnquant-trace-") as td, warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        tmp = Path(td) / "step.onnx"
         torch.onnx.export(
             _StepGraph(model).eval(), (torch.tensor([0]), *state), str(tmp), input_names=inputs, output_names=outputs,
             dynamic_axes={k: {0: "batch"} for k in inputs + outputs}, opset_version=opset, dynamo=False,
@@ -125,14 +129,25 @@ def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bo
             do_constant_folding=True,
         )
         proto = onnx.load(str(tmp))
-        _share_tied_embedding(proto)
-        for k, v in metadata(model, Path(tokenizer_path) if tokenizer_path else None).items():
-            proto.metadata_props.add(key=k, value=v)
-        proto.doc_string = f"rnnquant {__version__} step graph: O(1) work per token"
-        try:
-            onnx.checker.check_model(proto, full_check=True)
-        except onnx.checker.ValidationError as e:
-            raise RnnquantError(f"exported graph fails the ONNX checker: {str(e).splitlines()[0]}") from None
+    _share_tied_embedding(proto)
+    return finish_step_graph(proto, model, out_path, tokenizer_path, force=force, prefill=prefill)
+
+
+def finish_step_graph(proto, model, out_path: Path, tokenizer_path=None, force: bool = True, prefill: bool = True, recipe: str | None = None) -> Path:
+    """Add rnnquant's metadata to a step graph, check it, write it atomically, then the prefill
+    graph (``<stem>.prefill.onnx``) and ``tokenizer.json`` beside it."""
+    import onnx
+
+    out_path = Path(out_path)
+    meta = metadata(model, Path(tokenizer_path) if tokenizer_path else None) | ({"recipe": recipe} if recipe else {})
+    for k, v in meta.items():
+        proto.metadata_props.add(key=k, value=v)
+    proto.doc_string = f"rnnquant {__version__} step graph: O(1) work per token"
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise RnnquantError(f"exported graph fails the ONNX checker: {str(e).splitlines()[0]}") from None
+    with atomic_path(out_path, force=force) as tmp:
         onnx.save(proto, str(tmp))
         _check_loads(tmp)
     if prefill:

@@ -34,7 +34,8 @@ def _ids(model, data, split: str, max_tokens: int | None = None):
         source = split_text(split)
     else:
         raise RnnquantError("--data FILE is required for models outside the zoo")
-    ids, truncated = token_ids(model.tokenizer, source, max_tokens or MAX_TOKENS)
+    # the budget guards streamed files; the shipped zoo splits are read whole unless --max-tokens says otherwise
+    ids, truncated = token_ids(model.tokenizer, source, max_tokens or (MAX_TOKENS if data is not None else 10**12))
     if truncated:
         click.echo(f"note: using the first {len(ids)} tokens of {data or 'the ' + split + ' split'} (raise --max-tokens for more)", err=True)
     return torch.from_numpy(ids)
@@ -305,8 +306,11 @@ def generate(model, prompt, max_new_tokens, temperature, top_k, seed):
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .onnx path (tokenizer.json is written beside it).")
 @click.option("--ort", "to_ort", is_flag=True, help="Also write a .ort file for mobile/minimal ONNX Runtime builds, verified against the .onnx.")
 @click.option("--opset", default=17, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["integer", "qoperator"]), default="integer", show_default=True,
+              help="integer: the recipe's MatMulInteger/MatMulNBits graph (CPU EP). qoperator: QLinearMatMul with "
+                   "static per-tensor scales from ONNX Runtime's quantize_static on the float model (NNAPI).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
-def export(model, recipe, calib, data, samples, seq_len, prune_spec, out, to_ort, opset, force):
+def export(model, recipe, calib, data, samples, seq_len, prune_spec, out, to_ort, opset, fmt, force):
     """Export the O(1) step graph (token + state in, logits + state out) to ONNX.
 
     MODEL is a float model (optionally quantized on the way with --recipe) or a quantized
@@ -317,6 +321,7 @@ def export(model, recipe, calib, data, samples, seq_len, prune_spec, out, to_ort
       rnnquant export mamba-pydoc --out out/mamba-fp32.onnx
       rnnquant export mamba-pydoc --calib calib/ --recipe w8a8-outlier --out out/mamba-w8a8.onnx
       rnnquant export mamba-w4/ --out out/mamba-w4.onnx --ort
+      rnnquant export mamba-pydoc --format qoperator --out out/mamba-qop.onnx
     """
     from .exporters.onnx_export import export_step
 
@@ -333,7 +338,13 @@ def export(model, recipe, calib, data, samples, seq_len, prune_spec, out, to_ort
 
             m = _pruned(m, parse_spec(prune_spec), calib, data, samples, seq_len)
             _echo_prune(m)
-    path = export_step(m, out, Path(m.source) / "tokenizer.json", opset=opset, force=force)
+    tokenizer = Path(m.source) / "tokenizer.json"
+    if fmt == "qoperator":
+        from .exporters.qoperator import export_qoperator
+
+        path = export_qoperator(m, out, tokenizer, _batches(m, data, samples, seq_len), opset=opset, force=force)
+    else:
+        path = export_step(m, out, tokenizer, opset=opset, force=force)
     pre = path.with_suffix(".prefill.onnx")
     click.echo(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB), {pre.name} and {path.parent / 'tokenizer.json'}")
     if to_ort:

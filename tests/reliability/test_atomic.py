@@ -68,7 +68,8 @@ def test_ctrl_c_during_calibration(tmp_path, model_dir):
     data.write_text(TEXT * 40)
     out = tmp_path / "calib"
     p = subprocess.Popen([*CLI, "calibrate", str(model_dir), "--data", str(data), "--samples", "400", "--seq-len", "256", "--out", str(out)],
-                         env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a background job inherits SIGINT ignored
     seen, deadline = "", time.time() + 120
     while "calibrate:" not in seen and time.time() < deadline:  # interrupt mid-calibration, not during imports
         seen += p.stderr.read(1)
