@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -86,6 +88,48 @@ def _share_tied_embedding(proto) -> None:
         return
 
 
+EXTERNAL_DATA_BYTES = 2**31 - 2**26  # protobuf's 2 GiB limit, with room for the graph itself
+
+
+def save_graph(proto, out_path: Path, what: str, force: bool = True) -> None:
+    """Check ``proto`` and write it to ``out_path`` atomically; over 2 GiB the weights go to
+    ``<name>.data`` beside it (ONNX external data). Everything is written, checked and loaded in a
+    temporary directory beside the output, then renamed: the data file first, so a graph under
+    the final name always has its data."""
+    import onnx
+
+    out_path = Path(out_path)
+    if out_path.exists() and not force:
+        raise RnnquantError(f"{out_path} already exists (use --force to overwrite)")
+    data = out_path.with_name(f"{out_path.name}.data")
+    external = proto.ByteSize() > EXTERNAL_DATA_BYTES
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", dir=out_path.parent))
+    except OSError as e:
+        raise RnnquantError(f"cannot write to {out_path.parent}: {e.strerror or e}") from None
+    try:
+        tmp = tmp_dir / out_path.name
+        if external:
+            onnx.save_model(proto, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name)
+        else:
+            onnx.save(proto, str(tmp))
+        try:
+            onnx.checker.check_model(str(tmp), full_check=True)  # by path: works over 2 GiB too
+        except onnx.checker.ValidationError as e:
+            raise RnnquantError(f"{what} fails the ONNX checker: {str(e).splitlines()[0]}") from None
+        _check_loads(tmp)
+        if external:
+            os.replace(tmp_dir / data.name, data)
+        else:
+            data.unlink(missing_ok=True)  # a stale data file of an earlier, larger export
+        os.replace(tmp, out_path)
+    except OSError as e:
+        raise RnnquantError(f"cannot write {out_path}: {e.strerror or e}") from None
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
 def _check_loads(path: Path) -> None:
     """An exported graph ONNX Runtime cannot load is an error, never a file left behind."""
     import onnxruntime as ort
@@ -136,20 +180,13 @@ def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bo
 def finish_step_graph(proto, model, out_path: Path, tokenizer_path=None, force: bool = True, prefill: bool = True, recipe: str | None = None) -> Path:
     """Add rnnquant's metadata to a step graph, check it, write it atomically, then the prefill
     graph (``<stem>.prefill.onnx``) and ``tokenizer.json`` beside it."""
-    import onnx
 
     out_path = Path(out_path)
     meta = metadata(model, Path(tokenizer_path) if tokenizer_path else None) | ({"recipe": recipe} if recipe else {})
     for k, v in meta.items():
         proto.metadata_props.add(key=k, value=v)
     proto.doc_string = f"rnnquant {__version__} step graph: O(1) work per token"
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-    except onnx.checker.ValidationError as e:
-        raise RnnquantError(f"exported graph fails the ONNX checker: {str(e).splitlines()[0]}") from None
-    with atomic_path(out_path, force=force) as tmp:
-        onnx.save(proto, str(tmp))
-        _check_loads(tmp)
+    save_graph(proto, out_path, "exported graph", force=force)
     if prefill:
         from .prefill import export_prefill
 

@@ -17,7 +17,6 @@ import onnx
 from onnx import TensorProto, helper
 
 from rnnquant.errors import RnnquantError
-from rnnquant.io import atomic_path
 
 
 def prefill_path(step_path: Path) -> Path:
@@ -67,16 +66,9 @@ def build_prefill(step: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def export_prefill(step_path, force: bool = True) -> Path:
-    from .onnx_export import _check_loads
+    from .onnx_export import save_graph
 
     step_path = Path(step_path)
-    model = build_prefill(onnx.load(str(step_path)))
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except onnx.checker.ValidationError as e:
-        raise RnnquantError(f"prefill graph fails the ONNX checker: {str(e).splitlines()[0]}") from None
     out = prefill_path(step_path)
-    with atomic_path(out, force=force) as tmp:
-        onnx.save(model, str(tmp))
-        _check_loads(tmp)
+    save_graph(build_prefill(onnx.load(str(step_path))), out, "prefill graph", force=force)
     return out

@@ -63,7 +63,7 @@ def _onnx_entry(path: Path, ids, window: int, tokens: int, threads: int) -> dict
     recipe = lm.meta["recipe"]
     return {"name": path.stem, "path": str(path), "kind": path.suffix.lstrip("."),
             "recipe": json.loads(recipe)["name"] if recipe != "float" else "float", "perplexity": ppl, "tokens": n,
-            "size_bytes": path.stat().st_size, "state_bytes": _state_bytes(lm.states)} | _timing(measure_in_process(path, tokens, threads))
+            "size_bytes": sum(f.stat().st_size for f in (path, path.with_name(f"{path.name}.data")) if f.is_file()), "state_bytes": _state_bytes(lm.states)} | _timing(measure_in_process(path, tokens, threads))
 
 
 def machine(threads: int) -> dict:

@@ -150,3 +150,25 @@ def test_prefill_then_step_equals_stepping(tmp_path, arch):
     assert np.abs(logits - np.stack(stepped[:25], 1)).max() <= 1e-4
     for a, b in zip(state, s2, strict=True):
         assert np.abs(a - b).max() <= 1e-4
+
+
+@pytest.mark.parametrize("arch", ["mamba"])
+def test_external_data_over_the_limit(monkeypatch, tmp_path, tiny_dir):
+    """Graphs over 2 GiB keep their weights in <name>.data; the threshold is lowered to test it."""
+    import numpy as np
+
+    from rnnquant.exporters import onnx_export
+    from rnnquant.exporters.runner import OrtLM
+    from rnnquant.models import load
+
+    m = load(tiny_dir)
+    inline = onnx_export.export_step(m, tmp_path / "a" / "inline.onnx", tiny_dir / "tokenizer.json")
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 0)
+    ext = onnx_export.export_step(m, tmp_path / "b" / "ext.onnx", tiny_dir / "tokenizer.json")
+    files = sorted(p.name for p in ext.parent.iterdir())
+    assert files == ["ext.onnx", "ext.onnx.data", "ext.prefill.onnx", "ext.prefill.onnx.data", "tokenizer.json"]
+    assert ext.stat().st_size < 100_000 < (ext.parent / "ext.onnx.data").stat().st_size
+    a, b = OrtLM(inline), OrtLM(ext)
+    ids = np.array([[1, 2, 3, 4, 5]])
+    (la, sa), (lb, sb) = a.prefill(ids, a.init_state(1)), b.prefill(ids, b.init_state(1))
+    assert np.abs(la - lb).max() == 0 and all(np.array_equal(x, y) for x, y in zip(sa, sb))
