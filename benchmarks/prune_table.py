@@ -24,6 +24,7 @@ from rnnquant.exporters.measure import measure_in_process
 from rnnquant.exporters.onnx_export import export_step
 from rnnquant.models import load
 from rnnquant.prune import parse_spec, prune
+from rnnquant.prune.config import STRUCTURED_GROUPS
 from rnnquant.zoo.corpus import split_text
 
 OUT = Path(__file__).parent / "results" / "prune_table.json"
@@ -58,7 +59,7 @@ def main() -> None:
                 p = prune(model, parse_spec(spec), calib, batches)
                 ppl = perplexity_ids(p, test, window=512).ppl
                 row = {"model": name, "spec": spec, "ppl": ppl, "delta_pct": 100 * (ppl / base - 1)} | p.prune_report
-                if spec.startswith(("channels", "layers")):
+                if spec.split(":")[0] in (*STRUCTURED_GROUPS, "layers"):  # structural: export and time it
                     path = export_step(p, Path(td) / f"{name}-{spec.replace(':', '_')}.onnx", Path(model.source) / "tokenizer.json", prefill=False)
                     row |= {"onnx_bytes": path.stat().st_size, "step_ms": latency(path), "pruned_layers": getattr(p, "pruned_layers", None)}
                     row |= {"onnx_smaller_pct": 100 * (1 - row["onnx_bytes"] / base_path.stat().st_size), "faster_pct": 100 * (1 - row["step_ms"] / base_ms)}
