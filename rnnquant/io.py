@@ -1,4 +1,4 @@
-"""Atomic artifact writing, checkpoint saving and text reading with one-line errors."""
+"""Atomic artifact writing and checkpoint saving with one-line errors (text reading: rnnquant.text)."""
 from __future__ import annotations
 
 import contextlib
@@ -80,21 +80,3 @@ def save_checkpoint(model, out_dir, tokenizer_path=None, force: bool = True) -> 
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
         if tokenizer_path is not None:
             shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
-
-
-def read_text(path) -> str:
-    """Read a UTF-8 text file; missing, binary, non-UTF-8 or empty input is a one-line error."""
-    path = Path(path)
-    if not path.is_file():
-        raise RnnquantError(f"{path}: no such file")
-    data = path.read_bytes()
-    nul = data.find(b"\x00")
-    if nul >= 0:
-        raise RnnquantError(f"{path}: binary file (NUL byte at offset {nul}), expected UTF-8 text")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise RnnquantError(f"{path}: not valid UTF-8 (byte offset {e.start})") from None
-    if not text.strip():
-        raise RnnquantError(f"{path}: empty text")
-    return text

@@ -7,13 +7,14 @@ PPL = exp(sum of NLL / number of predicted tokens).
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..errors import RnnquantError
+from ..text import token_ids
 from .windows import windows
 
 
@@ -28,10 +29,9 @@ class PerplexityResult:
 
 
 def tokenize(tokenizer, text: str) -> torch.Tensor:
-    ids = tokenizer.encode(text).ids
-    if len(ids) < 2:
-        raise RnnquantError("text is too short: it must tokenize to at least 2 tokens")
-    return torch.tensor(ids, dtype=torch.long)
+    """All token ids of an in-memory text (files go through ``rnnquant.text.token_ids``)."""
+    ids, _ = token_ids(tokenizer, text, max_tokens=sys.maxsize)
+    return torch.from_numpy(ids)
 
 
 def _nll_forward(model, batch):
