@@ -4,16 +4,33 @@
       rnnquant export $m-pydoc --format qoperator --out /tmp/p/$m-qop.onnx
       rnnquant export $m-pydoc --out /tmp/p/$m-fp32.onnx
     done
-    python benchmarks/qoperator_table.py
+    python benchmarks/qoperator_table.py [DIR]      # DIR defaults to /tmp/p
 """
-import collections, sys, numpy as np, onnx
+from __future__ import annotations
+
+import collections
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+
 from rnnquant.exporters.runner import OrtLM
 from rnnquant.zoo.corpus import split_text
-for m in ("mamba", "lstm"):
-    for v in ("fp32", "qop"):
-        p = f"/tmp/p/{m}-{v}.onnx"
-        lm = OrtLM(p, threads=2)
-        ids = np.array(lm.tokenizer.encode(split_text("test")).ids[:8192])
-        ppl, n = lm.perplexity(ids, window=512)
-        ops = collections.Counter(x.op_type for x in onnx.load(p).graph.node)
-        print(m, v, f"ppl {ppl:.3f}", len(onnx.load(p).graph.node), "nodes", {k: ops[k] for k in ("QLinearMatMul", "MatMul", "Gemm") if ops[k]})
+
+
+def main() -> None:
+    d = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/p")
+    text = split_text("test")
+    for model in ("mamba", "lstm"):
+        for variant in ("fp32", "qop"):
+            path = d / f"{model}-{variant}.onnx"
+            lm = OrtLM(path, threads=2)
+            ppl, _ = lm.perplexity(np.array(lm.tokenizer.encode(text).ids[:8192]), window=512)
+            ops = collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+            matmuls = {k: ops[k] for k in ("QLinearMatMul", "MatMul", "Gemm") if ops[k]}
+            print(model, variant, f"ppl {ppl:.3f}", sum(ops.values()), "nodes", matmuls)
+
+
+if __name__ == "__main__":
+    main()

@@ -10,7 +10,9 @@ and rnnquant's metadata, prefill graph and tokenizer are added as for every expo
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import tempfile
 from pathlib import Path
 
@@ -67,11 +69,17 @@ def gemm_to_matmul(proto):
     return proto
 
 
-def _quiet_root_logger() -> None:
-    """quantize_static logs a pre-processing suggestion on the root logger; the choice is documented above."""
-    import logging
-
-    logging.getLogger().setLevel(logging.ERROR)
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """quantize_static logs a pre-processing suggestion on the root logger (the choice is documented
+    above); silence it for the call only, not for the rest of the process."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 class _Reader:
@@ -101,12 +109,12 @@ def export_qoperator(model, out_path, tokenizer_path, batches, opset: int = 17, 
         onnx.save(gemm_to_matmul(onnx.load(str(float_path))), str(float_path))
         # no quant_pre_process: on these graphs its optimiser fuses MatMul+Add into Gemm, which then
         # stays float (13 -> 9 QLinearMatMul on the zoo Mamba, 6.95 -> 8.44 MiB)
-        _quiet_root_logger()
-        quantize_static(
-            str(float_path), str(q_path), _Reader(step_feeds(float_path, state_metadata(model), batches)), quant_format=QuantFormat.QOperator,
-            op_types_to_quantize=["MatMul"], per_channel=False, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax, extra_options={"WeightSymmetric": True},
-        )
+        with _quiet_root_logger():
+            quantize_static(
+                str(float_path), str(q_path), _Reader(step_feeds(float_path, state_metadata(model), batches)), quant_format=QuantFormat.QOperator,
+                op_types_to_quantize=["MatMul"], per_channel=False, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax, extra_options={"WeightSymmetric": True},
+            )
         proto = onnx.load(str(q_path))
     del proto.metadata_props[:]
     return finish_step_graph(proto, model, out_path, tokenizer_path, force=force, recipe=json.dumps(RECIPE, sort_keys=True))
