@@ -35,6 +35,12 @@ class _StepGraph(torch.nn.Module):
         return (logits, *new_state)
 
 
+class _PrefillGraph(_StepGraph):
+    def forward(self, prompt_ids, *state):
+        logits, new_state = self.model.forward_with_state(prompt_ids, tuple(state))
+        return (logits, *new_state)
+
+
 def state_metadata(model) -> list[dict]:
     return [{"name": s.name, "shape": list(s.shape), "dtype": str(s.dtype).removeprefix("torch.")} for s in model.arch_spec().states]
 
@@ -58,10 +64,10 @@ def metadata(model, tokenizer_path: Path | None) -> dict[str, str]:
     }
 
 
-def _share_tied_embedding(proto) -> None:
+def _share_tied_embedding(proto, ids_rank: int = 1) -> None:
     """A tied fp32 embedding is exported twice: the Gather table [V, D] and the head's folded
     transpose [D, V]. Read the rows from the head's copy instead (Gather on axis 1, then a
-    Transpose of the [D, batch] result) and drop the table."""
+    Transpose of the [D, *ids] result) and drop the table."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -80,7 +86,7 @@ def _share_tied_embedding(proto) -> None:
             continue
         cols = f"{node.output[0]}_cols"
         new = [helper.make_node("Gather", [head.name, node.input[1]], [cols], axis=1, name=f"{node.name}_tied"),
-               helper.make_node("Transpose", [cols], [node.output[0]], perm=[1, 0], name=f"{node.name}_tied_t")]
+               helper.make_node("Transpose", [cols], [node.output[0]], perm=[*range(1, ids_rank + 1), 0], name=f"{node.name}_tied_t")]
         proto.graph.node.remove(node)
         for j, n in enumerate(new):
             proto.graph.node.insert(i + j, n)
@@ -142,12 +148,24 @@ def _check_loads(path: Path) -> None:
         raise RnnquantError(f"ONNX Runtime cannot load the exported graph: {str(e).splitlines()[0][:200]}") from None
 
 
+def _trace(module, args, inputs: list[str], outputs: list[str], dynamic_axes: dict, opset: int, nbits: bool):
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="rnnquant-trace-") as td, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tmp = Path(td) / "graph.onnx"
+        torch.onnx.export(
+            module.eval(), args, str(tmp), input_names=inputs, output_names=outputs, dynamic_axes=dynamic_axes,
+            opset_version=opset, dynamo=False, custom_opsets={"com.microsoft": 1} if nbits else None, do_constant_folding=True,
+        )
+        return onnx.load(str(tmp))
+
+
 @torch.no_grad()
 def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bool = True, prefill: bool = True) -> Path:
     """Trace ``model.step`` to ``out_path`` (atomically), check it, write the prefill graph
-    (``<stem>.prefill.onnx``) and ``tokenizer.json`` beside it."""
-    import onnx
-
+    (``<stem>.prefill.onnx``: a trace of ``forward_with_state`` where the model has a parallel
+    one, else a Loop over the step graph) and ``tokenizer.json`` beside it."""
     from rnnquant.quant.qlinear import QLinear
 
     out_path = Path(out_path)
@@ -158,28 +176,31 @@ def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bo
         from .qops import prepare
 
         prepare(m)
+    nbits = any(m._export[0] == "nbits" for m in qlinears if hasattr(m, "_export"))
     names = [s.name for s in model.arch_spec().states]
     state = model.init_state(1)
-    inputs, outputs = ["input_ids", *names], ["logits", *[f"new_{n}" for n in names]]
+    outputs = ["logits", *[f"new_{n}" for n in names]]
     if out_path.exists() and not force:
         raise RnnquantError(f"{out_path} already exists (use --force to overwrite)")
-    with tempfile.TemporaryDirectory(prefix="rnnquant-trace-") as td, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        tmp = Path(td) / "step.onnx"
-        torch.onnx.export(
-            _StepGraph(model).eval(), (torch.tensor([0]), *state), str(tmp), input_names=inputs, output_names=outputs,
-            dynamic_axes={k: {0: "batch"} for k in inputs + outputs}, opset_version=opset, dynamo=False,
-            custom_opsets={"com.microsoft": 1} if any(m._export[0] == "nbits" for m in qlinears if hasattr(m, "_export")) else None,
-            do_constant_folding=True,
-        )
-        proto = onnx.load(str(tmp))
+    inputs = ["input_ids", *names]
+    proto = _trace(_StepGraph(model), (torch.tensor([0]), *state), inputs, outputs,
+                   {k: {0: "batch"} for k in inputs + outputs}, opset, nbits)
     _share_tied_embedding(proto)
-    return finish_step_graph(proto, model, out_path, tokenizer_path, force=force, prefill=prefill)
+    prefill_proto = None
+    if prefill and model.parallel_prefill:
+        inputs = ["prompt_ids", *names]
+        axes = {k: {0: "batch"} for k in inputs + outputs} | {"prompt_ids": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"}}
+        prefill_proto = _trace(_PrefillGraph(model), (torch.tensor([[0, 0]]), *state), inputs, outputs, axes, opset, nbits)
+        _share_tied_embedding(prefill_proto, ids_rank=2)
+    return finish_step_graph(proto, model, out_path, tokenizer_path, force=force, prefill=prefill, prefill_proto=prefill_proto)
 
 
-def finish_step_graph(proto, model, out_path: Path, tokenizer_path=None, force: bool = True, prefill: bool = True, recipe: str | None = None) -> Path:
+def finish_step_graph(proto, model, out_path: Path, tokenizer_path=None, force: bool = True, prefill: bool = True,
+                      recipe: str | None = None, prefill_proto=None) -> Path:
     """Add rnnquant's metadata to a step graph, check it, write it atomically, then the prefill
-    graph (``<stem>.prefill.onnx``) and ``tokenizer.json`` beside it."""
+    graph (``<stem>.prefill.onnx``: ``prefill_proto`` when given, else a Loop over the step
+    graph) and ``tokenizer.json`` beside it."""
+    from .prefill import export_prefill, parallel_prefill_metadata, prefill_path
 
     out_path = Path(out_path)
     meta = metadata(model, Path(tokenizer_path) if tokenizer_path else None) | ({"recipe": recipe} if recipe else {})
@@ -187,9 +208,12 @@ def finish_step_graph(proto, model, out_path: Path, tokenizer_path=None, force: 
         proto.metadata_props.add(key=k, value=v)
     proto.doc_string = f"rnnquant {__version__} step graph: O(1) work per token"
     save_graph(proto, out_path, "exported graph", force=force)
-    if prefill:
-        from .prefill import export_prefill
-
+    if prefill_proto is not None:
+        for k, v in (meta | parallel_prefill_metadata()).items():
+            prefill_proto.metadata_props.add(key=k, value=v)
+        prefill_proto.doc_string = f"rnnquant {__version__} prefill graph: forward_with_state, chunked parallel scan"
+        save_graph(prefill_proto, prefill_path(out_path), "prefill graph", force=True)
+    elif prefill:
         export_prefill(out_path, force=True)
     if tokenizer_path is not None:
         import shutil

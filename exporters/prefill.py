@@ -1,12 +1,16 @@
-"""The prefill graph: the traced step graph run over a whole prompt inside ONNX Runtime.
+"""The prefill graph: a whole prompt in one ONNX Runtime call.
 
-    input_ids int64 [batch, seq] (dynamic seq) + state  ->  logits [batch, seq, vocab] + new state
+    prompt_ids int64 [batch, seq] (dynamic seq) + state  ->  logits [batch, seq, vocab] + new state
 
-Built from the exported step graph, not from the model: an ONNX ``Loop`` whose body is the step
-graph itself (its weights stay single initializers in the outer graph), carrying the state and
-stacking the logits. Every architecture and every quantized form gets a prefill graph that is
-exactly its step graph repeated, with no Python between tokens. (A Mamba prefill with the
-projections batched over the sequence would be faster; it is not built yet.)
+Two forms, same inputs and outputs (metadata ``prefill`` says which):
+- ``parallel`` (models with ``parallel_prefill``, i.e. Mamba): ``forward_with_state`` traced with
+  a dynamic sequence axis, so every projection is one MatMul over all positions and the SSM runs
+  the chunked parallel scan (``rnnquant.models.ssm.selective_scan_parallel``). One call takes at
+  most ``prefill_max_tokens`` tokens; ``OrtLM.prefill`` feeds longer prompts in pieces.
+- ``loop`` (LSTM/GRU, and graphs quantized by ONNX Runtime after export): built from the exported
+  step graph, not from the model: an ONNX ``Loop`` whose body is the step graph itself (its
+  weights stay single initializers in the outer graph), carrying the state and stacking the
+  logits, with no Python between tokens.
 """
 from __future__ import annotations
 
@@ -19,8 +23,17 @@ from onnx import TensorProto, helper
 from rnnquant.errors import RnnquantError
 
 
+PREFILL_WINDOW = 1024  # tokens per call the runner gives a parallel prefill graph: its memory is O(seq * d_inner * d_state)
+
+
 def prefill_path(step_path: Path) -> Path:
     return Path(step_path).with_suffix(".prefill.onnx")
+
+
+def parallel_prefill_metadata() -> dict[str, str]:
+    from rnnquant.models.ssm import PARALLEL_SCAN_MAX_TOKENS
+
+    return {"graph": "prefill", "prefill": "parallel", "prefill_max_tokens": str(PARALLEL_SCAN_MAX_TOKENS)}
 
 
 def build_prefill(step: onnx.ModelProto) -> onnx.ModelProto:
@@ -62,6 +75,7 @@ def build_prefill(step: onnx.ModelProto) -> onnx.ModelProto:
     model.ir_version = step.ir_version
     for p in step.metadata_props:
         model.metadata_props.add(key=p.key, value="prefill" if p.key == "graph" else p.value)
+    model.metadata_props.add(key="prefill", value="loop")
     return model
 
 

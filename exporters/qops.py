@@ -149,6 +149,8 @@ def qembedding_forward(e, ids):
     """Gather rows of the lm_head's int8 codes (one shared initializer) and scale them."""
     m = e.lm_head
     kind, *t = getattr(m, "_export", (None,))
+    if ids.dim() > 1:  # the prefill graph's [B, T] ids (a trace-time branch on rank, not on data)
+        return qembedding_forward(e, ids.reshape(-1)).reshape(*ids.shape, -1)
     if kind == "w8":
         wt, w_scale = t
         return torch.index_select(wt, 1, ids).T.float() * torch.index_select(w_scale, 0, ids).unsqueeze(-1)

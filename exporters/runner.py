@@ -15,6 +15,7 @@ import numpy as np
 
 from rnnquant.errors import RnnquantError
 from rnnquant.eval.windows import windows
+from rnnquant.exporters.prefill import PREFILL_WINDOW
 from rnnquant.text import encode_prompt
 
 REQUIRED_META = ("graph", "architecture", "states", "vocab_size", "tokenizer_sha256")
@@ -67,6 +68,11 @@ class OrtLM:
         self.output_names = [o.name for o in self.session.get_outputs()]
         pre = self.path.with_suffix(".prefill.onnx")
         self.prefill_session = ort.InferenceSession(str(pre), opts, providers=["CPUExecutionProvider"]) if pre.is_file() else None
+        self.prefill_window = 2**62  # a Loop prefill takes any length
+        if self.prefill_session is not None:
+            pre_meta = self.prefill_session.get_modelmeta().custom_metadata_map
+            if pre_meta.get("prefill") == "parallel":
+                self.prefill_window = min(PREFILL_WINDOW, int(pre_meta["prefill_max_tokens"]))
         self.tokenizer = self._tokenizer(tokenizer)
 
     def _ort_metadata(self) -> dict[str, str]:
@@ -101,9 +107,12 @@ class OrtLM:
         was exported beside the step graph, else the step graph token by token."""
         ids = np.asarray(ids, dtype=np.int64)
         if self.prefill_session is not None:
-            feeds = {"prompt_ids": ids} | {s["name"]: v for s, v in zip(self.states, state)}
-            logits, *new = self.prefill_session.run(None, feeds)
-            return logits, new
+            pieces = []
+            for start in range(0, max(ids.shape[1], 1), self.prefill_window):  # bounded memory for a parallel prefill
+                feeds = {"prompt_ids": ids[:, start : start + self.prefill_window]} | {s["name"]: v for s, v in zip(self.states, state)}
+                logits, *state = self.prefill_session.run(None, feeds)
+                pieces.append(logits)
+            return np.concatenate(pieces, 1), state
         out = []
         for t in range(ids.shape[1]):
             logits, state = self.step(ids[:, t], state)

@@ -141,7 +141,7 @@ def write_report(report: dict, out_dir) -> None:
             f"Data: {d['source']}, {d['tokens']} tokens, window {d['window']}.  \n"
             "Latency: ORT CPU EP step graph, batch 1, each variant in its own process (the float model and quantized "
             "directories through a temporary export). Perplexity of .onnx/.ort variants through ONNX Runtime; of "
-            "directories through the PyTorch simulation. Prefill: the exported prefill graph (an ONNX Loop over the step graph), 128 tokens.\n")
+            "directories through the PyTorch simulation. Prefill: the exported prefill graph (Mamba: forward_with_state with the chunked parallel scan; LSTM/GRU: an ONNX Loop over the step graph), 128 tokens.\n")
     with atomic_path(out_dir, directory=True) as tmp:
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (tmp / "report.md").write_text(f"# rnnquant compare\n\n{table}\n{note}\n![ppl vs size](ppl_vs_size.png)\n![latency](latency.png)\n")

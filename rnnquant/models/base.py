@@ -80,6 +80,10 @@ class RecurrentLM(nn.Module):
     """Base class: subclasses set ``model_type`` and implement the four methods below."""
 
     model_type: str = ""
+    # True when forward_with_state has no Python loop over time, so a trace of it is a prefill
+    # graph for every sequence length (Mamba: chunked parallel scan); else the exporter's prefill
+    # graph is an ONNX Loop over the step graph.
+    parallel_prefill: bool = False
 
     def __init__(self, config: dict):
         super().__init__()

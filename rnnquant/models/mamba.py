@@ -106,6 +106,7 @@ def normalize_config(cfg: dict) -> dict:
 
 class MambaLM(RecurrentLM):
     model_type = "mamba"
+    parallel_prefill = True
     required_config = ("vocab_size", "hidden_size", "num_hidden_layers")
 
     def __init__(self, config: dict):

@@ -10,10 +10,19 @@ Glossary (Gu & Dao 2023, "Mamba", Algorithm 2):
     h   [B, E, N]  the recurrent state
 Discretisation (zero-order hold on A, Euler on B):  dA = exp(dt * A),  dB u = dt * B * u
 Recurrence:  h_t = dA_t * h_{t-1} + dB_t u_t;   y_t = <h_t, C_t> + D * u_t
+
+The recurrence is a first-order linear one, so pairs (a, b) meaning "h -> a h + b" compose
+associatively: (a1, b1) then (a2, b2) = (a1 a2, a2 b1 + b2). ``selective_scan_parallel`` uses
+that for a graph with no loop over time (the ONNX prefill graph).
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+
+SCAN_CHUNK = 16  # tokens per chunk of the parallel scan
+SCAN_CHUNK_DOUBLINGS = 10  # doublings across chunks: up to SCAN_CHUNK * 2**10 = 16,384 tokens
+PARALLEL_SCAN_MAX_TOKENS = SCAN_CHUNK * 2**SCAN_CHUNK_DOUBLINGS
 
 
 def selective_scan(u, dt, A, Bm, Cm, D, h0, chunk_size: int = 64):
@@ -27,7 +36,9 @@ def selective_scan(u, dt, A, Bm, Cm, D, h0, chunk_size: int = 64):
     """
     from rnnquant.kernels import use_triton
 
-    if use_triton(u) and not torch.onnx.is_in_onnx_export():
+    if torch.onnx.is_in_onnx_export():
+        return selective_scan_parallel(u, dt, A, Bm, Cm, D, h0)
+    if use_triton(u):
         from rnnquant.kernels.selective_scan import selective_scan as triton_scan
 
         return triton_scan(u, dt, A, Bm, Cm, D, None, h0)
@@ -44,6 +55,57 @@ def selective_scan(u, dt, A, Bm, Cm, D, h0, chunk_size: int = 64):
         ys.append(torch.einsum("lben,bln->ble", torch.stack(hs), Cm[:, s : s + chunk_size]))
     y = torch.cat(ys, 1) + u * D
     return y, h
+
+
+def _shift(x, dim: int, d: int, fill: float):
+    """x shifted d places later along dim, the first d places filled (static slices only, so a
+    traced graph works for every length: a slice past the end is empty, not an error)."""
+    head = torch.full_like(x, fill)[(slice(None),) * dim + (slice(0, d),)]
+    return torch.cat([head, x[(slice(None),) * dim + (slice(0, -d),)]], dim)
+
+
+def _linear_scan(a, b, dim: int, doublings: int):
+    """Inclusive scan of h -> a_t h + b_t along ``dim`` from h = 0 (Hillis-Steele: after k
+    doublings every position has composed the 2**k pairs ending at it). Returns (prod a, h)."""
+    for k in range(doublings):
+        d = 2**k
+        a, b = a * _shift(a, dim, d, 1.0), a * _shift(b, dim, d, 0.0) + b
+    return a, b
+
+
+def selective_scan_parallel(u, dt, A, Bm, Cm, D, h0):
+    """``selective_scan`` with no loop over time: what the ONNX prefill graph runs.
+
+    Time is padded to chunks of Q = SCAN_CHUNK tokens with dt = 0 (dA = 1, dB u = 0: identity
+    steps, so the state after the padding is the state after the last real token). Then, for
+    all chunks at once:
+      1. inside a chunk, the recurrence from a zero entry state, Q static steps (the same two
+         elementwise ops per token as ``step``, batched over the chunks);
+      2. each chunk's decay, prod of dA over the chunk = exp(A * sum dt) (exponent <= 0, so it
+         cannot overflow), and a doubling (Hillis-Steele) scan over the chunks' (decay, state)
+         pairs gives the state entering every chunk from h0;
+      3. h_t = exp(A * sum of dt in the chunk up to t) * h_entry + (step 1's state).
+    Work O(T E N) plus O((T / Q) E N log C); memory O(T E N). Exact up to
+    PARALLEL_SCAN_MAX_TOKENS per call (feed longer inputs in pieces, carrying h).
+    """
+    Bsz, T, E = u.shape
+    N, Q = A.shape[-1], SCAN_CHUNK
+    pad = (-T) % Q
+    dt, u, Bm = (F.pad(t, (0, 0, 0, pad)) for t in (dt, u, Bm))
+    dt_c = dt.reshape(Bsz, -1, Q, E, 1)  # [B,C,Q,E,1], C chunks
+    dA = torch.exp(dt_c * A)  # [B,C,Q,E,N]
+    dBu = ((dt * u).unsqueeze(-1) * Bm.unsqueeze(2)).reshape(Bsz, -1, Q, E, N)  # [B,C,Q,E,N]
+    hs = [dBu[:, :, 0]]
+    for a_q, b_q in zip(dA.unbind(2)[1:], dBu.unbind(2)[1:]):  # 1. static, over the chunk's positions
+        hs.append(a_q * hs[-1] + b_q)
+    h_local = torch.stack(hs, 2)  # [B,C,Q,E,N] state from a zero chunk-entry state
+    decay = torch.exp(torch.cumsum(dt_c, 2) * A)  # [B,C,Q,E,N] prod of dA inside the chunk up to t
+    chunk_a, chunk_h = _linear_scan(decay[:, :, -1], h_local[:, :, -1], 1, SCAN_CHUNK_DOUBLINGS)  # 2.
+    h_out = chunk_a * h0.unsqueeze(1) + chunk_h  # [B,C,E,N] state after each chunk
+    h_in = torch.cat([h0.unsqueeze(1), h_out[:, :-1]], 1)  # state entering each chunk
+    h = (decay * h_in.unsqueeze(2) + h_local).reshape(Bsz, -1, E, N)[:, :T]  # 3. [B,T,E,N]
+    y = (h * Cm.unsqueeze(2)).sum(-1) + u[:, :T] * D
+    return y, h_out[:, -1]
 
 
 def selective_state_update(u, dt, A, Bm, Cm, D, h):

@@ -65,8 +65,10 @@ def test_quantized_ort_perplexity_matches_simulation(tmp_path, arch, preset):
     sim = perplexity_ids(q, test, window=64, mode="step").ppl
     ort_ppl, _ = lm.perplexity(test.numpy(), window=64)
     assert abs(ort_ppl - sim) / sim <= 0.005
-    ops = {n.op_type for n in onnx.load(tmp_path / "q.onnx").graph.node}
-    assert ("MatMulNBits" in ops) if preset.startswith("w4") else ("MatMulInteger" in ops)
+    for graph in ("q.onnx", "q.prefill.onnx"):  # a parallel prefill graph is quantized the same way
+        ops = {n.op_type for n in onnx.load(tmp_path / graph).graph.node}
+        ops |= {n.op_type for node in onnx.load(tmp_path / graph).graph.node for a in node.attribute if a.g for n in a.g.node}
+        assert ("MatMulNBits" in ops) if preset.startswith("w4") else ("MatMulInteger" in ops)
 
 
 def test_metadata_and_ort_format(tmp_path):
@@ -150,6 +152,24 @@ def test_prefill_then_step_equals_stepping(tmp_path, arch):
     assert np.abs(logits - np.stack(stepped[:25], 1)).max() <= 1e-4
     for a, b in zip(state, s2, strict=True):
         assert np.abs(a - b).max() <= 1e-4
+
+
+@pytest.mark.parametrize("arch", ["mamba", "lstm"])
+def test_prefill_form(tmp_path, arch):
+    """Mamba's prefill graph is forward_with_state traced (no Loop: projections over the whole
+    sequence, chunked parallel scan), fed in windows by the runner; the LSTM's is a Loop."""
+    lm = OrtLM(export_step(_model(arch), tmp_path / "m.onnx", TOKENIZER))
+    graph = onnx.load(tmp_path / "m.prefill.onnx")
+    meta = {p.key: p.value for p in graph.metadata_props}
+    has_loop = any(n.op_type == "Loop" for n in graph.graph.node)
+    assert (meta["prefill"], has_loop) == (("parallel", False) if arch == "mamba" else ("loop", True))
+    ids = IDS[:3 * 45].view(3, 45).numpy()
+    whole, state = lm.prefill(ids, lm.init_state(3))
+    lm.prefill_window = 7  # seven calls, the state carried between them
+    pieces, state_p = lm.prefill(ids, lm.init_state(3))
+    assert np.abs(whole - pieces).max() <= 1e-4
+    for a, b in zip(state, state_p, strict=True):
+        assert np.abs(a - b).max() <= 1e-5
 
 
 @pytest.mark.parametrize("arch", ["mamba"])
