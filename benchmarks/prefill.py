@@ -1,0 +1,100 @@
+"""Mamba prefill: the parallel graph (forward_with_state, chunked scan) against the Loop over the
+step graph, in one run (docs/RESULTS.md).
+
+    python benchmarks/prefill.py [--models mamba-pydoc mamba-130m] [--lengths 16 128 1024] [--threads 1 2]
+
+``mamba-130m`` is a random-init Mamba at mamba-130m shape (as in step_latency.py). For float,
+w8a8-dynamic and w4a16-rtn graphs: prefill tokens/s of both forms (batch 1, median of 5 calls
+after a warm-up call), and max |logits parallel - loop| and |state parallel - loop| over the
+prompt. Writes benchmarks/results/prefill.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from rnnquant.exporters.onnx_export import export_step
+from rnnquant.exporters.prefill import build_prefill
+from rnnquant.models import build, fingerprint, load
+from rnnquant.quant import PRESETS, quantize
+from rnnquant.zoo import MODELS_DIR
+
+sys.path.insert(0, str(Path(__file__).parent))
+from step_latency import SHAPES  # noqa: E402
+
+OUT = Path(__file__).parent / "results" / "prefill.json"
+
+
+def _model(name: str):
+    if name == "mamba-130m":
+        torch.manual_seed(0)
+        model = build(SHAPES["mamba"]).eval()
+        model.fingerprint = fingerprint(model)
+        return model
+    return load(name)
+
+
+def _session(path: Path, threads: int):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _timed(sess, feeds, reps: int = 5):
+    out = sess.run(None, feeds)  # warm-up
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        sess.run(None, feeds)
+        times.append(time.perf_counter() - t0)
+    return out, float(np.median(times))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["mamba-pydoc", "mamba-130m"])
+    ap.add_argument("--variants", nargs="+", default=["float", "w8a8-dynamic", "w4a16-rtn"])
+    ap.add_argument("--lengths", type=int, nargs="+", default=[16, 128, 1024])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    args = ap.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as td:
+        for name in args.models:
+            model = _model(name)
+            vocab = model.vocab_size
+            for variant in args.variants:
+                q = model if variant == "float" else quantize(model, PRESETS[variant])
+                step = export_step(q, Path(td) / f"{name}-{variant}.onnx", MODELS_DIR / "tokenizer.json")
+                loop = step.with_suffix(".loop.onnx")
+                onnx.save(build_prefill(onnx.load(str(step))), str(loop))
+                states = json.loads({p.key: p.value for p in onnx.load(str(step), load_external_data=False).metadata_props}["states"])
+                for threads in args.threads:
+                    parallel_s, loop_s = _session(step.with_suffix(".prefill.onnx"), threads), _session(loop, threads)
+                    for length in args.lengths:
+                        ids = np.random.default_rng(length).integers(vocab, size=(1, length))
+                        feeds = {"prompt_ids": ids} | {s["name"]: np.zeros((1, *s["shape"]), np.float32) for s in states}
+                        (lp, *sp), t_par = _timed(parallel_s, feeds)
+                        (ll, *sl), t_loop = _timed(loop_s, feeds)
+                        row = {"model": name, "variant": variant, "threads": threads, "tokens": length,
+                               "parallel_tok_s": length / t_par, "loop_tok_s": length / t_loop, "speedup": t_loop / t_par,
+                               "max_logit_diff": float(np.abs(lp - ll).max()),
+                               "max_state_diff": max(float(np.abs(a - b).max()) for a, b in zip(sp, sl))}
+                        rows.append(row)
+                        print(f"{name:11s} {variant:13s} {threads}t {length:5d} tok: parallel {row['parallel_tok_s']:8.0f} tok/s  "
+                              f"loop {row['loop_tok_s']:8.0f} tok/s  x{row['speedup']:.2f}  |dlogits| {row['max_logit_diff']:.2e}  "
+                              f"|dstate| {row['max_state_diff']:.2e}", flush=True)
+    OUT.parent.mkdir(exist_ok=True)
+    OUT.write_text(json.dumps({"rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
