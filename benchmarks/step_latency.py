@@ -7,7 +7,8 @@ d_state 16, expand 2; or an LSTM LM of similar size) and times, at batch 1:
   - Hugging Face transformers MambaForCausalLM fp32 (cached decode, one token per forward);
   - rnnquant's ORT float step graph;
   - ORT's quantize_dynamic applied to that float graph (the peer tool's default);
-  - rnnquant's w8a8-dynamic, w4a16-rtn and w4a8-rtn step graphs;
+  - rnnquant's w8a8-dynamic, w8a8-smooth (static activation scales, calibrated on random tokens:
+    right for timing, meaningless for accuracy), w4a16-rtn and w4a8-rtn step graphs;
   - the memory-bandwidth floor: weight bytes read per token / read bandwidth measured now;
   - llama.cpp (Mamba only) F32, Q8_0 and Q4_0 with llama-bench, when benchmarks/peers/llamacpp.sh
     has built it (skipped with a message otherwise).
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rnnquant.calibrate import CalibConfig, calibrate, calibration_batches
 from rnnquant.exporters.measure import measure_in_process
 from rnnquant.exporters.onnx_export import export_step
 from rnnquant.models import build, fingerprint
@@ -87,6 +89,8 @@ def ratios(ms: dict) -> dict:
     pairs = {
         "int8 vs llama.cpp Q8_0": ("rnnquant w8a8-dynamic", "llama.cpp Q8_0"),
         "int8 vs ORT quantize_dynamic": ("rnnquant w8a8-dynamic", "ORT quantize_dynamic (int8)"),
+        "int8 static vs llama.cpp Q8_0": ("rnnquant w8a8-smooth (static)", "llama.cpp Q8_0"),
+        "int8 static vs ORT quantize_dynamic": ("rnnquant w8a8-smooth (static)", "ORT quantize_dynamic (int8)"),
         "int4 (w4a16) vs llama.cpp Q4_0": ("rnnquant w4a16-rtn", "llama.cpp Q4_0"),
         "int4 (w4a8) vs llama.cpp Q4_0": ("rnnquant w4a8-rtn", "llama.cpp Q4_0"),
         "fp32 vs llama.cpp F32": ("rnnquant fp32", "llama.cpp F32"),
@@ -117,6 +121,11 @@ def main() -> None:
         quantize_dynamic(str(paths["rnnquant fp32"]), str(td / "ort_dyn.onnx"), weight_type=QuantType.QInt8)
         paths["ORT quantize_dynamic (int8)"] = td / "ort_dyn.onnx"
         paths["rnnquant w8a8-dynamic"] = export_step(quantize(model, PRESETS["w8a8-dynamic"]), td / "w8.onnx", MODELS_DIR / "tokenizer.json", prefill=False)
+        if args.arch == "mamba":
+            ids = torch.randint(0, model.vocab_size, (8 * 128,), generator=torch.Generator().manual_seed(0))
+            calib = calibrate(model, ids, CalibConfig(samples=8, seq_len=128))
+            smooth = quantize(model, PRESETS["w8a8-smooth"], calib, calibration_batches(ids, 8, 128, 4))
+            paths["rnnquant w8a8-smooth (static)"] = export_step(smooth, td / "w8s.onnx", MODELS_DIR / "tokenizer.json", prefill=False)
         paths["rnnquant w4a16-rtn"] = export_step(quantize(model, PRESETS["w4a16-rtn"]), td / "w4.onnx", MODELS_DIR / "tokenizer.json", prefill=False)
         paths["rnnquant w4a8-rtn"] = export_step(quantize(model, W4A8_RTN), td / "w4a8.onnx", MODELS_DIR / "tokenizer.json", prefill=False)
         ggufs = llamacpp.to_gguf(model, td) if args.arch == "mamba" and llamacpp.available() else {}

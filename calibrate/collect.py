@@ -62,9 +62,9 @@ def _channel_last(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
-def _state_channels(x: torch.Tensor) -> torch.Tensor:
-    """State [B, C, ...] -> [samples, C]: channel is dim 1, trailing dims are samples."""
-    return x.movedim(1, -1).reshape(-1, x.shape[1])
+def _state_channels(x: torch.Tensor, channel_dim: int) -> torch.Tensor:
+    """State [B, ...] -> [samples, C]: channels on axis 1 + channel_dim, every other axis is samples."""
+    return x.movedim(1 + channel_dim, -1).reshape(-1, x.shape[1 + channel_dim])
 
 
 @torch.no_grad()
@@ -103,7 +103,7 @@ def collect(model, batches, config: CalibConfig | None = None, progress: bool = 
             for seg in batch.split(config.state_every, dim=1):
                 _, state = model.forward_with_state(seg, state)
                 for s, st in zip(spec.states, state, strict=True):
-                    record(f"state.{s.name}", "state", "state", _state_channels(st))
+                    record(f"state.{s.name}", "state", "state", _state_channels(st, s.channel_dim))
             tokens += batch.numel()
         for name in points:
             flush(name)

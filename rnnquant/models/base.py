@@ -36,6 +36,7 @@ class StateSpec:
     name: str
     shape: tuple[int, ...]  # per batch element; the batch dimension is prepended
     dtype: torch.dtype = torch.float32
+    channel_dim: int = 0  # the axis of ``shape`` that indexes channels (calibration statistics); the others are samples
 
 
 @dataclass(frozen=True)

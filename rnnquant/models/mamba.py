@@ -4,8 +4,10 @@ Parameter names match ``transformers`` so its checkpoints load unchanged:
 ``backbone.embeddings``, ``backbone.layers.{i}.norm``, ``backbone.layers.{i}.mixer.{in_proj,
 conv1d, x_proj, dt_proj, out_proj, A_log, D}``, ``backbone.norm_f``, ``lm_head`` (tied by default).
 
-Per layer the state is (conv_i [B, E, K-1], ssm_i [B, E, N]): the last K-1 conv inputs and
-the SSM state h. E = intermediate_size (d_inner), N = state_size, K = conv_kernel.
+Per layer the state is (conv_i [B, K-1, E], ssm_i [B, N, E]): the last K-1 conv inputs and
+the SSM state h. E = intermediate_size (d_inner), N = state_size, K = conv_kernel. Both keep
+d_inner last (Hugging Face's cache has it first), so the step's elementwise ops run over whole
+contiguous rows of E (see ``ssm``).
 """
 from __future__ import annotations
 
@@ -55,25 +57,25 @@ class MambaMixer(nn.Module):
 
     def forward(self, x, conv_state, h):
         """x [B,T,D] -> (out [B,T,D], conv_state', h')."""
-        xs, z = self.in_proj(x).chunk(2, dim=-1)  # [B,T,E] each
-        conv_in = torch.cat([conv_state, xs.transpose(1, 2)], dim=-1)  # [B,E,K-1+T]
-        xc = F.conv1d(conv_in, self.conv1d.weight, self.conv1d.bias, groups=self.E)  # [B,E,T]
+        xs, z = self.in_proj(x).split([self.E, self.E], dim=-1)  # [B,T,E] each
+        conv_in = torch.cat([conv_state, xs], dim=1)  # [B,K-1+T,E]
+        xc = F.conv1d(conv_in.transpose(1, 2), self.conv1d.weight, self.conv1d.bias, groups=self.E)  # [B,E,T]
         xc = self.tap_x(F.silu(xc).transpose(1, 2))  # [B,T,E]
         dt, Bm, Cm = self._ssm_params(xc)
         y, h = selective_scan(xc, dt, -torch.exp(self.A_log), Bm, Cm, self.D, h)
-        return self._gate_out(y, z), conv_in[..., conv_in.shape[-1] - (self.K - 1) :], h
+        return self._gate_out(y, z), conv_in[:, conv_in.shape[1] - (self.K - 1) :], h
 
     def step(self, x, conv_state, h):
         """x [B,D] -> (out [B,D], conv_state', h')."""
-        xs, z = self.in_proj(x).chunk(2, dim=-1)  # [B,E]
-        conv_in = torch.cat([conv_state, xs.unsqueeze(-1)], dim=-1)  # [B,E,K]
-        xc = (conv_in * self.conv1d.weight.squeeze(1)).sum(-1)
+        xs, z = self.in_proj(x).split([self.E, self.E], dim=-1)  # [B,E] each (split: one ONNX op, chunk traces to 8)
+        conv_in = torch.cat([conv_state, xs.unsqueeze(1)], dim=1)  # [B,K,E]
+        xc = (conv_in * self.conv1d.weight.squeeze(1).T).sum(1)  # weight [E,1,K] -> [K,E]
         if self.conv1d.bias is not None:
             xc = xc + self.conv1d.bias
         xc = self.tap_x(F.silu(xc))
         dt, Bm, Cm = self._ssm_params(xc)
         y, h = selective_state_update(xc, dt, -torch.exp(self.A_log), Bm, Cm, self.D, h)
-        return self._gate_out(y, z), conv_in[..., 1:], h
+        return self._gate_out(y, z), conv_in[:, 1:], h
 
 
 class MambaBlock(nn.Module):
@@ -151,7 +153,7 @@ class MambaLM(RecurrentLM):
             taps |= {f"{m}.tap_{k}": f"ssm_{k}" for k in ("x", "dt", "B", "C", "y", "z")}
             floats += [f"{m}.A_log", f"{m}.D", f"{m}.dt_proj.bias", f"{m}.conv1d.weight", f"{p}.norm.weight"]
             floats += [f"{m}.conv1d.bias"] if c["use_conv_bias"] else []
-            states += [StateSpec(f"conv_{i}", (E, K - 1)), StateSpec(f"ssm_{i}", (E, N))]
+            states += [StateSpec(f"conv_{i}", (K - 1, E), channel_dim=1), StateSpec(f"ssm_{i}", (N, E), channel_dim=1)]
         linears["lm_head"] = "lm_head"
         layers = [f"backbone.layers.{i}" for i in range(c["num_hidden_layers"])]
         d_inner = ChannelGroup("intermediate_size", [self._d_inner_slices(f"{p}.mixer") for p in layers])

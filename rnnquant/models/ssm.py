@@ -1,4 +1,4 @@
-"""Selective scan (Mamba's S6), the parallel form used by ``forward``.
+"""Selective scan (Mamba's S6): the forms used by ``forward``, the prefill graph and ``step``.
 
 Glossary (Gu & Dao 2023, "Mamba", Algorithm 2):
     u   [B, T, E]  input to the SSM (x after conv + SiLU), E = d_inner
@@ -7,13 +7,19 @@ Glossary (Gu & Dao 2023, "Mamba", Algorithm 2):
     Bm  [B, T, N]  input matrix B_t (input dependent)
     Cm  [B, T, N]  output matrix C_t (input dependent)
     D   [E]        skip connection
-    h   [B, E, N]  the recurrent state
+    h   [B, N, E]  the recurrent state, d_inner last (see below)
 Discretisation (zero-order hold on A, Euler on B):  dA = exp(dt * A),  dB u = dt * B * u
 Recurrence:  h_t = dA_t * h_{t-1} + dB_t u_t;   y_t = <h_t, C_t> + D * u_t
 
 The recurrence is a first-order linear one, so pairs (a, b) meaning "h -> a h + b" compose
 associatively: (a1, b1) then (a2, b2) = (a1 a2, a2 b1 + b2). ``selective_scan_parallel`` uses
 that for a graph with no loop over time (the ONNX prefill graph).
+
+Layout: h is [B, N, E] (Hugging Face's cache is [B, E, N]). In the step every broadcast is then
+a scalar or a length-E row against contiguous length-E rows (dt [B,1,E] x A^T [N,E], B_t [B,N,1]
+x (dt u) [B,1,E], the C_t readout a sum over axis 1), which ONNX Runtime runs as whole-row
+loops instead of 1,536 spans of 16: measured 12 % off a mamba-130m-shape int8 step
+(docs/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -26,13 +32,13 @@ PARALLEL_SCAN_MAX_TOKENS = SCAN_CHUNK * 2**SCAN_CHUNK_DOUBLINGS
 
 
 def selective_scan(u, dt, A, Bm, Cm, D, h0, chunk_size: int = 64):
-    """Returns (y [B,T,E], h_T [B,E,N]).
+    """Returns (y [B,T,E], h_T [B,N,E]).
 
     Chunked over time so memory is O(B * chunk * E * N) whatever T is: the discretisation
     and the C readout are batched over a chunk, and inside it the recurrence is two
     elementwise ops per step (on CPU at these sizes that beats a log-depth parallel scan,
     which does log2(chunk) times the arithmetic). On CUDA (or RNNQUANT_KERNELS=triton) the Triton
-    scan of ``rnnquant.kernels`` runs instead.
+    scan of ``rnnquant.kernels`` runs instead; under ONNX export, ``selective_scan_parallel``.
     """
     from rnnquant.kernels import use_triton
 
@@ -42,17 +48,17 @@ def selective_scan(u, dt, A, Bm, Cm, D, h0, chunk_size: int = 64):
         from rnnquant.kernels.selective_scan import selective_scan as triton_scan
 
         return triton_scan(u, dt, A, Bm, Cm, D, None, h0)
-    h = h0
+    h, At = h0, A.T  # [B,N,E], [N,E]
     ys = []
     for s in range(0, u.shape[1], chunk_size):
-        dt_c = dt[:, s : s + chunk_size].transpose(0, 1).unsqueeze(-1)  # [L,B,E,1], time-major so steps are contiguous
-        dA = torch.exp(dt_c * A)  # [L,B,E,N]
-        dBu = (dt_c * u[:, s : s + chunk_size].transpose(0, 1).unsqueeze(-1)) * Bm[:, s : s + chunk_size].transpose(0, 1).unsqueeze(2)
+        dt_c = dt[:, s : s + chunk_size].transpose(0, 1).unsqueeze(2)  # [L,B,1,E], time-major so steps are contiguous
+        dA = torch.exp(dt_c * At)  # [L,B,N,E]
+        dBu = (dt_c * u[:, s : s + chunk_size].transpose(0, 1).unsqueeze(2)) * Bm[:, s : s + chunk_size].transpose(0, 1).unsqueeze(-1)
         hs = []
         for a, b in zip(dA.unbind(0), dBu.unbind(0)):  # unbind: one stack in backward, not L zero-fills
             h = a * h + b
             hs.append(h)
-        ys.append(torch.einsum("lben,bln->ble", torch.stack(hs), Cm[:, s : s + chunk_size]))
+        ys.append(torch.einsum("lbne,bln->ble", torch.stack(hs), Cm[:, s : s + chunk_size]))
     y = torch.cat(ys, 1) + u * D
     return y, h
 
@@ -89,33 +95,33 @@ def selective_scan_parallel(u, dt, A, Bm, Cm, D, h0):
     PARALLEL_SCAN_MAX_TOKENS per call (feed longer inputs in pieces, carrying h).
     """
     Bsz, T, E = u.shape
-    N, Q = A.shape[-1], SCAN_CHUNK
+    N, Q, At = A.shape[-1], SCAN_CHUNK, A.T  # At [N,E]
     pad = (-T) % Q
     dt, u, Bm = (F.pad(t, (0, 0, 0, pad)) for t in (dt, u, Bm))
-    dt_c = dt.reshape(Bsz, -1, Q, E, 1)  # [B,C,Q,E,1], C chunks
-    dA = torch.exp(dt_c * A)  # [B,C,Q,E,N]
-    dBu = ((dt * u).unsqueeze(-1) * Bm.unsqueeze(2)).reshape(Bsz, -1, Q, E, N)  # [B,C,Q,E,N]
+    dt_c = dt.reshape(Bsz, -1, Q, 1, E)  # [B,C,Q,1,E], C chunks
+    dA = torch.exp(dt_c * At)  # [B,C,Q,N,E]
+    dBu = ((dt * u).unsqueeze(-2) * Bm.unsqueeze(-1)).reshape(Bsz, -1, Q, N, E)  # [B,C,Q,N,E]
     hs = [dBu[:, :, 0]]
     for a_q, b_q in zip(dA.unbind(2)[1:], dBu.unbind(2)[1:]):  # 1. static, over the chunk's positions
         hs.append(a_q * hs[-1] + b_q)
-    h_local = torch.stack(hs, 2)  # [B,C,Q,E,N] state from a zero chunk-entry state
-    decay = torch.exp(torch.cumsum(dt_c, 2) * A)  # [B,C,Q,E,N] prod of dA inside the chunk up to t
+    h_local = torch.stack(hs, 2)  # [B,C,Q,N,E] state from a zero chunk-entry state
+    decay = torch.exp(torch.cumsum(dt_c, 2) * At)  # [B,C,Q,N,E] prod of dA inside the chunk up to t
     chunk_a, chunk_h = _linear_scan(decay[:, :, -1], h_local[:, :, -1], 1, SCAN_CHUNK_DOUBLINGS)  # 2.
-    h_out = chunk_a * h0.unsqueeze(1) + chunk_h  # [B,C,E,N] state after each chunk
+    h_out = chunk_a * h0.unsqueeze(1) + chunk_h  # [B,C,N,E] state after each chunk
     h_in = torch.cat([h0.unsqueeze(1), h_out[:, :-1]], 1)  # state entering each chunk
-    h = (decay * h_in.unsqueeze(2) + h_local).reshape(Bsz, -1, E, N)[:, :T]  # 3. [B,T,E,N]
-    y = (h * Cm.unsqueeze(2)).sum(-1) + u[:, :T] * D
+    h = (decay * h_in.unsqueeze(2) + h_local).reshape(Bsz, -1, N, E)[:, :T]  # 3. [B,T,N,E]
+    y = (h * Cm.unsqueeze(-1)).sum(-2) + u[:, :T] * D
     return y, h_out[:, -1]
 
 
 def selective_state_update(u, dt, A, Bm, Cm, D, h):
-    """One step of the recurrence. u, dt [B,E]; Bm, Cm [B,N]; h [B,E,N] -> (y [B,E], h')."""
+    """One step of the recurrence. u, dt [B,E]; Bm, Cm [B,N]; h [B,N,E] -> (y [B,E], h')."""
     from rnnquant.kernels import use_triton
 
     if use_triton(u) and not torch.onnx.is_in_onnx_export():
         from rnnquant.kernels.selective_scan import selective_state_update as triton_step
 
         return triton_step(u, dt, A, Bm, Cm, D, None, h)
-    h = torch.exp(dt.unsqueeze(-1) * A) * h + (dt * u).unsqueeze(-1) * Bm.unsqueeze(1)
-    y = (h * Cm.unsqueeze(1)).sum(-1) + u * D
+    h = torch.exp(dt.unsqueeze(1) * A.T) * h + (dt * u).unsqueeze(1) * Bm.unsqueeze(-1)  # [B,N,E]
+    y = (h * Cm.unsqueeze(-1)).sum(1) + u * D
     return y, h

@@ -54,7 +54,7 @@ def _ssm_inputs(B, T, E, N, seed=0):
     u, z = r(B, T, E), r(B, T, E)
     dt = torch.nn.functional.softplus(r(B, T, E) - 2)
     A = -torch.exp(r(E, N) * 0.5)
-    return [t.to(DEV) for t in (u, dt, A, r(B, T, N), r(B, T, N), r(E), z, r(B, E, N))]
+    return [t.to(DEV) for t in (u, dt, A, r(B, T, N), r(B, T, N), r(E), z, r(B, N, E))]
 
 
 @pytest.mark.parametrize("B, T, E, N", [(1, 5, 32, 16), (2, 9, 40, 8), (8, 3, 17, 4)])

@@ -12,7 +12,7 @@ def _inputs(T, E=12, N=8, dt_scale=1.0, seed=0):
     A = -torch.exp(torch.randn(E, N, generator=g)) * 4
     u, Bm, Cm = torch.randn(2, T, E, generator=g), torch.randn(2, T, N, generator=g), torch.randn(2, T, N, generator=g)
     dt = torch.rand(2, T, E, generator=g) * dt_scale
-    return u, dt, A, Bm, Cm, torch.randn(E, generator=g), torch.randn(2, E, N, generator=g)
+    return u, dt, A, Bm, Cm, torch.randn(E, generator=g), torch.randn(2, N, E, generator=g)
 
 
 @pytest.mark.parametrize("T", [1, 2, SCAN_CHUNK - 1, SCAN_CHUNK, SCAN_CHUNK + 1, 5 * SCAN_CHUNK + 3, 300])

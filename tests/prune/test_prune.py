@@ -51,7 +51,7 @@ def test_mamba_state_removal_equals_zeroing():
         layer.mixer.x_proj.weight[R + drop] = 0
         layer.mixer.x_proj.weight[R + N + drop] = 0
     ids = IDS[:64].view(2, 32)
-    assert small.config["state_size"] == 4 and small.init_state(1)[1].shape == (1, m.config["intermediate_size"], 4)
+    assert small.config["state_size"] == 4 and small.init_state(1)[1].shape == (1, 4, m.config["intermediate_size"])
     assert (small(ids) - zeroed(ids)).abs().max() <= 1e-4
     logits, _ = small.step(ids[:, 0], small.init_state(2))
     assert (logits - small(ids[:, :1])[:, 0]).abs().max() <= 1e-4
