@@ -36,8 +36,12 @@ class _StepGraph(torch.nn.Module):
 
 
 class _PrefillGraph(_StepGraph):
+    def __init__(self, model, last_only: bool):
+        super().__init__(model)
+        self.last_only = last_only
+
     def forward(self, prompt_ids, *state):
-        logits, new_state = self.model.forward_with_state(prompt_ids, tuple(state))
+        logits, new_state = self.model.forward_with_state(prompt_ids, tuple(state), last_only=self.last_only)
         return (logits, *new_state)
 
 
@@ -162,15 +166,19 @@ def _trace(module, args, inputs: list[str], outputs: list[str], dynamic_axes: di
 
 
 @torch.no_grad()
-def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bool = True, prefill: bool = True) -> Path:
+def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bool = True, prefill: bool = True,
+                prefill_logits: str = "all") -> Path:
     """Trace ``model.step`` to ``out_path`` (atomically), check it, write the prefill graph
     (``<stem>.prefill.onnx``: a trace of ``forward_with_state`` where the model has a parallel
-    one, else a Loop over the step graph) and ``tokenizer.json`` beside it."""
+    one, else a Loop over the step graph; ``prefill_logits`` "all" positions or the "last" only)
+    and ``tokenizer.json`` beside it."""
     from rnnquant.quant.qlinear import QLinear
 
     out_path = Path(out_path)
     if out_path.suffix != ".onnx":
         raise RnnquantError(f"{out_path}: the output must end in .onnx")
+    if prefill_logits not in ("all", "last"):
+        raise RnnquantError(f"prefill logits must be 'all' or 'last', not {prefill_logits!r}")
     qlinears = [m for m in model.modules() if isinstance(m, QLinear)]
     for m in qlinears:
         from .qops import prepare
@@ -189,14 +197,16 @@ def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bo
     prefill_proto = None
     if prefill and model.parallel_prefill:
         inputs = ["prompt_ids", *names]
-        axes = {k: {0: "batch"} for k in inputs + outputs} | {"prompt_ids": {0: "batch", 1: "seq"}, "logits": {0: "batch", 1: "seq"}}
-        prefill_proto = _trace(_PrefillGraph(model), (torch.tensor([[0, 0]]), *state), inputs, outputs, axes, opset, nbits)
+        last = prefill_logits == "last"
+        axes = {k: {0: "batch"} for k in inputs + outputs} | {"prompt_ids": {0: "batch", 1: "seq"}} | ({} if last else {"logits": {0: "batch", 1: "seq"}})
+        prefill_proto = _trace(_PrefillGraph(model, last), (torch.tensor([[0, 0]]), *state), inputs, outputs, axes, opset, nbits)
         _share_tied_embedding(prefill_proto, ids_rank=2)
-    return finish_step_graph(proto, model, out_path, tokenizer_path, force=force, prefill=prefill, prefill_proto=prefill_proto)
+    return finish_step_graph(proto, model, out_path, tokenizer_path, force=force, prefill=prefill, prefill_proto=prefill_proto,
+                             prefill_logits=prefill_logits)
 
 
 def finish_step_graph(proto, model, out_path: Path, tokenizer_path=None, force: bool = True, prefill: bool = True,
-                      recipe: str | None = None, prefill_proto=None) -> Path:
+                      recipe: str | None = None, prefill_proto=None, prefill_logits: str = "all") -> Path:
     """Add rnnquant's metadata to a step graph, check it, write it atomically, then the prefill
     graph (``<stem>.prefill.onnx``: ``prefill_proto`` when given, else a Loop over the step
     graph) and ``tokenizer.json`` beside it."""
@@ -209,12 +219,12 @@ def finish_step_graph(proto, model, out_path: Path, tokenizer_path=None, force: 
     proto.doc_string = f"rnnquant {__version__} step graph: O(1) work per token"
     save_graph(proto, out_path, "exported graph", force=force)
     if prefill_proto is not None:
-        for k, v in (meta | parallel_prefill_metadata()).items():
+        for k, v in (meta | parallel_prefill_metadata() | {"prefill_logits": prefill_logits}).items():
             prefill_proto.metadata_props.add(key=k, value=v)
         prefill_proto.doc_string = f"rnnquant {__version__} prefill graph: forward_with_state, chunked parallel scan"
         save_graph(prefill_proto, prefill_path(out_path), "prefill graph", force=True)
     elif prefill:
-        export_prefill(out_path, force=True)
+        export_prefill(out_path, force=True, last_only=prefill_logits == "last")
     if tokenizer_path is not None:
         import shutil
 

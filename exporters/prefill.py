@@ -36,7 +36,7 @@ def parallel_prefill_metadata() -> dict[str, str]:
     return {"graph": "prefill", "prefill": "parallel", "prefill_max_tokens": str(PARALLEL_SCAN_MAX_TOKENS)}
 
 
-def build_prefill(step: onnx.ModelProto) -> onnx.ModelProto:
+def build_prefill(step: onnx.ModelProto, last_only: bool = False) -> onnx.ModelProto:
     g = step.graph
     states = json.loads({p.key: p.value for p in step.metadata_props}["states"])
     names = [s["name"] for s in states]
@@ -61,13 +61,16 @@ def build_prefill(step: onnx.ModelProto) -> onnx.ModelProto:
         helper.make_node("Shape", ["prompt_ids"], ["prompt_shape"]),
         helper.make_node("Gather", ["prompt_shape", "one"], ["seq_len"], axis=0),
         helper.make_node("Loop", ["seq_len", "true", *names], [*[f"new_{n}" for n in names], "logits_tbv"], body=body),
-        helper.make_node("Transpose", ["logits_tbv"], ["logits"], perm=[1, 0, 2]),
+        helper.make_node("Gather", ["logits_tbv", "minus_one"], ["logits"], axis=0) if last_only  # [B, V]
+        else helper.make_node("Transpose", ["logits_tbv"], ["logits"], perm=[1, 0, 2]),
     ]
-    consts = [helper.make_tensor("one", TensorProto.INT64, [], [1]), helper.make_tensor("true", TensorProto.BOOL, [], [True])]
+    consts = [helper.make_tensor("one", TensorProto.INT64, [], [1]), helper.make_tensor("true", TensorProto.BOOL, [], [True]),
+              *([helper.make_tensor("minus_one", TensorProto.INT64, [], [-1])] if last_only else [])]
+    vocab = out_vi["logits"].type.tensor_type.shape.dim[1].dim_value or "vocab"
     graph = helper.make_graph(
         outer, "rnnquant_prefill",
         [helper.make_tensor_value_info("prompt_ids", TensorProto.INT64, ["batch", "seq"]), *[state_vi[n] for n in names]],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", out_vi["logits"].type.tensor_type.shape.dim[1].dim_value or "vocab"]),
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", vocab] if last_only else ["batch", "seq", vocab]),
          *[out_vi[f"new_{n}"] for n in names]],
         initializer=[*g.initializer, *consts],
     )
@@ -76,13 +79,14 @@ def build_prefill(step: onnx.ModelProto) -> onnx.ModelProto:
     for p in step.metadata_props:
         model.metadata_props.add(key=p.key, value="prefill" if p.key == "graph" else p.value)
     model.metadata_props.add(key="prefill", value="loop")
+    model.metadata_props.add(key="prefill_logits", value="last" if last_only else "all")
     return model
 
 
-def export_prefill(step_path, force: bool = True) -> Path:
+def export_prefill(step_path, force: bool = True, last_only: bool = False) -> Path:
     from .onnx_export import save_graph
 
     step_path = Path(step_path)
     out = prefill_path(step_path)
-    save_graph(build_prefill(onnx.load(str(step_path))), out, "prefill graph", force=force)
+    save_graph(build_prefill(onnx.load(str(step_path)), last_only), out, "prefill graph", force=force)
     return out

@@ -92,7 +92,7 @@ class _Reader:
         return next(self._it, None)
 
 
-def export_qoperator(model, out_path, tokenizer_path, batches, opset: int = 17, force: bool = True) -> Path:
+def export_qoperator(model, out_path, tokenizer_path, batches, opset: int = 17, force: bool = True, prefill_logits: str = "all") -> Path:
     """Float step graph -> ORT static QOperator quantization -> ``out_path`` (+ prefill, tokenizer)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -117,4 +117,5 @@ def export_qoperator(model, out_path, tokenizer_path, batches, opset: int = 17, 
             )
         proto = onnx.load(str(q_path))
     del proto.metadata_props[:]
-    return finish_step_graph(proto, model, out_path, tokenizer_path, force=force, recipe=json.dumps(RECIPE, sort_keys=True))
+    return finish_step_graph(proto, model, out_path, tokenizer_path, force=force, recipe=json.dumps(RECIPE, sort_keys=True),
+                             prefill_logits=prefill_logits)

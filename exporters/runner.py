@@ -69,10 +69,12 @@ class OrtLM:
         pre = self.path.with_suffix(".prefill.onnx")
         self.prefill_session = ort.InferenceSession(str(pre), opts, providers=["CPUExecutionProvider"]) if pre.is_file() else None
         self.prefill_window = 2**62  # a Loop prefill takes any length
+        self.prefill_last_only = False  # the graph returns the last position's logits only
         if self.prefill_session is not None:
             pre_meta = self.prefill_session.get_modelmeta().custom_metadata_map
             if pre_meta.get("prefill") == "parallel":
                 self.prefill_window = min(PREFILL_WINDOW, int(pre_meta["prefill_max_tokens"]))
+            self.prefill_last_only = pre_meta.get("prefill_logits") == "last"
         self.tokenizer = self._tokenizer(tokenizer)
 
     def _ort_metadata(self) -> dict[str, str]:
@@ -102,22 +104,23 @@ class OrtLM:
         logits, *new = self.session.run(self.output_names, feeds)
         return logits, new
 
-    def prefill(self, ids: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """ids [B, T] -> logits [B, T, V] and the state after T tokens: the prefill graph when it
-        was exported beside the step graph, else the step graph token by token."""
+    def prefill(self, ids: np.ndarray, state: list[np.ndarray], all_logits: bool = True) -> tuple[np.ndarray, list[np.ndarray]]:
+        """ids [B, T] -> logits [B, T, V] (``all_logits=False``: [B, 1, V], the last position) and the
+        state after T tokens: the prefill graph when it was exported beside the step graph (and
+        returns the logits asked for), else the step graph token by token."""
         ids = np.asarray(ids, dtype=np.int64)
-        if self.prefill_session is not None:
+        if self.prefill_session is not None and not (all_logits and self.prefill_last_only):
             pieces = []
             for start in range(0, max(ids.shape[1], 1), self.prefill_window):  # bounded memory for a parallel prefill
                 feeds = {"prompt_ids": ids[:, start : start + self.prefill_window]} | {s["name"]: v for s, v in zip(self.states, state)}
                 logits, *state = self.prefill_session.run(None, feeds)
-                pieces.append(logits)
-            return np.concatenate(pieces, 1), state
+                pieces.append(logits[:, None] if self.prefill_last_only else logits)
+            return (np.concatenate(pieces, 1) if all_logits else pieces[-1][:, -1:]), state
         out = []
         for t in range(ids.shape[1]):
             logits, state = self.step(ids[:, t], state)
             out.append(logits)
-        return np.stack(out, 1), state
+        return (np.stack(out, 1) if all_logits else out[-1][:, None]), state
 
     def encode(self, text: str) -> list[int]:
         ids = encode_prompt(self.tokenizer, text)
@@ -128,7 +131,7 @@ class OrtLM:
     def generate(self, prompt_ids: list[int], max_new_tokens: int, temperature: float = 0.0, top_k: int = 0, seed: int = 0):
         """Prefill the prompt, then step and sample; yields token ids."""
         rng = np.random.default_rng(seed)
-        logits, state = self.prefill(np.array([prompt_ids]), self.init_state(1))
+        logits, state = self.prefill(np.array([prompt_ids]), self.init_state(1), all_logits=False)
         logits = logits[:, -1]
         for _ in range(max_new_tokens):
             nxt = sample(logits[0], temperature, top_k, rng)

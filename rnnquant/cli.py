@@ -309,8 +309,11 @@ def generate(model, prompt, max_new_tokens, temperature, top_k, seed):
 @click.option("--format", "fmt", type=click.Choice(["integer", "qoperator"]), default="integer", show_default=True,
               help="integer: the recipe's MatMulInteger/MatMulNBits graph (CPU EP). qoperator: QLinearMatMul with "
                    "static per-tensor scales from ONNX Runtime's quantize_static on the float model (NNAPI).")
+@click.option("--prefill-logits", type=click.Choice(["all", "last"]), default="all", show_default=True,
+              help="Logits the prefill graph returns: every position (perplexity needs them) or the last only "
+                   "(generation; skips the vocabulary projection of the other positions).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
-def export(model, recipe, calib, data, samples, seq_len, prune_spec, out, to_ort, opset, fmt, force):
+def export(model, recipe, calib, data, samples, seq_len, prune_spec, out, to_ort, opset, fmt, prefill_logits, force):
     """Export the O(1) step graph (token + state in, logits + state out) to ONNX.
 
     MODEL is a float model (optionally quantized on the way with --recipe) or a quantized
@@ -342,9 +345,9 @@ def export(model, recipe, calib, data, samples, seq_len, prune_spec, out, to_ort
     if fmt == "qoperator":
         from .exporters.qoperator import export_qoperator
 
-        path = export_qoperator(m, out, tokenizer, _batches(m, data, samples, seq_len), opset=opset, force=force)
+        path = export_qoperator(m, out, tokenizer, _batches(m, data, samples, seq_len), opset=opset, force=force, prefill_logits=prefill_logits)
     else:
-        path = export_step(m, out, tokenizer, opset=opset, force=force)
+        path = export_step(m, out, tokenizer, opset=opset, force=force, prefill_logits=prefill_logits)
     pre = path.with_suffix(".prefill.onnx")
     click.echo(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB), {pre.name} and {path.parent / 'tokenizer.json'}")
     if to_ort:

@@ -6,6 +6,7 @@ A model is a pure function of (tokens, state):
     step(ids[B], state)             -> (logits[B,V], state')   constant work per token
     forward(ids[B,T])               -> logits[B,T,V]     the parallel twin of ``step``
     forward_with_state(ids, state)  -> (logits[B,T,V], state')  prefill
+    forward_with_state(ids, state, last_only=True) -> (logits[B,V], state')  the head on the last position only
 
 ``step`` is what the ONNX exporter traces, so it never mutates its inputs and has no
 data-dependent branches. Each adapter also declares, as plain data (``ArchSpec``), where
@@ -97,7 +98,7 @@ class RecurrentLM(nn.Module):
     def step(self, input_ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         raise NotImplementedError
 
-    def forward_with_state(self, input_ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    def forward_with_state(self, input_ids: torch.Tensor, state: State, last_only: bool = False) -> tuple[torch.Tensor, State]:
         raise NotImplementedError
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:

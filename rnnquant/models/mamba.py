@@ -121,13 +121,14 @@ class MambaLM(RecurrentLM):
         if cfg["tie_word_embeddings"]:
             self.lm_head.weight = self.backbone.embeddings.weight
 
-    def forward_with_state(self, input_ids, state):
+    def forward_with_state(self, input_ids, state, last_only: bool = False):
         x = self.backbone.embeddings(input_ids)  # [B,T,D]
         new_state = []
         for i, layer in enumerate(self.backbone.layers):
             out, conv, h = layer.mixer(layer.norm(x), state[2 * i], state[2 * i + 1])
             x = x + out
             new_state += [conv, h]
+        x = x[:, -1] if last_only else x  # [B,D]: the head (vocab x d_model per position) only where sampling needs it
         return self.lm_head(self.backbone.norm_f(x)), tuple(new_state)
 
     def step(self, input_ids, state):

@@ -67,7 +67,7 @@ class _RNNLM(RecurrentLM):
     def _head(self, h):
         return self.lm_head(self.proj(h))
 
-    def forward_with_state(self, input_ids, state):
+    def forward_with_state(self, input_ids, state, last_only: bool = False):
         x = self.embed(input_ids)  # [B,T,Ei]
         k = len(self.state_names)
         new_state = []
@@ -80,7 +80,7 @@ class _RNNLM(RecurrentLM):
                 outs.append(s[0])
             x = torch.stack(outs, 1)  # [B,T,H]
             new_state += s
-        return self._head(x), tuple(new_state)
+        return self._head(x[:, -1] if last_only else x), tuple(new_state)
 
     def step(self, input_ids, state):
         x = self.embed(input_ids)  # [B,Ei]

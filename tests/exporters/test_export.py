@@ -172,6 +172,28 @@ def test_prefill_form(tmp_path, arch):
         assert np.abs(a - b).max() <= 1e-5
 
 
+@pytest.mark.parametrize("arch", ["mamba", "lstm"])
+def test_prefill_last_logits_only(tmp_path, arch):
+    """--prefill-logits last: the prefill graph returns [B, V] for the last position (the same
+    values as the all-positions graph); perplexity then falls back to the step graph."""
+    m = _model(arch)
+    every = OrtLM(export_step(m, tmp_path / "all" / "m.onnx", TOKENIZER))
+    last = OrtLM(export_step(m, tmp_path / "last" / "m.onnx", TOKENIZER, prefill_logits="last"))
+    meta = {p.key: p.value for p in onnx.load(tmp_path / "last" / "m.prefill.onnx").metadata_props}
+    assert meta["prefill_logits"] == "last" and last.prefill_last_only
+    ids = IDS[:2 * 30].view(2, 30).numpy()
+    feeds = {"prompt_ids": ids} | {s["name"]: v for s, v in zip(last.states, last.init_state(2))}
+    raw, *_ = last.prefill_session.run(None, feeds)
+    assert raw.shape == (2, m.vocab_size)
+    (la, sa), (ll, sl) = every.prefill(ids, every.init_state(2)), last.prefill(ids, last.init_state(2), all_logits=False)
+    assert ll.shape == (2, 1, m.vocab_size) and np.abs(ll[:, 0] - la[:, -1]).max() <= 1e-4
+    assert all(np.abs(a - b).max() <= 1e-5 for a, b in zip(sa, sl))
+    test = IDS[-300:].numpy()
+    ppl_last, ppl_all = last.perplexity(test, window=64)[0], every.perplexity(test, window=64)[0]
+    assert abs(ppl_last - ppl_all) / ppl_all <= 1e-5
+    assert next(last.generate([1, 2, 3], 1)) == next(every.generate([1, 2, 3], 1))
+
+
 @pytest.mark.parametrize("arch", ["mamba"])
 def test_external_data_over_the_limit(monkeypatch, tmp_path, tiny_dir):
     """Graphs over 2 GiB keep their weights in <name>.data; the threshold is lowered to test it."""
