@@ -27,7 +27,11 @@ import torch
 import torch.nn.functional as F
 
 SCAN_CHUNK = 16  # tokens per chunk of the parallel scan
-SCAN_CHUNK_DOUBLINGS = 10  # doublings across chunks: up to SCAN_CHUNK * 2**10 = 16,384 tokens
+# doublings across chunks: exact up to SCAN_CHUNK * 2**14 = 262,144 tokens per call, beyond what an
+# O(T E N) call fits in memory (the zoo Mamba: 8 GiB per intermediate there), so the limit cannot
+# be reached silently; the 4 doublings more than 16,384 tokens need cost up to 11 % of a short
+# prefill call (benchmarks/scan_doublings.py)
+SCAN_CHUNK_DOUBLINGS = 14
 PARALLEL_SCAN_MAX_TOKENS = SCAN_CHUNK * 2**SCAN_CHUNK_DOUBLINGS
 
 
