@@ -23,7 +23,10 @@ from onnx import TensorProto, helper
 from rnnquant.errors import RnnquantError
 
 
-PREFILL_WINDOW = 1024  # tokens per call the runner gives a parallel prefill graph: its memory is O(seq * d_inner * d_state)
+# tokens per call the runner gives a parallel prefill graph: its memory is O(seq * d_inner * d_state),
+# and 128-token calls were as fast as or faster than longer ones at a third of the peak RSS of
+# 1,024 (benchmarks/prefill_window.py, docs/RESULTS.md)
+PREFILL_WINDOW = 128
 
 
 def prefill_path(step_path: Path) -> Path:
