@@ -218,13 +218,18 @@ def finish_step_graph(proto, model, out_path: Path, tokenizer_path=None, force: 
         proto.metadata_props.add(key=k, value=v)
     proto.doc_string = f"rnnquant {__version__} step graph: O(1) work per token"
     save_graph(proto, out_path, "exported graph", force=force)
-    if prefill_proto is not None:
-        for k, v in (meta | parallel_prefill_metadata() | {"prefill_logits": prefill_logits}).items():
-            prefill_proto.metadata_props.add(key=k, value=v)
-        prefill_proto.doc_string = f"rnnquant {__version__} prefill graph: forward_with_state, chunked parallel scan"
-        save_graph(prefill_proto, prefill_path(out_path), "prefill graph", force=True)
-    elif prefill:
-        export_prefill(out_path, force=True, last_only=prefill_logits == "last")
+    try:
+        prefill_path(out_path).unlink(missing_ok=True)  # never leave an earlier export's prefill beside this step graph
+        if prefill_proto is not None:
+            for k, v in (meta | parallel_prefill_metadata() | {"prefill_logits": prefill_logits}).items():
+                prefill_proto.metadata_props.add(key=k, value=v)
+            prefill_proto.doc_string = f"rnnquant {__version__} prefill graph: forward_with_state, chunked parallel scan"
+            save_graph(prefill_proto, prefill_path(out_path), "prefill graph", force=True)
+        elif prefill:
+            export_prefill(out_path, force=True, last_only=prefill_logits == "last")
+    except BaseException:
+        out_path.unlink(missing_ok=True)  # a step graph without the prefill asked for is not a finished export
+        raise
     if tokenizer_path is not None:
         import shutil
 

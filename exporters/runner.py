@@ -89,6 +89,8 @@ class OrtLM:
         self.prefill_last_only = False  # the graph returns the last position's logits only
         if self.prefill_session is not None:
             pre_meta = self.prefill_session.get_modelmeta().custom_metadata_map
+            if any(pre_meta.get(k) != self.meta.get(k) for k in ("model_fingerprint", "recipe", "states", "tokenizer_sha256")):
+                raise RnnquantError(f"{pre}: this prefill graph was exported with another model or recipe than {self.path.name}; re-export")
             if pre_meta.get("prefill") == "parallel":
                 self.prefill_window = min(PREFILL_WINDOW, int(pre_meta["prefill_max_tokens"]))
             self.prefill_last_only = pre_meta.get("prefill_logits") == "last"

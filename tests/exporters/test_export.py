@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from rnnquant.calibrate import CalibConfig, calibrate, calibration_batches
+from rnnquant.errors import RnnquantError
 from rnnquant.eval import perplexity_ids
 from rnnquant.exporters.onnx_export import export_step
 from rnnquant.exporters.ort_format import convert_to_ort
@@ -192,6 +193,40 @@ def test_prefill_last_logits_only(tmp_path, arch):
     ppl_last, ppl_all = last.perplexity(test, window=64)[0], every.perplexity(test, window=64)[0]
     assert abs(ppl_last - ppl_all) / ppl_all <= 1e-5
     assert next(last.generate([1, 2, 3], 1)) == next(every.generate([1, 2, 3], 1))
+
+
+def test_prefill_graph_from_another_export_is_refused(tmp_path):
+    """A prefill graph left beside a step graph of another model is an error, not silent use."""
+    import shutil
+
+    a = export_step(_model("mamba"), tmp_path / "a" / "m.onnx", TOKENIZER)
+    other = tiny_model("mamba")
+    with torch.no_grad():
+        other.lm_head.weight.mul_(2)
+    other.fingerprint = fingerprint(other)
+    b = export_step(other, tmp_path / "b" / "m.onnx", TOKENIZER)
+    shutil.copyfile(b.with_suffix(".prefill.onnx"), a.with_suffix(".prefill.onnx"))
+    with pytest.raises(RnnquantError, match="exported with another model"):
+        OrtLM(a)
+
+
+def test_failed_prefill_write_leaves_no_step_graph(monkeypatch, tmp_path):
+    """The step graph and its prefill graph are one export: if the prefill cannot be written,
+    neither is left (nor a stale prefill of an earlier export)."""
+    from rnnquant.exporters import onnx_export
+
+    out = export_step(_model("lstm"), tmp_path / "m.onnx", TOKENIZER)
+    real = onnx_export.save_graph
+
+    def failing(proto, path, what, force=True):
+        if what == "prefill graph":
+            raise RnnquantError("prefill graph fails the ONNX checker: injected")
+        real(proto, path, what, force)
+
+    monkeypatch.setattr(onnx_export, "save_graph", failing)
+    with pytest.raises(RnnquantError, match="injected"):
+        export_step(_model("mamba"), out, TOKENIZER)
+    assert not out.exists() and not out.with_suffix(".prefill.onnx").exists()
 
 
 @pytest.mark.parametrize("arch", ["mamba"])
