@@ -1,4 +1,5 @@
-"""Convert a step graph to the .ort format (mobile and minimal ONNX Runtime builds) and verify it.
+"""Convert a step graph and its prefill graph to the .ort format (mobile and minimal ONNX Runtime
+builds) and verify them.
 
 Uses onnxruntime's own ``convert_onnx_models_to_ort`` (Fixed optimization style: the graph is
 optimized for the generic CPU EP at conversion time). The .ort file keeps no metadata_props
@@ -28,15 +29,9 @@ def _quiet_logging():
         logging.disable(logging.NOTSET)
 
 
-def convert_to_ort(onnx_path: Path, tokens: int = 16) -> tuple[Path, float]:
-    """Write ``<stem>.ort`` beside ``onnx_path``; return it and the max |logit| difference over
-    ``tokens`` greedy steps run through both files."""
+def _convert(onnx_path: Path, target: Path) -> None:
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
-    from .runner import OrtLM
-
-    onnx_path = Path(onnx_path)
-    target = onnx_path.with_suffix(".ort")
     with tempfile.TemporaryDirectory() as d:
         src = Path(d) / onnx_path.name
         shutil.copyfile(onnx_path, src)
@@ -50,11 +45,28 @@ def convert_to_ort(onnx_path: Path, tokens: int = 16) -> tuple[Path, float]:
             raise RnnquantError(f"{onnx_path}: .ort conversion produced no file")
         with atomic_path(target) as tmp:
             shutil.copyfile(produced, tmp)
+
+
+def convert_to_ort(onnx_path: Path, tokens: int = 16) -> tuple[Path, float]:
+    """Write ``<stem>.ort`` (and ``<stem>.prefill.ort`` when a prefill graph is beside it) next to
+    ``onnx_path``; return the step .ort and the max |logit| difference over ``tokens`` greedy steps
+    run through both files, and over a prefill of those tokens."""
+    from .prefill import prefill_path
+    from .runner import OrtLM
+
+    onnx_path = Path(onnx_path)
+    target = onnx_path.with_suffix(".ort")
+    _convert(onnx_path, target)
+    pre = prefill_path(onnx_path)
+    if pre.is_file():
+        _convert(pre, pre.with_suffix(".ort"))
     a, b = OrtLM(onnx_path), OrtLM(target)
-    sa, sb, tok, diff = a.init_state(1), b.init_state(1), np.array([0]), 0.0
+    sa, sb, tok, diff, seen = a.init_state(1), b.init_state(1), np.array([0]), 0.0, []
     for _ in range(tokens):
         la, sa = a.step(tok, sa)
         lb, sb = b.step(tok, sb)
         diff = max(diff, float(np.abs(la - lb).max()))
         tok = la.argmax(-1)
-    return target, diff
+        seen.append(int(tok[0]))
+    (pa, _), (pb, _) = a.prefill(np.array([seen]), a.init_state(1)), b.prefill(np.array([seen]), b.init_state(1))
+    return target, max(diff, float(np.abs(pa - pb).max()))

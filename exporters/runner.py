@@ -84,11 +84,13 @@ class OrtLM:
             raise RnnquantError(f"{self.path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:160]})") from None
         self.output_names = [o.name for o in self.session.get_outputs()]
         pre = self.path.with_suffix(".prefill.onnx")
+        if self.path.suffix == ".ort" and pre.with_suffix(".ort").is_file():  # an .ort step graph prefers an .ort prefill graph
+            pre = pre.with_suffix(".ort")
         self.prefill_session = ort.InferenceSession(str(pre), opts, providers=["CPUExecutionProvider"]) if pre.is_file() else None
         self.prefill_window = 2**62  # a Loop prefill takes any length
         self.prefill_last_only = False  # the graph returns the last position's logits only
         if self.prefill_session is not None:
-            pre_meta = self.prefill_session.get_modelmeta().custom_metadata_map
+            pre_meta = read_metadata(pre.with_suffix(".onnx")) if pre.suffix == ".ort" else self.prefill_session.get_modelmeta().custom_metadata_map
             if any(pre_meta.get(k) != self.meta.get(k) for k in ("model_fingerprint", "recipe", "states", "tokenizer_sha256")):
                 raise RnnquantError(f"{pre}: this prefill graph was exported with another model or recipe than {self.path.name}; re-export")
             if pre_meta.get("prefill") == "parallel":

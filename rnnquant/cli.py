@@ -354,7 +354,9 @@ def export(model, recipe, calib, data, samples, seq_len, prune_spec, out, to_ort
         from .exporters.ort_format import convert_to_ort
 
         ort_path, diff = convert_to_ort(path)
-        click.echo(f"wrote {ort_path} ({ort_path.stat().st_size / 2**20:.2f} MiB); max |logits .ort - .onnx| = {diff:.2e}")
+        pre_ort = ort_path.with_suffix(".prefill.ort")
+        click.echo(f"wrote {ort_path} ({ort_path.stat().st_size / 2**20:.2f} MiB)" + (f" and {pre_ort.name}" if pre_ort.is_file() else "")
+                   + f"; max |logits .ort - .onnx| = {diff:.2e}")
 
 
 @cli.command()

@@ -81,7 +81,9 @@ def test_metadata_and_ort_format(tmp_path):
     big = [t for t in onnx.load(path).graph.initializer if list(t.dims) in ([4096, 32], [32, 4096])]
     assert len(big) == 1  # the tied embedding and the head share one table
     ort_path, diff = convert_to_ort(path)
-    assert ort_path.is_file() and diff <= 1e-5
+    assert ort_path.is_file() and path.with_suffix(".prefill.ort").is_file() and diff <= 1e-5
+    lm = OrtLM(ort_path)
+    assert lm.prefill_session is not None and lm.prefill_window == 128  # the .ort prefill, with its .onnx's metadata
 
 
 @pytest.fixture
