@@ -219,7 +219,8 @@ def finish_step_graph(proto, model, out_path: Path, tokenizer_path=None, force: 
     proto.doc_string = f"rnnquant {__version__} step graph: O(1) work per token"
     save_graph(proto, out_path, "exported graph", force=force)
     try:
-        prefill_path(out_path).unlink(missing_ok=True)  # never leave an earlier export's prefill beside this step graph
+        for stale in (prefill_path(out_path), out_path.with_suffix(".ort"), prefill_path(out_path).with_suffix(".ort")):
+            stale.unlink(missing_ok=True)  # never leave an earlier export's graphs beside this one (`--ort` writes new ones)
         if prefill_proto is not None:
             for k, v in (meta | parallel_prefill_metadata() | {"prefill_logits": prefill_logits}).items():
                 prefill_proto.metadata_props.add(key=k, value=v)

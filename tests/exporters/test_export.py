@@ -84,6 +84,8 @@ def test_metadata_and_ort_format(tmp_path):
     assert ort_path.is_file() and path.with_suffix(".prefill.ort").is_file() and diff <= 1e-5
     lm = OrtLM(ort_path)
     assert lm.prefill_session is not None and lm.prefill_window == 128  # the .ort prefill, with its .onnx's metadata
+    export_step(m, path, TOKENIZER)  # a new export removes the old .ort files: they would no longer match
+    assert not ort_path.exists() and not path.with_suffix(".prefill.ort").exists()
 
 
 @pytest.fixture
