@@ -1,9 +1,11 @@
 """Per-op-type time of one exported step graph, from ONNX Runtime's own profiler.
 
-    python benchmarks/ort_profile.py MODEL.onnx [--steps 200] [--threads 1]
+    python benchmarks/ort_profile.py MODEL.onnx [--steps 200] [--threads 1] [--by-node]
 
 Runs the step graph (batch 1, zero state) with profiling on and prints microseconds per token by
-op type (the profiler's own overhead inflates the totals; compare op types, not absolutes).
+op type, or with ``--by-node`` by op type and node name with the layer suffix stripped (every
+layer's in_proj MatMulInteger summed as one row). The profiler's own overhead inflates the totals;
+compare rows, not absolutes.
 """
 from __future__ import annotations
 
@@ -11,11 +13,14 @@ import argparse
 import collections
 import json
 import os
+import re
 
 import numpy as np
 import onnxruntime as ort
 
 from rnnquant.exporters.runner import read_metadata
+
+LAYER_SUFFIX = re.compile(r"_[0-9]+(/|$)")  # the exporter numbers repeated module names: /in_proj_17/...
 
 
 def main() -> None:
@@ -23,6 +28,7 @@ def main() -> None:
     ap.add_argument("model")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--by-node", action="store_true")
     args = ap.parse_args()
     states = json.loads(read_metadata(args.model)["states"])
     opts = ort.SessionOptions()
@@ -36,11 +42,14 @@ def main() -> None:
     total, count = collections.Counter(), collections.Counter()
     for e in json.load(open(trace)):
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            total[e["args"]["op_name"]] += e["dur"]
-            count[e["args"]["op_name"]] += 1
+            key = e["args"]["op_name"]
+            if args.by_node:  # "/in_proj_17/MatMulInteger_kernel_time" -> "MatMulInteger /in_proj/MatMulInteger"
+                key += " " + LAYER_SUFFIX.sub(r"\1", e["name"].removesuffix("_kernel_time"))
+            total[key] += e["dur"]
+            count[key] += 1
     os.remove(trace)
-    for op, us in total.most_common(15):
-        print(f"{op:28} {us / args.steps:9.1f} us/token  ({count[op] // args.steps} nodes)")
+    for op, us in total.most_common(40 if args.by_node else 15):
+        print(f"{op:44} {us / args.steps:9.1f} us/token  ({count[op] // args.steps} nodes)")
     print(f"total kernel time {sum(total.values()) / args.steps:.1f} us/token")
 
 
