@@ -232,8 +232,6 @@ def finish_step_graph(proto, model, out_path: Path, tokenizer_path=None, force: 
         out_path.unlink(missing_ok=True)  # a step graph without the prefill asked for is not a finished export
         raise
     if tokenizer_path is not None:
-        import shutil
-
         with atomic_path(out_path.parent / "tokenizer.json") as tmp_tok:
             shutil.copyfile(tokenizer_path, tmp_tok)
     return out_path

@@ -15,7 +15,7 @@ import numpy as np
 
 from rnnquant.errors import RnnquantError
 from rnnquant.eval.windows import windows
-from rnnquant.exporters.prefill import PREFILL_WINDOW
+from rnnquant.exporters.prefill import PREFILL_WINDOW, prefill_path
 from rnnquant.text import encode_prompt
 
 REQUIRED_META = ("graph", "architecture", "states", "vocab_size", "tokenizer_sha256")
@@ -83,7 +83,7 @@ class OrtLM:
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
             raise RnnquantError(f"{self.path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:160]})") from None
         self.output_names = [o.name for o in self.session.get_outputs()]
-        pre = self.path.with_suffix(".prefill.onnx")
+        pre = prefill_path(self.path)
         if self.path.suffix == ".ort" and pre.with_suffix(".ort").is_file():  # an .ort step graph prefers an .ort prefill graph
             pre = pre.with_suffix(".ort")
         self.prefill_session = ort.InferenceSession(str(pre), opts, providers=["CPUExecutionProvider"]) if pre.is_file() else None

@@ -327,6 +327,7 @@ def export(model, recipe, calib, data, samples, seq_len, prune_spec, out, to_ort
       rnnquant export mamba-pydoc --format qoperator --out out/mamba-qop.onnx
     """
     from .exporters.onnx_export import export_step
+    from .exporters.prefill import prefill_path
 
     if Path(out).exists() and not force:
         raise RnnquantError(f"{out} already exists (use --force to overwrite)")
@@ -348,8 +349,7 @@ def export(model, recipe, calib, data, samples, seq_len, prune_spec, out, to_ort
         path = export_qoperator(m, out, tokenizer, _batches(m, data, samples, seq_len), opset=opset, force=force, prefill_logits=prefill_logits)
     else:
         path = export_step(m, out, tokenizer, opset=opset, force=force, prefill_logits=prefill_logits)
-    pre = path.with_suffix(".prefill.onnx")
-    click.echo(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB), {pre.name} and {path.parent / 'tokenizer.json'}")
+    click.echo(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB), {prefill_path(path).name} and {path.parent / 'tokenizer.json'}")
     if to_ort:
         from .exporters.ort_format import convert_to_ort
 
