@@ -21,27 +21,21 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-import torch
 
 from rnnquant.exporters.onnx_export import export_step
 from rnnquant.exporters.prefill import build_prefill
-from rnnquant.models import build, fingerprint, load
+from rnnquant.models import load
 from rnnquant.quant import PRESETS, quantize
 from rnnquant.zoo import MODELS_DIR
 
 sys.path.insert(0, str(Path(__file__).parent))
-from step_latency import SHAPES  # noqa: E402
+from step_latency import shape_model  # noqa: E402
 
 OUT = Path(__file__).parent / "results" / "prefill.json"
 
 
 def _model(name: str):
-    if name == "mamba-130m":
-        torch.manual_seed(0)
-        model = build(SHAPES["mamba"]).eval()
-        model.fingerprint = fingerprint(model)
-        return model
-    return load(name)
+    return shape_model("mamba") if name == "mamba-130m" else load(name)
 
 
 def _session(path: Path, threads: int):

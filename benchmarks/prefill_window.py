@@ -15,15 +15,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
 
 from rnnquant.exporters.onnx_export import export_step
-from rnnquant.models import build, fingerprint, load
+from rnnquant.models import load
 from rnnquant.quant import PRESETS, quantize
 from rnnquant.zoo import MODELS_DIR
 
 sys.path.insert(0, str(Path(__file__).parent))
-from step_latency import SHAPES  # noqa: E402
+from step_latency import shape_model  # noqa: E402
 
 WINDOWS = [64, 128, 256, 512, 1024]
 PROBE = r"""
@@ -49,12 +48,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as td:
         for name in args.models:
-            if name == "mamba-130m":
-                torch.manual_seed(0)
-                model = build(SHAPES["mamba"]).eval()
-                model.fingerprint = fingerprint(model)
-            else:
-                model = load(name)
+            model = shape_model("mamba") if name == "mamba-130m" else load(name)
             for variant in ("float", "w8a8-dynamic"):
                 q = model if variant == "float" else quantize(model, PRESETS[variant])
                 path = export_step(q, Path(td) / f"{name}-{variant}.onnx", MODELS_DIR / "tokenizer.json")

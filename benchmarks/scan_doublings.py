@@ -16,15 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-import torch
 
 import rnnquant.models.ssm as ssm
 from rnnquant.exporters.onnx_export import export_step
-from rnnquant.models import build, fingerprint
 from rnnquant.zoo import MODELS_DIR
 
 sys.path.insert(0, str(Path(__file__).parent))
-from step_latency import SHAPES  # noqa: E402
+from step_latency import shape_model  # noqa: E402
 
 
 def main() -> None:
@@ -32,9 +30,7 @@ def main() -> None:
     ap.add_argument("--lengths", type=int, nargs="+", default=[16, 128])
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    torch.manual_seed(0)
-    model = build(SHAPES["mamba"]).eval()
-    model.fingerprint = fingerprint(model)
+    model = shape_model("mamba")
     default = ssm.SCAN_CHUNK_DOUBLINGS
     sessions = {}
     with tempfile.TemporaryDirectory() as td:

@@ -11,32 +11,25 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from rnnquant.calibrate import CalibConfig, calibrate, calibration_batches
 from rnnquant.exporters.onnx_export import export_step
-from rnnquant.models import build, fingerprint
 from rnnquant.quant import PRESETS, quantize
 from rnnquant.zoo import MODELS_DIR
 
 sys.path.insert(0, str(Path(__file__).parent))
-from step_latency import SHAPES  # noqa: E402
+from step_latency import shape_model, static_int8  # noqa: E402
 
 
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    model = build(SHAPES["mamba"]).eval()
-    model.fingerprint = fingerprint(model)
+    model = shape_model("mamba")
     tok = MODELS_DIR / "tokenizer.json"
     export_step(model, out / "fp32.onnx", tok, prefill=False)
     quantize_dynamic(str(out / "fp32.onnx"), str(out / "ort_dyn.onnx"), weight_type=QuantType.QInt8)
     export_step(quantize(model, PRESETS["w8a8-dynamic"]), out / "w8.onnx", tok, prefill=False)
     export_step(quantize(model, PRESETS["w4a16-rtn"]), out / "w4.onnx", tok, prefill=False)
-    ids = torch.randint(0, model.vocab_size, (8 * 128,), generator=torch.Generator().manual_seed(0))
-    calib = calibrate(model, ids, CalibConfig(samples=8, seq_len=128))
-    export_step(quantize(model, PRESETS["w8a8-smooth"], calib, calibration_batches(ids, 8, 128, 4)), out / "w8s.onnx", tok, prefill=False)
+    export_step(static_int8(model), out / "w8s.onnx", tok, prefill=False)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,22 @@ SHAPES = {
 }
 
 
+def shape_model(arch: str = "mamba"):
+    """The random-initialised model at ``SHAPES[arch]`` every shape benchmark times (seed 0)."""
+    torch.manual_seed(0)
+    model = build(SHAPES[arch]).eval()
+    model.fingerprint = fingerprint(model)
+    return model
+
+
+def static_int8(model):
+    """w8a8-smooth with static scales calibrated on 8 x 128 random tokens: right for timing a
+    static-activation int8 graph, meaningless for accuracy."""
+    ids = torch.randint(0, model.vocab_size, (8 * 128,), generator=torch.Generator().manual_seed(0))
+    calib = calibrate(model, ids, CalibConfig(samples=8, seq_len=128))
+    return quantize(model, PRESETS["w8a8-smooth"], calib, calibration_batches(ids, 8, 128, 4))
+
+
 def read_bandwidth_gbs(mb: int = 1024, reps: int = 5) -> float:
     a = np.ones(mb * 2**20 // 8)
     a.sum()
@@ -105,11 +121,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--tokens", type=int, default=64)
     args = ap.parse_args()
-    torch.manual_seed(0)
-    cfg = SHAPES[args.arch]
-    model = build(cfg).eval()
-    model.fingerprint = fingerprint(model)
-    results = {"arch": args.arch, "config": cfg, "params": model.num_parameters(), "rows": []}
+    model = shape_model(args.arch)
+    results = {"arch": args.arch, "config": SHAPES[args.arch], "params": model.num_parameters(), "rows": []}
     bw = read_bandwidth_gbs()
     results["read_bandwidth_gbs"] = bw
     print(f"{args.arch}: {model.num_parameters() / 1e6:.1f}M params; read bandwidth {bw:.1f} GB/s", flush=True)
@@ -122,10 +135,7 @@ def main() -> None:
         paths["ORT quantize_dynamic (int8)"] = td / "ort_dyn.onnx"
         paths["rnnquant w8a8-dynamic"] = export_step(quantize(model, PRESETS["w8a8-dynamic"]), td / "w8.onnx", MODELS_DIR / "tokenizer.json", prefill=False)
         if args.arch == "mamba":
-            ids = torch.randint(0, model.vocab_size, (8 * 128,), generator=torch.Generator().manual_seed(0))
-            calib = calibrate(model, ids, CalibConfig(samples=8, seq_len=128))
-            smooth = quantize(model, PRESETS["w8a8-smooth"], calib, calibration_batches(ids, 8, 128, 4))
-            paths["rnnquant w8a8-smooth (static)"] = export_step(smooth, td / "w8s.onnx", MODELS_DIR / "tokenizer.json", prefill=False)
+            paths["rnnquant w8a8-smooth (static)"] = export_step(static_int8(model), td / "w8s.onnx", MODELS_DIR / "tokenizer.json", prefill=False)
         paths["rnnquant w4a16-rtn"] = export_step(quantize(model, PRESETS["w4a16-rtn"]), td / "w4.onnx", MODELS_DIR / "tokenizer.json", prefill=False)
         paths["rnnquant w4a8-rtn"] = export_step(quantize(model, W4A8_RTN), td / "w4a8.onnx", MODELS_DIR / "tokenizer.json", prefill=False)
         ggufs = llamacpp.to_gguf(model, td) if args.arch == "mamba" and llamacpp.available() else {}
@@ -135,7 +145,7 @@ def main() -> None:
             for name, p in paths.items():
                 row["ms"][name] = measure_in_process(p, args.tokens, threads)["latency_ms"]["p50"]
             if args.arch == "mamba":
-                row["ms"]["HF transformers fp32"] = hf_latency(cfg, model.state_dict(), args.tokens, threads)
+                row["ms"]["HF transformers fp32"] = hf_latency(SHAPES[args.arch], model.state_dict(), args.tokens, threads)
             for q, g in ggufs.items():
                 row["ms"][f"llama.cpp {q}"] = llamacpp.decode_ms(g, threads, args.tokens)
             row["floor_ms"] = {f"{b}-bit": 1e3 * n / (bw * 1e9) for b, n in floors.items()}
