@@ -74,8 +74,8 @@ class ArchSpec:
     states: list[StateSpec] = field(default_factory=list)
     embedding: str = ""  # the token embedding module (tied to lm_head when the config says so)
     channel_groups: dict[str, ChannelGroup] = field(default_factory=dict)  # structurally prunable widths
-    residual_layers: list[str] = field(default_factory=list)  # removable blocks of a residual stream
-    residual_inputs: list[str] = field(default_factory=list)  # modules whose input is the stream before each block, then after the last
+    layer_stack: list[str] = field(default_factory=list)  # the blocks, in order (a block that keeps the width is removable)
+    layer_inputs: list[str] = field(default_factory=list)  # modules whose input is the stream before each block, then after the last
 
 
 class RecurrentLM(nn.Module):

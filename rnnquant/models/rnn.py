@@ -100,7 +100,9 @@ class _RNNLM(RecurrentLM):
             states += [StateSpec(f"{n}_{i}", (H,)) for n in self.state_names]
         linears |= {"proj": "proj", "lm_head": "lm_head"}
         hidden = ChannelGroup("hidden_size", [self._hidden_slices(i) for i in range(len(self.layers))])
-        return ArchSpec(linears, [], [], {}, ["embed.weight"], states, embedding="embed", channel_groups={"hidden": hidden})
+        stack = [f"layers.{i}" for i in range(len(self.layers))]
+        return ArchSpec(linears, [], [], {}, ["embed.weight"], states, embedding="embed", channel_groups={"hidden": hidden},
+                        layer_stack=stack, layer_inputs=[f"{b}.ih" for b in stack] + ["proj"])
 
     def _hidden_slices(self, i: int) -> ChannelLayer:
         """Hidden unit k of layer i: row k of every gate in ih/hh (weights and biases), column k of

@@ -113,24 +113,27 @@ def _channels(model, cfg: PruneConfig, calib):
 
 @torch.no_grad()
 def block_influence(model, batches) -> torch.Tensor:
-    """ShortGPT's BI_i = 1 - mean cos(x_i, x_{i+1}) over tokens: how much block i changes the stream."""
-    names = model.arch_spec().residual_inputs
+    """ShortGPT's BI_i = 1 - mean cos(x_i, x_{i+1}) over tokens: how much block i changes the stream
+    (residual or not). A block that changes the width has no BI (inf): it cannot be removed."""
+    names = model.arch_spec().layer_inputs
     seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     run_with_input_hooks(model, {n: (lambda x, n=n: seen[n].append(x.reshape(-1, x.shape[-1]))) for n in names}, batches)
     xs = [torch.cat(seen[n]) for n in names]
-    return torch.stack([1 - torch.nn.functional.cosine_similarity(xs[i], xs[i + 1], dim=-1).mean() for i in range(len(xs) - 1)])
+    cos = torch.nn.functional.cosine_similarity
+    return torch.tensor([1 - cos(a, b, dim=-1).mean().item() if a.shape == b.shape else float("inf") for a, b in zip(xs, xs[1:])])
 
 
 def _layers(model, cfg: PruneConfig, batches):
     spec = model.arch_spec()
-    if not spec.residual_layers:
-        raise RnnquantError(f"{model.model_type} has no residual blocks to remove (its layers are not on a residual stream)")
-    n = len(spec.residual_layers)
+    n = len(spec.layer_stack)
     if cfg.layers >= n:
         raise RnnquantError(f"layers:{cfg.layers} would remove every layer (the model has {n})")
     bi = block_influence(model, batches)
+    removable = int(bi.isfinite().sum())
+    if cfg.layers > removable:
+        raise RnnquantError(f"layers:{cfg.layers}: only {removable} of the {n} layers can be removed (the others change the width)")
     drop = set(bi.topk(cfg.layers, largest=False).indices.tolist())
-    prefix = spec.residual_layers[0].rsplit(".", 1)[0]  # e.g. backbone.layers
+    prefix = spec.layer_stack[0].rsplit(".", 1)[0]  # e.g. backbone.layers
     state, new_i = {}, {old: new for new, old in enumerate(i for i in range(n) if i not in drop)}
     for k, v in model.state_dict().items():
         if k.startswith(prefix + "."):

@@ -3,7 +3,7 @@
     magnitude:0.5   wanda:0.5   sparsegpt:0.5   wanda:2:4   sparsegpt:4:8     (unstructured / N:M, masked)
     channels:0.25   (structured: a quarter of Mamba's d_inner or of LSTM/GRU hidden units, removed)
     state:0.25      (structured: a quarter of Mamba's SSM state dimension d_state, removed)
-    layers:2        (structured: the 2 residual blocks with the lowest block influence, removed)
+    layers:2        (structured: the 2 blocks with the lowest block influence, removed; only blocks that keep the width)
 """
 from __future__ import annotations
 

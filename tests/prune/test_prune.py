@@ -147,10 +147,19 @@ def test_impossible_requests(spec, match):
         prune(m, parse_spec(spec), calib, batches)
 
 
-def test_layers_refused_for_non_residual():
+@torch.no_grad()
+def test_rnn_layer_removal_keeps_the_width():
+    """An LSTM stack has no residual, but a layer H -> H can go: h of the layer below feeds the next
+    one directly. Layer 0 (embed 24 -> hidden 32) changes the width, so it never goes."""
     m, calib, batches = _calibrated("lstm")
-    with pytest.raises(RnnquantError, match="no residual blocks"):
-        prune(m, parse_spec("layers:1"), calib, batches)
+    one = prune(m, parse_spec("layers:1"), calib, batches)
+    assert one.config["num_layers"] == 1 and one.pruned_layers == [1]
+    skipped = tiny_model("lstm")
+    skipped.layers = skipped.layers[:1]  # the same weights with layer 1 taken out by hand
+    ids = IDS[:64].view(2, 32)
+    assert (one(ids) - skipped(ids)).abs().max() <= 1e-6
+    with pytest.raises(RnnquantError, match="would remove every layer"):
+        prune(m, parse_spec("layers:2"), calib, batches)
 
 
 def test_cli_prune_then_quantize_and_export(capsys, tmp_path):
