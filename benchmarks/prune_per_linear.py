@@ -1,9 +1,16 @@
-"""Which Linear a pruning method loses on: prune one Linear at a time, test perplexity each.
+"""Which Linear a pruning method loses on, and why: prune one Linear at a time.
 
     python benchmarks/prune_per_linear.py [--model lstm-pydoc] [--methods magnitude wanda] [--sparsity 0.5]
 
-Same calibration as prune_table.py (64 x 512 train tokens); the head is never pruned. Writes
-benchmarks/results/prune_per_linear_<model>.json.
+For each Linear (never the head) and method, with only that Linear pruned:
+  ppl / delta_pct   test perplexity and its change
+  err_diag          the layer output error Wanda's score minimises: sum_ij dW_ij^2 E[x_j^2]
+  err_true          the real layer output error E||dW x||^2 = tr(dW C dW^T), C = E[x x^T]
+                    (err_true > err_diag where the input channels are correlated)
+  logit_mse         E||logits - dense logits||^2 over the calibration text: what the error costs
+                    after every later layer and the head
+dW is the removed part of W. Same calibration as prune_table.py (64 x 512 train tokens for the
+activation norms; 16 x 512 for C and the logits). Writes benchmarks/results/prune_per_linear_<model>.json.
 """
 from __future__ import annotations
 
@@ -14,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from rnnquant.calibrate import CalibConfig, calibrate
+from rnnquant.calibrate import CalibConfig, calibrate, calibration_batches
 from rnnquant.eval import perplexity_ids
 from rnnquant.models import load
-from rnnquant.prune.apply import _rms
+from rnnquant.prune.apply import _hessians, _rms
 from rnnquant.prune.masks import magnitude_mask, wanda_mask
 from rnnquant.zoo.corpus import split_text
 
@@ -31,6 +38,18 @@ def pruned_one(model, name: str, method: str, sparsity: float, calib):
     return p
 
 
+@torch.no_grad()
+def layer_errors(w: torch.Tensor, w_pruned: torch.Tensor, C: torch.Tensor) -> dict[str, float]:
+    dW = (w - w_pruned).double()  # [out, in]
+    C = C.double()
+    return {"err_diag": float((dW**2 * C.diag()).sum()), "err_true": float(torch.einsum("oi,ij,oj->", dW, C, dW))}
+
+
+@torch.no_grad()
+def logit_mse(model, pruned, batches) -> float:
+    return float(torch.cat([(pruned(b) - model(b)).pow(2).sum(-1).flatten() for b in batches]).mean())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="lstm-pydoc")
@@ -42,15 +61,21 @@ def main() -> None:
     train = torch.tensor(model.tokenizer.encode(split_text("train")).ids)
     test = torch.tensor(model.tokenizer.encode(split_text("test")).ids)
     calib = calibrate(model, train, CalibConfig(samples=64, seq_len=512))
+    batches = calibration_batches(train, 16, 512, 8)
+    names = [n for n, role in model.arch_spec().linears.items() if role != "lm_head"]
+    C = {n: 0.5 * acc.hessian() for n, acc in _hessians(model, names, batches).items()}  # H = 2 C
     base = perplexity_ids(model, test, window=512).ppl
+    mods = dict(model.named_modules())
     rows = []
-    for name, role in model.arch_spec().linears.items():
-        if role == "lm_head":
-            continue
+    for name in names:
         for method in args.methods:
-            ppl = perplexity_ids(pruned_one(model, name, method, args.sparsity, calib), test, window=512).ppl
-            rows.append({"linear": name, "method": method, "ppl": ppl, "delta_pct": 100 * (ppl / base - 1)})
-            print(f"{name:16} {method:10} ppl {ppl:8.3f}  ({rows[-1]['delta_pct']:+.2f} %)", flush=True)
+            p = pruned_one(model, name, method, args.sparsity, calib)
+            ppl = perplexity_ids(p, test, window=512).ppl
+            row = {"linear": name, "method": method, "ppl": ppl, "delta_pct": 100 * (ppl / base - 1)}
+            row |= layer_errors(mods[name].weight, dict(p.named_modules())[name].weight, C[name]) | {"logit_mse": logit_mse(model, p, batches)}
+            rows.append(row)
+            print(f"{name:32} {method:10} ppl {ppl:8.3f} ({row['delta_pct']:+6.2f} %)  err diag {row['err_diag']:9.3f}  "
+                  f"true {row['err_true']:9.3f}  logit mse {row['logit_mse']:9.2f}", flush=True)
     out = Path(__file__).parent / "results" / f"prune_per_linear_{args.model}.json"
     out.write_text(json.dumps({"base_ppl": base, "sparsity": args.sparsity, "rows": rows}, indent=1) + "\n")
 

@@ -1,13 +1,14 @@
 """Perplexity of pruned zoo models, masked and structural, and what structural pruning saves in
 the exported step graph (docs/RESULTS.md).
 
-    python benchmarks/prune_table.py [--models mamba-pydoc lstm-pydoc] [--threads 2]
+    python benchmarks/prune_table.py [--models mamba-pydoc lstm-pydoc] [--threads 2] [--specs SPEC ...]
 
 Unstructured rows (magnitude / Wanda / SparseGPT at 25 % and 50 %, 2:4) zero weights of every
 Linear but the head: masked sparsity, no smaller file. Structural rows remove 10 % / 25 % of
-Mamba's d_inner (LSTM: hidden units) and 1 / 2 Mamba layers; for those the float step graph is
-exported and its size and per-token latency (1 thread, own process) compared with the unpruned
-graph's. Writes benchmarks/results/prune_table.json.
+Mamba's d_inner (LSTM: hidden units), 1 / 2 Mamba layers and the LSTM's one removable layer; for
+those the float step graph is exported and its size and per-token latency (1 thread, own process)
+compared with the unpruned graph's. ``:owl`` rows take per-layer sparsities from OWL. Writes
+benchmarks/results/prune_table.json; with --specs, only those rows are (re)measured and merged in.
 """
 from __future__ import annotations
 
@@ -28,8 +29,9 @@ from rnnquant.prune.config import STRUCTURED_GROUPS
 from rnnquant.zoo.corpus import split_text
 
 OUT = Path(__file__).parent / "results" / "prune_table.json"
-UNSTRUCTURED = ["magnitude:0.25", "wanda:0.25", "sparsegpt:0.25", "magnitude:0.5", "wanda:0.5", "sparsegpt:0.5", "magnitude:2:4", "wanda:2:4", "sparsegpt:2:4"]
-STRUCTURAL = {"mamba": ["channels:0.1", "channels:0.25", "state:0.25", "state:0.5", "layers:1", "layers:2"], "lstm": ["channels:0.1", "channels:0.25"]}
+UNSTRUCTURED = ["magnitude:0.25", "wanda:0.25", "sparsegpt:0.25", "magnitude:0.5", "wanda:0.5", "sparsegpt:0.5",
+                "magnitude:0.5:owl", "wanda:0.5:owl", "sparsegpt:0.5:owl", "magnitude:2:4", "wanda:2:4", "sparsegpt:2:4"]
+STRUCTURAL = {"mamba": ["channels:0.1", "channels:0.25", "state:0.25", "state:0.5", "layers:1", "layers:2"], "lstm": ["channels:0.1", "channels:0.25", "layers:1"]}
 
 
 def latency(path: Path) -> float:
@@ -40,6 +42,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["mamba-pydoc", "lstm-pydoc"])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--specs", nargs="+", help="Only these specs (the unpruned row is always re-measured); merged into the JSON.")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
@@ -55,7 +58,7 @@ def main() -> None:
             base_ms = latency(base_path)
             rows.append({"model": name, "spec": "none", "ppl": base, "delta_pct": 0.0, "onnx_bytes": base_path.stat().st_size, "step_ms": base_ms})
             print(f"{name:12} none            ppl {base:8.3f}  onnx {base_path.stat().st_size / 2**20:.2f} MiB  {base_ms:.3f} ms", flush=True)
-            for spec in UNSTRUCTURED + STRUCTURAL[model.model_type]:
+            for spec in [s for s in UNSTRUCTURED + STRUCTURAL[model.model_type] if not args.specs or s in args.specs]:
                 p = prune(model, parse_spec(spec), calib, batches)
                 ppl = perplexity_ids(p, test, window=512).ppl
                 row = {"model": name, "spec": spec, "ppl": ppl, "delta_pct": 100 * (ppl / base - 1)} | p.prune_report
@@ -67,6 +70,10 @@ def main() -> None:
                 extra = f"  onnx -{row['onnx_smaller_pct']:.1f}%  step {row['step_ms']:.3f} ms (-{row['faster_pct']:.1f}%)" if "onnx_bytes" in row else ""
                 print(f"{name:12} {spec:15} ppl {ppl:8.3f} ({row['delta_pct']:+6.2f}%)  masked {row['masked_sparsity_pct']:5.1f}%  "
                       f"structural {row['structural_reduction_pct']:5.1f}%{extra}", flush=True)
+    if args.specs and OUT.exists():  # keep the rows not re-measured, in their order
+        new = {(r["model"], r["spec"]): r for r in rows}
+        old = json.loads(OUT.read_text())["rows"]
+        rows = [new.pop((r["model"], r["spec"]), r) for r in old] + list(new.values())
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps({"rows": rows, "args": vars(args)}, indent=2) + "\n")
 

@@ -223,38 +223,62 @@ def quantize(model, recipe, calib, data, samples, seq_len, prune_spec, out, forc
 
 @cli.command()
 @click.argument("model")
-@click.option("--method", type=click.Choice(["magnitude", "wanda", "sparsegpt", "channels", "state", "layers"]), required=True)
-@click.option("--sparsity", type=float, default=0.5, show_default=True, help="Fraction removed (unstructured and channels).")
+@click.option("--method", type=click.Choice(["magnitude", "wanda", "sparsegpt", "channels", "state", "layers"]), help="Pruning method (or --config FILE).")
+@click.option("--sparsity", type=float, default=0.5, show_default=True, help="Fraction removed (unstructured: the mean over pruned Linears; channels).")
 @click.option("--nm", help="N:M pattern instead of --sparsity, e.g. 2:4.")
 @click.option("--layers", "n_layers", type=int, default=1, show_default=True, help="Layers removed (--method layers).")
-@click.option("--calib", type=click.Path(file_okay=False), help="Calibration directory (wanda, channels, state).")
+@click.option("--profile", type=click.Choice(["uniform", "owl"]), default="uniform", show_default=True,
+              help="Per-layer sparsity: the same everywhere, or OWL (layers with more activation outliers pruned less).")
+@click.option("--owl-m", type=float, default=5.0, show_default=True, help="OWL: a score is an outlier above M x its layer's mean.")
+@click.option("--owl-lambda", type=float, default=0.08, show_default=True, help="OWL: layer sparsities spread over 2 x lambda around --sparsity.")
+@click.option("--layer-sparsity", "layer_sparsity", multiple=True, metavar="PATTERN=S",
+              help="Override the sparsity of Linears matching an fnmatch pattern (repeatable; last wins; 0 keeps them dense).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="A .json/.yaml PruneConfig instead of the flags above.")
+@click.option("--calib", type=click.Path(file_okay=False), help="Calibration directory (wanda, owl, channels, state).")
 @click.option("--data", type=click.Path(dir_okay=False), help="Text for SparseGPT Hessians / block influence (default for zoo models: the train split).")
 @click.option("--samples", default=32, show_default=True)
 @click.option("--seq-len", default=256, show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @click.option("--force", is_flag=True)
-def prune(model, method, sparsity, nm, n_layers, calib, data, samples, seq_len, out, force):
+def prune(model, method, sparsity, nm, n_layers, profile, owl_m, owl_lambda, layer_sparsity, config_file, calib, data, samples, seq_len, out, force):
     """Prune a model: masked (magnitude, Wanda, SparseGPT, N:M) or structural (channels, state, layers).
 
-    Writes a float checkpoint; structural pruning shrinks its config and matrices. Prints
-    masked sparsity and structural savings separately.
+    Writes a float checkpoint (and prune_report.json: the config and what it removed); structural
+    pruning shrinks its config and matrices. Prints masked sparsity and structural savings separately.
 
     \b
     Example:
       rnnquant prune mamba-pydoc --calib calib/ --method wanda --sparsity 0.5 --out mamba-wanda50/
+      rnnquant prune lstm-pydoc --calib calib/ --method wanda --profile owl --out lstm-owl50/
+      rnnquant prune lstm-pydoc --calib calib/ --method magnitude --layer-sparsity 'proj=0.3' --out lstm-m50/
       rnnquant prune mamba-pydoc --calib calib/ --method channels --sparsity 0.25 --out mamba-ch25/
     """
     from .io import save_checkpoint
-    from .prune import parse_spec
+    from .prune import PruneConfig, parse_spec
 
     if Path(out).exists() and not force:
         raise RnnquantError(f"{out} already exists (use --force to overwrite)")
-    spec = f"layers:{n_layers}" if method == "layers" else f"{method}:{nm}" if nm else f"{method}:{sparsity}"
+    if config_file:
+        cfg = parse_spec(config_file)
+    elif method is None:
+        raise RnnquantError("prune needs --method or --config FILE")
+    else:
+        base = parse_spec(f"layers:{n_layers}" if method == "layers" else f"{method}:{nm}" if nm else f"{method}:{sparsity}")
+        cfg = PruneConfig.from_dict(base.to_dict() | {"profile": profile, "owl_m": owl_m, "owl_lambda": owl_lambda,
+                                                      "layer_sparsity": [_pattern_value(x) for x in layer_sparsity]})
     m = _model(model)
-    p = _pruned(m, parse_spec(spec), calib, data, samples, seq_len)
+    p = _pruned(m, cfg, calib, data, samples, seq_len)
     save_checkpoint(p, out, Path(m.source) / "tokenizer.json", force=force)
     _echo_prune(p)
     click.echo(f"wrote {Path(out)}/")
+
+
+def _pattern_value(text: str) -> tuple[str, float]:
+    pattern, _, value = text.rpartition("=")
+    try:
+        return pattern, float(value)
+    except ValueError:
+        raise RnnquantError(f"bad --layer-sparsity {text!r}: expected PATTERN=SPARSITY, e.g. 'proj=0.3'") from None
 
 
 def _echo_prune(p) -> None:
@@ -262,6 +286,8 @@ def _echo_prune(p) -> None:
     click.echo(f"{r['spec']}: masked sparsity {r['masked_sparsity_pct']:.1f}% of pruned Linears; "
                f"structural {r['params_before'] / 1e6:.2f}M -> {r['params_after'] / 1e6:.2f}M params ({r['structural_reduction_pct']:.1f}% removed); "
                f"{r['nonzero_params'] / 1e6:.2f}M nonzero. {r['note']}.")
+    if r["config"]["profile"] != "uniform" or r["config"]["layer_sparsity"]:
+        click.echo("per Linear: " + ", ".join(f"{n} {v:.1f}%" for n, v in r["masked_sparsity_pct_per_linear"].items()))
 
 
 @cli.command()

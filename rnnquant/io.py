@@ -80,3 +80,22 @@ def save_checkpoint(model, out_dir, tokenizer_path=None, force: bool = True) -> 
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
         if tokenizer_path is not None:
             shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
+        if getattr(model, "prune_report", None):
+            (tmp / "prune_report.json").write_text(json.dumps(model.prune_report, indent=1, sort_keys=True) + "\n")
+
+
+def read_mapping(path: Path, what: str) -> dict:
+    """A .json or .yaml file's top-level mapping; any parse failure is one ``RnnquantError`` line."""
+    try:
+        text = Path(path).read_text("utf-8")
+        if Path(path).suffix in (".yaml", ".yml"):
+            import yaml
+
+            d = yaml.safe_load(text)
+        else:
+            d = json.loads(text)
+    except Exception as e:  # noqa: BLE001 - any read or parse failure is a bad file
+        raise RnnquantError(f"{path}: cannot parse {what} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if not isinstance(d, dict):
+        raise RnnquantError(f"{path}: expected a mapping")
+    return d

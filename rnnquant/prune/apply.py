@@ -7,6 +7,7 @@ layers and rebuilds the model with a smaller config (real savings, measured by `
 from __future__ import annotations
 
 import copy
+from fnmatch import fnmatch
 
 import torch
 
@@ -14,7 +15,7 @@ from ..errors import RnnquantError
 from ..models import build, fingerprint
 from ..quant.gptq import HessianAccumulator
 from .config import STRUCTURED_GROUPS, UNSTRUCTURED, PruneConfig
-from .masks import magnitude_mask, sparsegpt_prune, wanda_mask
+from .masks import magnitude_mask, owl_sparsities, sparsegpt_prune, wanda_mask
 
 
 def _rms(calib, point: str) -> torch.Tensor:
@@ -46,6 +47,30 @@ def _hessians(model, names, batches) -> dict[str, HessianAccumulator]:
     return acc
 
 
+def layer_sparsities(model, cfg: PruneConfig, calib, names: list[str]) -> dict[str, float]:
+    """Linear -> sparsity: uniform or OWL per block (Linears outside the layer stack, e.g. the
+    LSTM's proj, are a block each), then the config's explicit overrides."""
+    out = dict.fromkeys(names, cfg.sparsity)
+    if cfg.profile == "owl":
+        stack = model.arch_spec().layer_stack
+        block = {n: next((b for b in stack if n.startswith(b + ".")), n) for n in names}
+        mods = dict(model.named_modules())
+        scores: dict[str, list[torch.Tensor]] = {}
+        for n in names:
+            scores.setdefault(block[n], []).append((mods[n].weight.abs() * _rms(calib, f"{n}.input")).flatten())
+        per_block = owl_sparsities({b: torch.cat(v) for b, v in scores.items()}, cfg.sparsity, cfg.owl_m, cfg.owl_lambda)
+        for b, s in per_block.items():
+            if not 0 <= s < 1:
+                raise RnnquantError(f"owl_lambda {cfg.owl_lambda:g} gives {b} sparsity {s:.3f}, outside [0, 1); use a smaller owl_lambda")
+        out = {n: per_block[block[n]] for n in names}
+    for pattern, s in cfg.layer_sparsity:
+        hits = [n for n in names if fnmatch(n, pattern)]
+        if not hits:
+            raise RnnquantError(f"layer_sparsity pattern {pattern!r} matches none of the {len(names)} pruned Linears ({', '.join(names[:3])}, ...)")
+        out |= dict.fromkeys(hits, s)
+    return out
+
+
 @torch.no_grad()
 def _unstructured(model, cfg: PruneConfig, calib, batches):
     mods = dict(model.named_modules())
@@ -54,15 +79,17 @@ def _unstructured(model, cfg: PruneConfig, calib, batches):
         for n in names:
             if mods[n].in_features % cfg.nm[1]:
                 raise RnnquantError(f"N:M {cfg.nm[0]}:{cfg.nm[1]}: M does not divide {n}'s {mods[n].in_features} input features")
+    sparsity = layer_sparsities(model, cfg, calib, names)
+    names = [n for n in names if sparsity[n] > 0 or cfg.nm is not None]
     hess = _hessians(model, names, batches) if cfg.method == "sparsegpt" else {}
     for n in names:
-        w = mods[n].weight
+        w, s = mods[n].weight, sparsity[n]
         if cfg.method == "magnitude":
-            w.mul_(magnitude_mask(w, cfg.sparsity, cfg.nm))
+            w.mul_(magnitude_mask(w, s, cfg.nm))
         elif cfg.method == "wanda":
-            w.mul_(wanda_mask(w, _rms(calib, f"{n}.input"), cfg.sparsity, cfg.nm))
+            w.mul_(wanda_mask(w, _rms(calib, f"{n}.input"), s, cfg.nm))
         else:
-            w.copy_(sparsegpt_prune(w, hess[n].hessian(), cfg.sparsity, cfg.nm)[0])
+            w.copy_(sparsegpt_prune(w, hess[n].hessian(), s, cfg.nm)[0])
     return model
 
 
@@ -153,8 +180,8 @@ def prune(model, cfg: PruneConfig, calib=None, batches=None):
     """A pruned copy of ``model``. Wanda and structured pruning read ``calib``; SparseGPT and layer
     removal need ``batches`` (token id tensors [B, T])."""
     cfg.validate()
-    if cfg.method in ("wanda", *STRUCTURED_GROUPS) and calib is None:
-        raise RnnquantError(f"pruning method {cfg.method!r} needs calibration statistics (--calib DIR)")
+    if (cfg.method in ("wanda", *STRUCTURED_GROUPS) or cfg.profile == "owl") and calib is None:
+        raise RnnquantError(f"pruning {cfg.label} needs calibration statistics (--calib DIR)")
     if cfg.method in ("sparsegpt", "layers") and not batches:
         raise RnnquantError(f"pruning method {cfg.method!r} needs calibration text")
     src = copy.deepcopy(model)
@@ -182,14 +209,17 @@ def accounting(before, after, cfg: PruneConfig) -> dict:
     lin_a = [dict(after.named_modules())[n].weight for n in _targets(after, cfg)]
     lin_zero = sum(int((w == 0).sum()) for w in lin_a)
     lin_total = sum(w.numel() for w in lin_a)
+    per_linear = {n: round(100 * float((w == 0).float().mean()), 2) for n, w in zip(_targets(after, cfg), lin_a)}
     return {
         "spec": cfg.label,
+        "config": cfg.to_dict(),
         "params_before": total_b,
         "params_after": total_a,
         "structural_reduction_pct": 100 * (1 - total_a / total_b),
         "nonzero_params": nonzero,
         "masked_sparsity_pct": 100 * lin_zero / lin_total if lin_total else 0.0,
         "dense_bytes_fp32": 4 * total_a,
+        "masked_sparsity_pct_per_linear": per_linear if cfg.method in UNSTRUCTURED else {},
         "note": "masked zeros are stored dense: no smaller file and no ONNX Runtime speed-up" if cfg.method in UNSTRUCTURED else
                 "structural: the matrices and the exported graph are smaller",
     }

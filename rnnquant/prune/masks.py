@@ -6,6 +6,10 @@ Glossary:
     SparseGPT (Frantar & Alistarh 2023): OBS pruning column block by column block, with the
         error of each pruned weight pushed onto the unpruned columns through H^-1, H = 2 X^T X / n
     N:M: in every group of M consecutive input weights of a row, keep the N largest scores
+    OWL (Yin et al. 2024): per layer l, D_l = share of its Wanda scores above M x their mean (the
+        outlier ratio); layers with more outliers are pruned less: S_l = S - (D'_l - mean D'),
+        D' = D rescaled to [0, 2 lambda]. We take the mean weighted by layer size, so the pruned
+        share of all weights stays S (llm-compressor's OWL takes the plain mean).
 """
 from __future__ import annotations
 
@@ -64,3 +68,13 @@ def sparsegpt_prune(w: torch.Tensor, H: torch.Tensor, sparsity: float, nm=None, 
         keep[:, i1:i2] = keep1
         W[:, i2:] -= Err @ U[i1:i2, i2:]
     return W * keep, keep
+
+
+def owl_sparsities(scores: dict[str, torch.Tensor], sparsity: float, m: float, lam: float) -> dict[str, float]:
+    """scores: layer -> all its Wanda scores (flat). Returns layer -> sparsity (see OWL above)."""
+    ratio = {k: float((v > m * v.mean()).float().mean()) for k, v in scores.items()}
+    lo, hi = min(ratio.values()), max(ratio.values())
+    scaled = {k: (r - lo) / (hi - lo) * 2 * lam if hi > lo else 0.0 for k, r in ratio.items()}
+    size = {k: v.numel() for k, v in scores.items()}
+    mean = sum(scaled[k] * size[k] for k in scores) / sum(size.values())
+    return {k: sparsity - (scaled[k] - mean) for k in scores}

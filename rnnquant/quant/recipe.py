@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..errors import RnnquantError
+from ..io import read_mapping
 
 GRANULARITIES = ("tensor", "channel", "group")
 CLIPS = ("absmax", "p99", "p99.9", "p99.99", "auto")
@@ -141,14 +142,5 @@ def load_recipe(name_or_path: str) -> Recipe:
     p = Path(name_or_path)
     if not p.is_file():
         raise RnnquantError(f"unknown recipe {name_or_path!r}: not a preset ({', '.join(PRESETS)}) nor a file")
-    try:
-        text = p.read_text("utf-8")
-        if p.suffix in (".yaml", ".yml"):
-            import yaml
-
-            d = yaml.safe_load(text)
-        else:
-            d = json.loads(text)
-    except Exception as e:  # noqa: BLE001 - any parse failure is a bad recipe file
-        raise RnnquantError(f"{p}: cannot parse recipe ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    d = read_mapping(p, "recipe")
     return Recipe.from_dict(d, where=str(p))

@@ -1,6 +1,8 @@
 """Pruning: structured removal equals zeroing, N:M masks hold, accounting is exact, bad requests refused."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -8,7 +10,9 @@ from rnnquant.calibrate import CalibConfig, calibrate, calibration_batches
 from rnnquant.errors import RnnquantError
 from rnnquant.models import fingerprint
 from rnnquant.prune import parse_spec, prune, remove_channels
-from rnnquant.prune.masks import magnitude_mask, sparsegpt_prune, wanda_mask
+from rnnquant.prune import PruneConfig
+from rnnquant.prune.apply import layer_sparsities
+from rnnquant.prune.masks import magnitude_mask, owl_sparsities, sparsegpt_prune, wanda_mask
 from rnnquant.quant.gptq import HessianAccumulator
 from tests.conftest import tiny_model
 
@@ -139,12 +143,58 @@ def test_structured_prune_shrinks_and_layers_drop():
     "spec, match",
     [("wanda:1.0", "sparsity must be in"), ("wanda:0", "sparsity must be in"), ("layers:2", "would remove every layer"),
      ("magnitude:3:4:5", "bad --prune spec"), ("wanda:4:2", "needs 0 < N < M"), ("voodoo:0.5", "unknown pruning method"),
-     ("magnitude:3:7", "does not divide")],
+     ("magnitude:3:7", "does not divide"), ("channels:0.25:owl", "per-layer sparsity needs"), ("wanda:0.5:owlx", "bad --prune spec")],
 )
 def test_impossible_requests(spec, match):
     m, calib, batches = _calibrated("mamba")
     with pytest.raises(RnnquantError, match=match):
         prune(m, parse_spec(spec), calib, batches)
+
+
+def test_owl_sparsities_keep_the_weighted_mean_and_spare_outlier_layers():
+    g = torch.Generator().manual_seed(0)
+    flat = torch.rand(3000, generator=g)
+    spiky = torch.cat([torch.rand(900, generator=g), 50 + torch.rand(100, generator=g)])  # 10 % outliers
+    mild = torch.cat([torch.rand(1980, generator=g), 50 + torch.rand(20, generator=g)])  # 1 %
+    s = owl_sparsities({"flat": flat, "spiky": spiky, "mild": mild}, 0.5, m=5, lam=0.1)
+    assert s["spiky"] < s["mild"] < s["flat"]
+    assert s["flat"] - s["spiky"] == pytest.approx(0.2)  # the full 2 x lambda spread
+    assert (3000 * s["flat"] + 1000 * s["spiky"] + 2000 * s["mild"]) / 6000 == pytest.approx(0.5)
+    assert owl_sparsities({"a": flat, "b": flat.clone()}, 0.4, 5, 0.1) == {"a": pytest.approx(0.4), "b": pytest.approx(0.4)}
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+def test_owl_profile_prunes_per_block_at_the_requested_mean(method):
+    m, calib, batches = _calibrated("lstm")
+    cfg = parse_spec(f"{method}:0.5:owl")
+    names = [n for n, role in m.arch_spec().linears.items() if role != "lm_head"]
+    want = layer_sparsities(m, cfg, calib, names)
+    assert want["layers.0.ih"] == want["layers.0.hh"] and want["layers.1.ih"] == want["layers.1.hh"]  # one block, one sparsity
+    assert len(set(want.values())) == 3  # layers.0, layers.1 and proj differ
+    r = prune(m, cfg, calib, batches).prune_report
+    mods = dict(m.named_modules())
+    for n, got in r["masked_sparsity_pct_per_linear"].items():  # each row keeps round(in x (1 - s)) weights
+        assert got == pytest.approx(100 * want[n], abs=50 / mods[n].in_features + 0.01)
+    assert r["masked_sparsity_pct"] == pytest.approx(50, abs=1)
+
+
+def test_layer_sparsity_overrides_and_config_files(tmp_path):
+    m, calib, batches = _calibrated("lstm")
+    cfg = PruneConfig("magnitude", 0.5, layer_sparsity=(("layers.*", 0.75), ("proj", 0.0)))
+    per = prune(m, cfg, calib, batches).prune_report["masked_sparsity_pct_per_linear"]
+    assert per["proj"] == 0 and all(per[f"layers.{i}.{k}"] == 75 for i in (0, 1) for k in ("ih", "hh"))
+    (tmp_path / "p.yaml").write_text("method: wanda\nsparsity: 0.5\nprofile: owl\nlayer_sparsity: {proj: 0.25}\n")
+    (tmp_path / "p.json").write_text(json.dumps(parse_spec(str(tmp_path / "p.yaml")).to_dict()))
+    assert parse_spec(str(tmp_path / "p.json")) == PruneConfig("wanda", 0.5, profile="owl", layer_sparsity=(("proj", 0.25),))
+    with pytest.raises(RnnquantError, match="matches none of the 5 pruned Linears"):
+        prune(m, PruneConfig("magnitude", 0.5, layer_sparsity=(("mixer.*", 0.3),)), calib, batches)
+    (tmp_path / "bad.json").write_text('{"method": "wanda", "sparsity": 0.5, "sparsty": 1}')
+    with pytest.raises(RnnquantError, match="unknown field 'sparsty'"):
+        parse_spec(str(tmp_path / "bad.json"))
+    with pytest.raises(RnnquantError, match="needs calibration statistics"):
+        prune(m, parse_spec("magnitude:0.5:owl"), None, batches)
+    with pytest.raises(RnnquantError, match="outside \\[0, 1\\); use a smaller owl_lambda"):
+        prune(m, PruneConfig("wanda", 0.1, profile="owl", owl_lambda=0.3), calib, batches)
 
 
 @torch.no_grad()
@@ -182,4 +232,12 @@ def test_cli_prune_then_quantize_and_export(capsys, tmp_path):
     assert code == 0, err
     assert "masked sparsity 50.0%" in out
     assert_one_line_error(capsys, "prune", d, "--method", "wanda", "--sparsity", 1.5, "--calib", tmp_path / "c", "--out", tmp_path / "x", match="sparsity must be in")
+    assert_one_line_error(capsys, "prune", d, "--method", "wanda", "--layer-sparsity", "in_proj", "--calib", tmp_path / "c", "--out", tmp_path / "x", match="bad --layer-sparsity")
+    assert_one_line_error(capsys, "prune", d, "--calib", tmp_path / "c", "--out", tmp_path / "x", match="needs --method or --config")
     assert not (tmp_path / "x").exists()
+    code, out, err = run_cli(capsys, "prune", d, "--calib", tmp_path / "c", "--method", "wanda", "--profile", "owl",
+                             "--layer-sparsity", "*.out_proj=0", "--out", tmp_path / "owl")
+    assert code == 0, err
+    assert "per Linear: " in out and "backbone.layers.0.mixer.out_proj 0.0%" in out
+    report = json.loads((tmp_path / "owl" / "prune_report.json").read_text())
+    assert report["config"]["profile"] == "owl" and report["config"]["layer_sparsity"] == {"*.out_proj": 0.0}
