@@ -92,11 +92,13 @@ class PruneConfig:
 
 
 def parse_spec(spec: str) -> PruneConfig:
-    """``METHOD:SPARSITY[:owl]``, ``METHOD:N:M``, ``layers:K`` or a .json / .yaml PruneConfig file."""
+    """``METHOD:SPARSITY[:owl]``, ``METHOD:N:M``, ``layers:K``, or a .json / .yaml PruneConfig file
+    (or the prune_report.json of an earlier run, to repeat it)."""
     if spec.endswith((".json", ".yaml", ".yml")):
         if not Path(spec).is_file():
             raise RnnquantError(f"prune config {spec} does not exist")
-        return PruneConfig.from_dict(read_mapping(Path(spec), "prune config"), where=spec)
+        d = read_mapping(Path(spec), "prune config")
+        return PruneConfig.from_dict(d.get("config", d) if "masked_sparsity_pct" in d else d, where=spec)  # a prune_report.json: its config
     parts = spec.split(":")
     try:
         if parts[0] == "layers" and len(parts) == 2:

@@ -241,3 +241,4 @@ def test_cli_prune_then_quantize_and_export(capsys, tmp_path):
     assert "per Linear: " in out and "backbone.layers.0.mixer.out_proj 0.0%" in out
     report = json.loads((tmp_path / "owl" / "prune_report.json").read_text())
     assert report["config"]["profile"] == "owl" and report["config"]["layer_sparsity"] == {"*.out_proj": 0.0}
+    assert parse_spec(str(tmp_path / "owl" / "prune_report.json")).layer_sparsity == (("*.out_proj", 0.0),)  # repeatable from its report
