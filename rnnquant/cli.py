@@ -75,7 +75,14 @@ def _quantized(m, recipe, calib, data, samples, seq_len, prune_spec=None):
         if c is not None:
             s = c.meta["settings"]
             c = run_calibration(m, _ids(m, data, "train"), CalibConfig(samples=s["samples"], seq_len=s["seq_len"]))
-    return apply_recipe(m, r, c, _batches(m, data, samples, seq_len) if r.needs_data() else None)
+    qm = apply_recipe(m, r, c, _batches(m, data, samples, seq_len) if r.needs_data() else None)
+    if prune_spec and m.prune_report["masked_sparsity_pct"] > 0:
+        from .prune.apply import masked_sparsity
+
+        pct = masked_sparsity(qm, list(m.prune_report["masked_sparsity_pct_per_linear"]))[0]
+        click.echo(f"after {r.name}: masked sparsity {pct:.1f}% of pruned Linears"
+                   + (" (Hadamard-rotated Linears are stored rotated, so dense)" if r.hadamard else ""))
+    return qm
 
 
 def _batches(model, data, samples, seq_len):

@@ -198,6 +198,17 @@ def prune(model, cfg: PruneConfig, calib=None, batches=None):
     return new
 
 
+def masked_sparsity(model, names: list[str]) -> tuple[float, dict[str, float]]:
+    """% of exact zeros in the named Linears' weights, overall and per Linear. A quantized Linear's
+    ``weight`` is its effective float weight: a pruned zero stays exactly 0 through RTN and GPTQ,
+    but not through a Hadamard rotation (the stored weight is rotated, hence dense)."""
+    mods = dict(model.named_modules())
+    ws = {n: mods[n].weight for n in names}
+    total = sum(w.numel() for w in ws.values())
+    overall = 100 * sum(int((w == 0).sum()) for w in ws.values()) / total if total else 0.0
+    return overall, {n: round(100 * float((w == 0).float().mean()), 2) for n, w in ws.items()}
+
+
 def accounting(before, after, cfg: PruneConfig) -> dict:
     """Masked sparsity and structural savings, reported separately."""
     def params(m):
@@ -206,10 +217,7 @@ def accounting(before, after, cfg: PruneConfig) -> dict:
     total_b = sum(p.numel() for p in params(before))
     total_a = sum(p.numel() for p in params(after))
     nonzero = sum(int((p != 0).sum()) for p in params(after))
-    lin_a = [dict(after.named_modules())[n].weight for n in _targets(after, cfg)]
-    lin_zero = sum(int((w == 0).sum()) for w in lin_a)
-    lin_total = sum(w.numel() for w in lin_a)
-    per_linear = {n: round(100 * float((w == 0).float().mean()), 2) for n, w in zip(_targets(after, cfg), lin_a)}
+    overall, per_linear = masked_sparsity(after, _targets(after, cfg))
     return {
         "spec": cfg.label,
         "config": cfg.to_dict(),
@@ -217,7 +225,7 @@ def accounting(before, after, cfg: PruneConfig) -> dict:
         "params_after": total_a,
         "structural_reduction_pct": 100 * (1 - total_a / total_b),
         "nonzero_params": nonzero,
-        "masked_sparsity_pct": 100 * lin_zero / lin_total if lin_total else 0.0,
+        "masked_sparsity_pct": overall,
         "dense_bytes_fp32": 4 * total_a,
         "masked_sparsity_pct_per_linear": per_linear if cfg.method in UNSTRUCTURED else {},
         "note": "masked zeros are stored dense: no smaller file and no ONNX Runtime speed-up" if cfg.method in UNSTRUCTURED else

@@ -132,7 +132,9 @@ def _quantize_linear(lin: nn.Linear, p: dict, probe: _InputProbe | None) -> QLin
     qweight = None
     if r.w_bits is not None:
         if r.w_method == "gptq":
-            qweight = gptq_quantize(wq_cols, probe.hessian.hessian(), r.w_bits, r.w_granularity, r.group_size, r.w_symmetric)
+            # a pruned Linear (exact zeros, not rotated away) keeps its mask through GPTQ's updates
+            keep = wq_cols != 0 if p["rotation"] is None else None
+            qweight = gptq_quantize(wq_cols, probe.hessian.hessian(), r.w_bits, r.w_granularity, r.group_size, r.w_symmetric, keep=keep)
         else:
             qweight = quantize_weight_rtn(wq_cols, r.w_bits, r.w_granularity, r.group_size, r.w_symmetric)
     else:

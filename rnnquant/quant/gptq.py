@@ -42,8 +42,13 @@ def inverse_hessian_factor(H: torch.Tensor, W: torch.Tensor, percdamp: float = 0
 
 @torch.no_grad()
 def gptq_quantize(w: torch.Tensor, H: torch.Tensor, bits: int, granularity: str, group_size: int, symmetric: bool,
-                  block_size: int = 128, percdamp: float = 0.01) -> QuantizedWeight:
+                  block_size: int = 128, percdamp: float = 0.01, keep: torch.Tensor | None = None) -> QuantizedWeight:
+    """GPTQ. ``keep`` [out, in] bool fixes a pruning mask: weights outside it are quantized to exactly
+    0 and their error is pushed onto the later columns like any other (SparseGPT's joint
+    prune + quantize); without it, the updates would refill a pruned weight's zeros."""
     W = w.detach().clone().float()  # [out, in]
+    if keep is None:
+        keep = torch.ones_like(W, dtype=torch.bool)
     out, cols = W.shape
     U = inverse_hessian_factor(H, W, percdamp)
 
@@ -61,13 +66,13 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, bits: int, granularity: str,
         W1, U1 = W[:, i1:i2].clone(), U[i1:i2, i1:i2]
         Err = torch.zeros_like(W1)
         for i in range(i2 - i1):
-            if granularity == "group" and (i1 + i) % gs == 0:  # group params from the error-updated weights
-                s, z = scale_zero(W1[:, i : i + gs], bits, symmetric)
+            if granularity == "group" and (i1 + i) % gs == 0:  # group params from the error-updated kept weights
+                s, z = scale_zero(W1[:, i : i + gs] * keep[:, i1 + i : i1 + i + gs], bits, symmetric)
                 scales.append(s)
                 zeros.append(z)
             elif granularity != "group":
                 s, z = s_all, z_all
-            q = quantize_codes(W1[:, i : i + 1], s, z, bits, symmetric)
+            q = torch.where(keep[:, i1 + i : i1 + i + 1], quantize_codes(W1[:, i : i + 1], s, z, bits, symmetric), z)  # z codes 0.0
             Q[:, i1 + i] = q[:, 0]
             err = (W1[:, i] - ((q[:, 0] - z[:, 0]).float() * s[:, 0])) / U1[i, i]
             W1[:, i:] -= err[:, None] * U1[i, i:][None, :]

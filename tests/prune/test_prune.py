@@ -230,7 +230,11 @@ def test_cli_prune_then_quantize_and_export(capsys, tmp_path):
     code, out, err = run_cli(capsys, "export", d, "--calib", tmp_path / "c", "--recipe", "w8a8-outlier", "--prune", "wanda:0.5", "--data", data,
                              "--samples", 4, "--seq-len", 64, "--out", tmp_path / "pq.onnx")
     assert code == 0, err
-    assert "masked sparsity 50.0%" in out
+    assert "masked sparsity 50.0%" in out and "(Hadamard-rotated Linears are stored rotated, so dense)" in out
+    code, out, err = run_cli(capsys, "quantize", d, "--recipe", "w4a16-gptq", "--prune", "wanda:0.5", "--calib", tmp_path / "c",
+                             "--data", data, "--samples", 4, "--seq-len", 64, "--out", tmp_path / "pq")
+    assert code == 0, err
+    assert "after w4a16-gptq: masked sparsity 50.0%" in out  # GPTQ's updates keep the pruned zeros
     assert_one_line_error(capsys, "prune", d, "--method", "wanda", "--sparsity", 1.5, "--calib", tmp_path / "c", "--out", tmp_path / "x", match="sparsity must be in")
     assert_one_line_error(capsys, "prune", d, "--method", "wanda", "--layer-sparsity", "in_proj", "--calib", tmp_path / "c", "--out", tmp_path / "x", match="bad --layer-sparsity")
     assert_one_line_error(capsys, "prune", d, "--calib", tmp_path / "c", "--out", tmp_path / "x", match="needs --method or --config")

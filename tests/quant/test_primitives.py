@@ -80,3 +80,22 @@ def test_gptq_beats_rtn_on_correlated_inputs():
         e_rtn = ((x @ (w - rtn).T) ** 2).mean()
         e_gptq = ((x @ (w - gq).T) ** 2).mean()
         assert e_gptq < 0.8 * e_rtn, (gran, e_gptq, e_rtn)
+
+
+@pytest.mark.parametrize("gran, sym", [("channel", True), ("group", False)])
+def test_gptq_keeps_a_pruning_mask(gran, sym):
+    """Quantizing a pruned weight: GPTQ's updates would refill the zeros; with the mask fixed they
+    stay exactly 0 and GPTQ still beats RTN on the layer error (SparseGPT's joint prune + quantize)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4096, 128, generator=g) @ (torch.eye(128) + 2 * torch.randn(128, 128, generator=g) / 128**0.5)
+    w = torch.randn(64, 128, generator=g)
+    w = w * (torch.rand(64, 128, generator=g) > 0.5)  # 50 % pruned
+    acc = HessianAccumulator(128)
+    acc.add(x)
+    free = gptq_quantize(w, acc.hessian(), 4, gran, 32, sym).dequantize()
+    assert ((free != 0) & (w == 0)).any()  # the bug this guards against: zeros refilled
+    kept = gptq_quantize(w, acc.hessian(), 4, gran, 32, sym, keep=w != 0).dequantize()
+    assert (kept[w == 0] == 0).all()  # every pruned weight is still exactly 0
+    rtn = quantize_weight_rtn(w, 4, gran, 32, sym).dequantize()
+    err = lambda wq: float(((x @ (w - wq).T) ** 2).mean())  # noqa: E731
+    assert err(kept) < 0.95 * err(rtn)  # half the weights are fixed at 0, so less room than unpruned GPTQ
