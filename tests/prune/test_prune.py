@@ -9,7 +9,7 @@ import torch
 from rnnquant.calibrate import CalibConfig, calibrate, calibration_batches
 from rnnquant.errors import RnnquantError
 from rnnquant.models import fingerprint
-from rnnquant.prune import parse_spec, prune, remove_channels
+from rnnquant.prune import block_influence, parse_spec, prune, remove_channels
 from rnnquant.prune import PruneConfig
 from rnnquant.prune.apply import layer_sparsities
 from rnnquant.prune.masks import magnitude_mask, owl_sparsities, sparsegpt_prune, wanda_mask
@@ -191,6 +191,11 @@ def test_layer_sparsity_overrides_and_config_files(tmp_path):
     (tmp_path / "bad.json").write_text('{"method": "wanda", "sparsity": 0.5, "sparsty": 1}')
     with pytest.raises(RnnquantError, match="unknown field 'sparsty'"):
         parse_spec(str(tmp_path / "bad.json"))
+    (tmp_path / "bad.yaml").write_text("method: [")
+    with pytest.raises(RnnquantError, match="cannot parse prune config"):
+        parse_spec(str(tmp_path / "bad.yaml"))
+    with pytest.raises(RnnquantError, match="does not exist"):
+        parse_spec(str(tmp_path / "none.yaml"))
     with pytest.raises(RnnquantError, match="needs calibration statistics"):
         prune(m, parse_spec("magnitude:0.5:owl"), None, batches)
     with pytest.raises(RnnquantError, match="outside \\[0, 1\\); use a smaller owl_lambda"):
@@ -210,6 +215,25 @@ def test_rnn_layer_removal_keeps_the_width():
     assert (one(ids) - skipped(ids)).abs().max() <= 1e-6
     with pytest.raises(RnnquantError, match="would remove every layer"):
         prune(m, parse_spec("layers:2"), calib, batches)
+
+
+@torch.no_grad()
+def test_rnn_layer_removal_can_take_layer_0_when_embed_equals_hidden():
+    from rnnquant.models import build
+    from tests.conftest import TINY
+
+    torch.manual_seed(0)
+    m = build(TINY["gru"] | {"embed_size": 32, "num_layers": 3}).eval()
+    m.fingerprint = fingerprint(m)
+    batches = calibration_batches(IDS, 4, 64, 4)
+    bi = block_influence(m, batches)
+    assert bi.isfinite().all()  # every layer keeps the width 32
+    two = prune(m, parse_spec("layers:2"), calibrate(m, IDS, CalibConfig(samples=4, seq_len=64)), batches)
+    left = sorted(set(range(3)) - set(two.pruned_layers))
+    assert two.pruned_layers == sorted(bi.topk(2, largest=False).indices.tolist()) and two.config["num_layers"] == 1
+    m.layers = torch.nn.ModuleList(m.layers[i] for i in left)
+    ids = IDS[:64].view(2, 32)
+    assert (two(ids) - m(ids)).abs().max() <= 1e-6
 
 
 def test_cli_prune_then_quantize_and_export(capsys, tmp_path):
