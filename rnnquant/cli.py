@@ -203,7 +203,7 @@ def calibrate(model, data, samples, seq_len, batch_size, outlier_k, out, force, 
 @click.option("--data", type=click.Path(dir_okay=False), help="Text for static scales and GPTQ (default for zoo models: the train split).")
 @click.option("--samples", default=32, show_default=True, help="Sequences for static scales / GPTQ Hessians.")
 @click.option("--seq-len", default=256, show_default=True)
-@click.option("--prune", "prune_spec", help="Prune first: wanda:0.5, sparsegpt:2:4, channels:0.25, layers:1, ...")
+@click.option("--prune", "prune_spec", help="Prune first: wanda:0.5, wanda:0.5:owl, sparsegpt:2:4, channels:0.25, layers:1, or a .json/.yaml prune config.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory (written atomically).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output directory.")
 def quantize(model, recipe, calib, data, samples, seq_len, prune_spec, out, force):
@@ -240,7 +240,7 @@ def quantize(model, recipe, calib, data, samples, seq_len, prune_spec, out, forc
 @click.option("--owl-lambda", type=float, default=0.08, show_default=True, help="OWL: layer sparsities spread over 2 x lambda around --sparsity.")
 @click.option("--layer-sparsity", "layer_sparsity", multiple=True, metavar="PATTERN=S",
               help="Override the sparsity of Linears matching an fnmatch pattern (repeatable; last wins; 0 keeps them dense).")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="A .json/.yaml PruneConfig instead of the flags above.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="A .json/.yaml PruneConfig (or an earlier prune_report.json) instead of the flags above.")
 @click.option("--calib", type=click.Path(file_okay=False), help="Calibration directory (wanda, owl, channels, state).")
 @click.option("--data", type=click.Path(dir_okay=False), help="Text for SparseGPT Hessians / block influence (default for zoo models: the train split).")
 @click.option("--samples", default=32, show_default=True)
@@ -335,7 +335,7 @@ def generate(model, prompt, max_new_tokens, temperature, top_k, seed):
 @click.option("--data", type=click.Path(dir_okay=False), help="Text for static scales / GPTQ (default for zoo models: the train split).")
 @click.option("--samples", default=32, show_default=True)
 @click.option("--seq-len", default=256, show_default=True)
-@click.option("--prune", "prune_spec", help="Prune first: wanda:0.5, sparsegpt:2:4, channels:0.25, layers:1, ...")
+@click.option("--prune", "prune_spec", help="Prune first: wanda:0.5, wanda:0.5:owl, sparsegpt:2:4, channels:0.25, layers:1, or a .json/.yaml prune config.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .onnx path (tokenizer.json is written beside it).")
 @click.option("--ort", "to_ort", is_flag=True, help="Also write a .ort file for mobile/minimal ONNX Runtime builds, verified against the .onnx.")
 @click.option("--opset", default=17, show_default=True)
