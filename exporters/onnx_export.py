@@ -20,9 +20,10 @@ import torch
 from rnnquant import __version__
 from rnnquant.errors import RnnquantError
 from rnnquant.io import atomic_path
+from rnnquant.models import origin_fingerprint
 
-METADATA_KEYS = ("rnnquant_version", "graph", "architecture", "config", "recipe", "calib_fingerprint", "model_fingerprint",
-                 "states", "vocab_size", "bos_token_id", "eos_token_id", "tokenizer_sha256")
+METADATA_KEYS = ("rnnquant_version", "graph", "architecture", "config", "recipe", "prune", "calib_fingerprint", "model_fingerprint",
+                 "origin_fingerprint", "states", "vocab_size", "bos_token_id", "eos_token_id", "tokenizer_sha256")
 
 
 class _StepGraph(torch.nn.Module):
@@ -60,6 +61,8 @@ def metadata(model, tokenizer_path: Path | None) -> dict[str, str]:
         "recipe": recipe.to_json() if recipe is not None else "float",
         "calib_fingerprint": getattr(model, "calib_fingerprint", None) or "",
         "model_fingerprint": getattr(model, "source_fingerprint", None) or getattr(model, "fingerprint", ""),
+        "origin_fingerprint": origin_fingerprint(model) or "",  # the unpruned float model, for `compare`
+        "prune": getattr(model, "prune_report", {}).get("spec", ""),
         "states": json.dumps(state_metadata(model)),
         "vocab_size": str(model.vocab_size),
         "bos_token_id": str(cfg.get("bos_token_id", 0)),

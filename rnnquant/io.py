@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from .errors import RnnquantError
 
 WEIGHTS = "model.safetensors"
+PRUNE_REPORT = "prune_report.json"  # beside a pruned checkpoint: its config, savings and origin
 
 
 @contextlib.contextmanager
@@ -81,7 +82,7 @@ def save_checkpoint(model, out_dir, tokenizer_path=None, force: bool = True) -> 
         if tokenizer_path is not None:
             shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
         if getattr(model, "prune_report", None):
-            (tmp / "prune_report.json").write_text(json.dumps(model.prune_report, indent=1, sort_keys=True) + "\n")
+            (tmp / PRUNE_REPORT).write_text(json.dumps(model.prune_report, indent=1, sort_keys=True) + "\n")
 
 
 def read_mapping(path: Path, what: str) -> dict:

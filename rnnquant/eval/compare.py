@@ -46,9 +46,15 @@ def _torch_entry(model, name: str, path: str, ids, window: int, tokens: int, thr
     onnx_path = export_step(model, tmp / f"{len(list(tmp.iterdir()))}.onnx", Path(model.source) / "tokenizer.json")
     m = measure_in_process(onnx_path, tokens, threads)
     recipe = getattr(model, "recipe", None)
-    return {"name": name, "path": path, "kind": "pytorch" if recipe is None else "quantized-dir",
-            "recipe": recipe.name if recipe else "float", "perplexity": ppl.ppl, "tokens": ppl.tokens,
+    pruned = getattr(model, "prune_report", None) or {}
+    kind = "quantized-dir" if recipe is not None else "pruned-dir" if pruned else "pytorch"
+    return {"name": name, "path": path, "kind": kind, "recipe": _label(recipe.name if recipe else "float", pruned.get("spec", "")), "perplexity": ppl.ppl, "tokens": ppl.tokens,
             "size_bytes": _dir_size(Path(model.source)), "state_bytes": _state_bytes(state_metadata(model))} | _timing(m)
+
+
+def _label(recipe: str, prune_spec: str) -> str:
+    """The recipe column: 'w8a8-outlier', or 'w8a8-outlier + wanda:0.5' for a pruned variant."""
+    return f"{recipe} + {prune_spec}" if prune_spec else recipe
 
 
 def _timing(m: dict) -> dict:
@@ -62,7 +68,7 @@ def _onnx_entry(path: Path, ids, window: int, tokens: int, threads: int) -> dict
     ppl, n = lm.perplexity(ids.numpy(), window=window, progress=True)
     recipe = lm.meta["recipe"]
     return {"name": path.stem, "path": str(path), "kind": path.suffix.lstrip("."),
-            "recipe": json.loads(recipe)["name"] if recipe != "float" else "float", "perplexity": ppl, "tokens": n,
+            "recipe": _label(json.loads(recipe)["name"] if recipe != "float" else "float", lm.meta.get("prune", "")), "perplexity": ppl, "tokens": n,
             "size_bytes": sum(f.stat().st_size for f in (path, path.with_name(f"{path.name}.data")) if f.is_file()), "state_bytes": _state_bytes(lm.states)} | _timing(measure_in_process(path, tokens, threads))
 
 
@@ -80,19 +86,26 @@ def machine(threads: int) -> dict:
 
 
 def _check_variant(v: str, float_fp: str) -> None:
-    """Fail before any measurement: every variant must exist and come from the float model."""
+    """Fail before any measurement: every variant must exist and come from the float model
+    (directly, or through pruning and/or quantization)."""
     from ..exporters.runner import read_metadata
+    from ..io import PRUNE_REPORT, read_mapping
 
     p = Path(v)
     if p.suffix in (".onnx", ".ort"):
         meta = read_metadata(p.with_suffix(".onnx") if p.suffix == ".ort" else p)
-        if meta.get("model_fingerprint") != float_fp:
-            raise RnnquantError(f"{p}: exported from another model (fingerprint {meta.get('model_fingerprint', '')[:12]}, float model {float_fp[:12]})")
+        fp = meta.get("origin_fingerprint") or meta.get("model_fingerprint", "")
+        if fp != float_fp:
+            raise RnnquantError(f"{p}: exported from another model (fingerprint {fp[:12]}, float model {float_fp[:12]})")
     elif p.is_dir() and (p / "quant.json").is_file():
-        if json.loads((p / "quant.json").read_text()).get("source_fingerprint") != float_fp:
+        meta = read_mapping(p / "quant.json", "quantized model metadata")
+        if (meta.get("origin_fingerprint") or meta.get("source_fingerprint")) != float_fp:
             raise RnnquantError(f"{p}: quantized from another model")
+    elif p.is_dir() and (p / PRUNE_REPORT).is_file():
+        if read_mapping(p / PRUNE_REPORT, "prune report").get("origin_fingerprint") != float_fp:
+            raise RnnquantError(f"{p}: pruned from another model")
     else:
-        raise RnnquantError(f"{v}: a variant must be an .onnx/.ort file or a quantized model directory")
+        raise RnnquantError(f"{v}: a variant must be an .onnx/.ort file, a quantized or a pruned model directory")
 
 
 def compare(float_model, variants: list[str], ids, window: int, tokens: int, threads: int, data_source: str) -> dict:

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..errors import RnnquantError
+from ..io import PRUNE_REPORT, read_mapping
 from .base import ArchSpec, RecurrentLM, State, StateSpec, Tap
 from .mamba import MambaLM
 from .rnn import GRULM, LSTMLM
@@ -136,6 +137,12 @@ def fingerprint(model: RecurrentLM) -> str:
     return h.hexdigest()
 
 
+def origin_fingerprint(model) -> str | None:
+    """The fingerprint of the float model a pruned and/or quantized model was made from (its own if
+    it is that original; None for a model built in memory): what `compare` matches variants against."""
+    return getattr(model, "origin_fingerprint", None) or getattr(model, "source_fingerprint", None) or getattr(model, "fingerprint", None)
+
+
 def load(path_or_name, *, allow_pickle: bool = False) -> RecurrentLM:
     """Load a model directory or zoo entry; every failure is an ``RnnquantError`` naming the file."""
     d = resolve(path_or_name)
@@ -149,6 +156,9 @@ def load(path_or_name, *, allow_pickle: bool = False) -> RecurrentLM:
         load_quantized_into(model, d, state)
     else:
         _check_and_assign(model, _read_weights(d, allow_pickle), d)
+        if (d / PRUNE_REPORT).is_file():  # written by `rnnquant prune`: where the model came from
+            model.prune_report = read_mapping(d / PRUNE_REPORT, "prune report")
+            model.origin, model.origin_fingerprint = model.prune_report.get("origin"), model.prune_report.get("origin_fingerprint")
     model.tokenizer = _load_tokenizer(d, model.vocab_size)
     model.source = str(d)
     model.fingerprint = fingerprint(model)

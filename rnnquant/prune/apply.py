@@ -12,7 +12,7 @@ from fnmatch import fnmatch
 import torch
 
 from ..errors import RnnquantError
-from ..models import build, fingerprint
+from ..models import build, fingerprint, origin_fingerprint
 from ..quant.gptq import HessianAccumulator
 from .config import STRUCTURED_GROUPS, UNSTRUCTURED, PruneConfig
 from .masks import magnitude_mask, owl_sparsities, sparsegpt_prune, wanda_mask
@@ -194,7 +194,9 @@ def prune(model, cfg: PruneConfig, calib=None, batches=None):
     new.eval()
     new.tokenizer, new.source = getattr(model, "tokenizer", None), getattr(model, "source", None)
     new.fingerprint = fingerprint(new)
-    new.prune_report = accounting(model, new, cfg)
+    new.origin = getattr(model, "origin", None) or new.source
+    new.prune_report = accounting(model, new, cfg) | {"origin": new.origin, "origin_fingerprint": origin_fingerprint(model)}
+    new.origin_fingerprint = new.prune_report["origin_fingerprint"]
     return new
 
 

@@ -69,6 +69,7 @@ def save_quantized(qm, out_dir, tokenizer_path=None, force: bool = False) -> Non
                 tensors[f"{n}.zeros"] = qw.zero.to(torch.uint8).contiguous()
     tied = isinstance(qm.get_submodule(qm.arch_spec().embedding), QEmbedding)
     meta = {"format_version": FORMAT_VERSION, "tied_embedding": tied, "origin": getattr(qm, "origin", None), "recipe": qm.recipe.to_dict(), "source_fingerprint": qm.source_fingerprint,
+            "origin_fingerprint": qm.origin_fingerprint, "prune_report": getattr(qm, "prune_report", None),
             "calib_fingerprint": qm.calib_fingerprint, "linears": layout}
     from safetensors.torch import save_file
 
@@ -116,6 +117,9 @@ def load_quantized_into(model, d: Path, state: dict[str, torch.Tensor]):
     model.recipe = recipe
     model.origin = meta.get("origin")
     model.source_fingerprint = meta.get("source_fingerprint")
+    model.origin_fingerprint = meta.get("origin_fingerprint")
+    if meta.get("prune_report"):
+        model.prune_report = meta["prune_report"]
     model.calib_fingerprint = meta.get("calib_fingerprint")
     return model
 

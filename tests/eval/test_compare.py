@@ -50,3 +50,30 @@ def test_compare_refuses_other_models_variant(capsys, tmp_path):
     data.write_text(TEXT)
     assert_one_line_error(capsys, "compare", "--float", a, tmp_path / "b.onnx", "--data", data, "--out", tmp_path / "r", match="exported from another model")
     assert not (tmp_path / "r").exists()
+
+
+def test_compare_takes_pruned_variants(capsys, tmp_path):
+    """A pruned graph or directory is a variant of the float model it was pruned from (issue #8:
+    pruned models get their ORT latency through `compare`); one pruned from another model is not."""
+    d, other = tmp_path / "m", tmp_path / "o"
+    save_checkpoint(tiny_model("lstm"), d, tokenizer_path=TOKENIZER)
+    save_checkpoint(tiny_model("lstm", seed=1), other, tokenizer_path=TOKENIZER)
+    data = tmp_path / "data.txt"
+    data.write_text(TEXT)
+    for src, out in ((d, "p"), (other, "op")):
+        assert run_cli(capsys, "prune", src, "--method", "magnitude", "--sparsity", 0.5, "--out", tmp_path / out)[0] == 0
+    assert run_cli(capsys, "export", tmp_path / "p", "--out", tmp_path / "p.onnx")[0] == 0  # a pruned dir, exported later
+    assert run_cli(capsys, "calibrate", d, "--data", data, "--samples", 4, "--seq-len", 64, "--out", tmp_path / "c")[0] == 0
+    code, _, err = run_cli(capsys, "export", d, "--prune", "channels:0.25", "--recipe", "w8a8-dynamic", "--calib", tmp_path / "c",
+                           "--data", data, "--samples", 4, "--seq-len", 64, "--out", tmp_path / "ch.onnx")
+    assert code == 0, err
+    out = tmp_path / "report"
+    code, stdout, err = run_cli(capsys, "compare", "--float", d, tmp_path / "p", tmp_path / "p.onnx", tmp_path / "ch.onnx",
+                                "--data", data, "--window", 64, "--tokens", 20, "--out", out)
+    assert code == 0, err
+    rows = json.loads((out / "report.json").read_text())["variants"]
+    assert [(r["kind"], r["recipe"]) for r in rows] == [("pruned-dir", "float + magnitude:0.5"), ("onnx", "float + magnitude:0.5"),
+                                                        ("onnx", "w8a8-dynamic + channels:0.25")]
+    assert abs(rows[0]["perplexity"] / rows[1]["perplexity"] - 1) < 1e-4  # the pruned dir and its export agree
+    assert rows[2]["size_bytes"] < rows[1]["size_bytes"]  # structural + int8
+    assert_one_line_error(capsys, "compare", "--float", d, tmp_path / "op", "--data", data, "--out", tmp_path / "r", match="pruned from another model")
