@@ -293,6 +293,8 @@ def _echo_prune(p) -> None:
     click.echo(f"{r['spec']}: masked sparsity {r['masked_sparsity_pct']:.1f}% of pruned Linears; "
                f"structural {r['params_before'] / 1e6:.2f}M -> {r['params_after'] / 1e6:.2f}M params ({r['structural_reduction_pct']:.1f}% removed); "
                f"{r['nonzero_params'] / 1e6:.2f}M nonzero. {r['note']}.")
+    if "removed_layers" in r:
+        click.echo(f"removed layers {r['removed_layers']} (lowest block influence)")
     if r["config"]["profile"] != "uniform" or r["config"]["layer_sparsity"]:
         click.echo("per Linear: " + ", ".join(f"{n} {v:.1f}%" for n, v in r["masked_sparsity_pct_per_linear"].items()))
 

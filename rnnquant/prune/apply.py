@@ -196,6 +196,8 @@ def prune(model, cfg: PruneConfig, calib=None, batches=None):
     new.fingerprint = fingerprint(new)
     new.origin = getattr(model, "origin", None) or new.source
     new.prune_report = accounting(model, new, cfg) | {"origin": new.origin, "origin_fingerprint": origin_fingerprint(model)}
+    if cfg.method == "layers":
+        new.prune_report["removed_layers"] = new.pruned_layers
     new.origin_fingerprint = new.prune_report["origin_fingerprint"]
     return new
 

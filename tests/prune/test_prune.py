@@ -208,7 +208,7 @@ def test_rnn_layer_removal_keeps_the_width():
     one directly. Layer 0 (embed 24 -> hidden 32) changes the width, so it never goes."""
     m, calib, batches = _calibrated("lstm")
     one = prune(m, parse_spec("layers:1"), calib, batches)
-    assert one.config["num_layers"] == 1 and one.pruned_layers == [1]
+    assert one.config["num_layers"] == 1 and one.pruned_layers == one.prune_report["removed_layers"] == [1]
     skipped = tiny_model("lstm")
     skipped.layers = skipped.layers[:1]  # the same weights with layer 1 taken out by hand
     ids = IDS[:64].view(2, 32)
