@@ -32,8 +32,10 @@ def test_missing_dir(capsys, tmp_path):
         (lambda d: (d / "model.safetensors").write_bytes(struct.pack("<Q", 10**9) + b"{}"), "corrupt safetensors"),
         (lambda d: (d / "tokenizer.json").unlink(), "missing tokenizer.json"),
         (lambda d: (d / "tokenizer.json").write_text("[]"), "corrupt tokenizer"),
+        (lambda d: (d / "prune_report.json").write_text("{cut"), "cannot parse prune report"),
     ],
-    ids=["no-config", "bad-json", "unknown-type", "bad-field", "no-weights", "truncated", "lying-header", "no-tokenizer", "bad-tokenizer"],
+    ids=["no-config", "bad-json", "unknown-type", "bad-field", "no-weights", "truncated", "lying-header", "no-tokenizer", "bad-tokenizer",
+         "bad-prune-report"],
 )
 def test_broken_checkpoint(capsys, tiny_dir, breakage, match):
     breakage(tiny_dir)
