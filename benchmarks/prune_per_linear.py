@@ -11,7 +11,7 @@ For each Linear (never the head) and method, with only that Linear pruned:
                     after every later layer and the head
 dW is the removed part of W. --mean-correct adds dW E[x] to the bias after pruning (the error's
 mean; a check, not a pruning option) and takes the errors over the centred covariance. Same calibration as prune_table.py (64 x 512 train tokens for the
-activation norms; 16 x 512 for C and the logits). Writes benchmarks/results/prune_per_linear_<model>.json.
+activation norms; 16 x 512 for C, the logits and --methods sparsegpt's Hessian 2C). Writes benchmarks/results/prune_per_linear_<model>.json.
 """
 from __future__ import annotations
 
@@ -26,19 +26,23 @@ from rnnquant.calibrate import CalibConfig, calibrate, calibration_batches
 from rnnquant.eval import perplexity_ids
 from rnnquant.models import load
 from rnnquant.prune.apply import _hessians, _rms
-from rnnquant.prune.masks import magnitude_mask, wanda_mask
+from rnnquant.prune.masks import magnitude_mask, sparsegpt_prune, wanda_mask
 from rnnquant.zoo.corpus import split_text
 
 
 @torch.no_grad()
-def pruned_one(model, name: str, method: str, sparsity: float, calib, mean_correct: bool = False):
+def pruned_one(model, name: str, method: str, sparsity: float, calib, C: torch.Tensor, mean_correct: bool = False):
     p = copy.deepcopy(model)
     lin = dict(p.named_modules())[name]
     w = lin.weight
-    mask = wanda_mask(w, _rms(calib, f"{name}.input"), sparsity) if method == "wanda" else magnitude_mask(w, sparsity)
+    if method == "sparsegpt":  # OBS updates with H = 2C: the kept weights change too
+        new = sparsegpt_prune(w, 2 * C, sparsity)[0]
+    else:
+        mask = wanda_mask(w, _rms(calib, f"{name}.input"), sparsity) if method == "wanda" else magnitude_mask(w, sparsity)
+        new = w * mask
     if mean_correct:
-        lin.bias += (w * ~mask) @ calib.stat(f"{name}.input", "mean")
-    w.mul_(mask)
+        lin.bias += (w - new) @ calib.stat(f"{name}.input", "mean")
+    w.copy_(new)
     return p
 
 
@@ -57,7 +61,7 @@ def logit_mse(model, pruned, batches) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="lstm-pydoc")
-    ap.add_argument("--methods", nargs="+", default=["magnitude", "wanda"], choices=["magnitude", "wanda"])
+    ap.add_argument("--methods", nargs="+", default=["magnitude", "wanda"], choices=["magnitude", "wanda", "sparsegpt"])
     ap.add_argument("--sparsity", type=float, default=0.5)
     ap.add_argument("--mean-correct", action="store_true")
     ap.add_argument("--linears", nargs="+", help="Only these Linears (default: all but the head).")
@@ -77,7 +81,7 @@ def main() -> None:
     rows = []
     for name in names:
         for method in args.methods:
-            p = pruned_one(model, name, method, args.sparsity, calib, args.mean_correct)
+            p = pruned_one(model, name, method, args.sparsity, calib, C[name], args.mean_correct)
             ppl = perplexity_ids(p, test, window=512).ppl
             row = {"linear": name, "method": method, "ppl": ppl, "delta_pct": 100 * (ppl / base - 1)}
             row |= layer_errors(mods[name].weight, dict(p.named_modules())[name].weight, C[name]) | {"logit_mse": logit_mse(model, p, batches)}
