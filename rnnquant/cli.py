@@ -271,8 +271,11 @@ def prune(model, method, sparsity, nm, n_layers, profile, owl_m, owl_lambda, lay
         raise RnnquantError("prune needs --method or --config FILE")
     else:
         base = parse_spec(f"layers:{n_layers}" if method == "layers" else f"{method}:{nm}" if nm else f"{method}:{sparsity}")
-        cfg = PruneConfig.from_dict(base.to_dict() | {"profile": profile, "owl_m": owl_m, "owl_lambda": owl_lambda,
-                                                      "layer_sparsity": [_pattern_value(x) for x in layer_sparsity]})
+        overrides: dict[str, float] = {}
+        for pattern, s in map(_pattern_value, layer_sparsity):
+            overrides.pop(pattern, None)  # a repeated pattern moves to the end: the last one given wins
+            overrides[pattern] = s
+        cfg = PruneConfig.from_dict(base.to_dict() | {"profile": profile, "owl_m": owl_m, "owl_lambda": owl_lambda, "layer_sparsity": overrides})
     m = _model(model)
     p = _pruned(m, cfg, calib, data, samples, seq_len)
     save_checkpoint(p, out, Path(m.source) / "tokenizer.json", force=force)

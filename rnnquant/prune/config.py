@@ -75,20 +75,45 @@ class PruneConfig:
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "prune config") -> "PruneConfig":
+        if not isinstance(d, dict):
+            raise RnnquantError(f"{where}: expected a mapping")
         known = {f.name for f in fields(cls)}
         if unknown := sorted(set(d) - known):
             raise RnnquantError(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        if "method" not in d:
+            raise RnnquantError(f"{where}: missing field 'method'")
         d = dict(d)
-        try:
-            if d.get("nm") is not None:
-                d["nm"] = tuple(int(v) for v in d["nm"])
-            ls = d.get("layer_sparsity") or {}
-            d["layer_sparsity"] = tuple((str(k), float(v)) for k, v in (ls.items() if isinstance(ls, dict) else ls))
-            cfg = cls(**d)
-        except (TypeError, ValueError) as e:
-            raise RnnquantError(f"{where}: {e}") from None
+        for name, ok, want in _FIELD_TYPES:
+            if name in d and not ok(d[name]):
+                raise RnnquantError(f"{where}: field {name!r} must be {want}, got {d[name]!r}")
+        d["nm"] = tuple(d["nm"]) if d.get("nm") is not None else None
+        ls = d.get("layer_sparsity") or {}
+        d["layer_sparsity"] = tuple((k, float(v)) for k, v in ls.items())
+        cfg = cls(**d)
         cfg.validate()
         return cfg
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _integer(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+_FIELD_TYPES = (
+    ("method", lambda v: isinstance(v, str), "a string"),
+    ("profile", lambda v: isinstance(v, str), "a string"),
+    ("include_lm_head", lambda v: isinstance(v, bool), "true or false"),
+    ("sparsity", _number, "a number"),
+    ("owl_m", _number, "a number"),
+    ("owl_lambda", _number, "a number"),
+    ("layers", _integer, "an integer"),
+    ("nm", lambda v: v is None or (isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_integer, v))), "null or [N, M]"),
+    ("layer_sparsity", lambda v: v is None or (isinstance(v, dict) and all(isinstance(k, str) and _number(x) for k, x in v.items())),
+     "a mapping of Linear patterns to sparsities"),
+)
 
 
 def parse_spec(spec: str) -> PruneConfig:
@@ -98,7 +123,7 @@ def parse_spec(spec: str) -> PruneConfig:
         if not Path(spec).is_file():
             raise RnnquantError(f"prune config {spec} does not exist")
         d = read_mapping(Path(spec), "prune config")
-        return PruneConfig.from_dict(d.get("config", d) if "masked_sparsity_pct" in d else d, where=spec)  # a prune_report.json: its config
+        return PruneConfig.from_dict(d.get("config") if "masked_sparsity_pct" in d else d, where=spec)  # a prune_report.json: its config
     parts = spec.split(":")
     try:
         if parts[0] == "layers" and len(parts) == 2:

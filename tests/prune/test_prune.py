@@ -191,6 +191,9 @@ def test_layer_sparsity_overrides_and_config_files(tmp_path):
     (tmp_path / "bad.json").write_text('{"method": "wanda", "sparsity": 0.5, "sparsty": 1}')
     with pytest.raises(RnnquantError, match="unknown field 'sparsty'"):
         parse_spec(str(tmp_path / "bad.json"))
+    (tmp_path / "half.json").write_text('{"method": "wanda", "sparsity": "half"}')
+    with pytest.raises(RnnquantError, match="field 'sparsity' must be a number"):
+        parse_spec(str(tmp_path / "half.json"))
     (tmp_path / "bad.yaml").write_text("method: [")
     with pytest.raises(RnnquantError, match="cannot parse prune config"):
         parse_spec(str(tmp_path / "bad.yaml"))

@@ -1,5 +1,5 @@
 """Fuzzing every parser rnnquant owns (hypothesis): config.json, calib.json + safetensors header,
-recipe JSON/YAML, ONNX metadata. Any input must give a model/object or an RnnquantError, never
+recipe JSON/YAML, prune specs and config files, ONNX metadata. Any input must give a model/object or an RnnquantError, never
 another exception. CI runs a short smoke; `make fuzz` runs longer (RNNQUANT_FUZZ_EXAMPLES)."""
 from __future__ import annotations
 
@@ -65,6 +65,22 @@ def test_fuzz_recipe(tmp_path_factory, doc, as_yaml):
     f = tmp_path_factory.mktemp("r") / ("r.yaml" if as_yaml else "r.json")
     f.write_text(yaml.safe_dump(doc) if as_yaml else json.dumps(doc))
     _ok_or_error(load_recipe, str(f))
+
+
+prune_fields = st.sampled_from(["method", "sparsity", "nm", "layers", "include_lm_head", "profile", "owl_m", "owl_lambda",
+                                "layer_sparsity", "config", "masked_sparsity_pct", "colour"])
+
+
+@FUZZ
+@given(doc=json_values | st.dictionaries(prune_fields, json_values, max_size=6), as_yaml=st.booleans(),
+       spec=st.text(alphabet="magnitudewsprcylo:0.5124-", max_size=16))
+def test_fuzz_prune_config(tmp_path_factory, doc, as_yaml, spec):
+    from rnnquant.prune import parse_spec
+
+    f = tmp_path_factory.mktemp("p") / ("p.yaml" if as_yaml else "p.json")
+    f.write_text(yaml.safe_dump(doc) if as_yaml else json.dumps(doc))
+    _ok_or_error(parse_spec, str(f))
+    _ok_or_error(parse_spec, spec)
 
 
 @FUZZ
