@@ -50,6 +50,11 @@ def state_metadata(model) -> list[dict]:
     return [{"name": s.name, "shape": list(s.shape), "dtype": str(s.dtype).removeprefix("torch.")} for s in model.arch_spec().states]
 
 
+def _prune_spec(model) -> str:
+    spec = (getattr(model, "prune_report", None) or {}).get("spec")
+    return spec if isinstance(spec, str) else ""
+
+
 def metadata(model, tokenizer_path: Path | None) -> dict[str, str]:
     recipe = getattr(model, "recipe", None)
     cfg = model.config
@@ -62,7 +67,7 @@ def metadata(model, tokenizer_path: Path | None) -> dict[str, str]:
         "calib_fingerprint": getattr(model, "calib_fingerprint", None) or "",
         "model_fingerprint": getattr(model, "source_fingerprint", None) or getattr(model, "fingerprint", ""),
         "origin_fingerprint": origin_fingerprint(model) or "",  # the unpruned float model, for `compare`
-        "prune": getattr(model, "prune_report", {}).get("spec", ""),
+        "prune": _prune_spec(model),
         "states": json.dumps(state_metadata(model)),
         "vocab_size": str(model.vocab_size),
         "bos_token_id": str(cfg.get("bos_token_id", 0)),

@@ -158,7 +158,7 @@ def load(path_or_name, *, allow_pickle: bool = False) -> RecurrentLM:
         _check_and_assign(model, _read_weights(d, allow_pickle), d)
         if (d / PRUNE_REPORT).is_file():  # written by `rnnquant prune`: where the model came from
             model.prune_report = read_mapping(d / PRUNE_REPORT, "prune report")
-            model.origin, model.origin_fingerprint = model.prune_report.get("origin"), model.prune_report.get("origin_fingerprint")
+            model.origin, model.origin_fingerprint = (v if isinstance(v, str) else None for v in map(model.prune_report.get, ("origin", "origin_fingerprint")))
     model.tokenizer = _load_tokenizer(d, model.vocab_size)
     model.source = str(d)
     model.fingerprint = fingerprint(model)

@@ -84,6 +84,25 @@ def test_fuzz_prune_config(tmp_path_factory, doc, as_yaml, spec):
 
 
 @FUZZ
+@given(report=json_values | st.dictionaries(st.sampled_from(["origin", "origin_fingerprint", "spec", "config"]), json_values, max_size=4))
+def test_fuzz_prune_report_beside_a_checkpoint(tmp_path_factory, report):
+    """Whatever prune_report.json holds, the model loads (its origin a string or None) or one error line."""
+    from rnnquant.io import save_checkpoint
+    from rnnquant.models import load
+    from tests.conftest import TOKENIZER, tiny_model
+
+    d = tmp_path_factory.mktemp("m")
+    save_checkpoint(tiny_model("gru"), d, tokenizer_path=TOKENIZER)
+    (d / "prune_report.json").write_text(json.dumps(report))
+    try:
+        m = load(d)
+    except RnnquantError as e:
+        assert "\n" not in str(e)
+    else:
+        assert all(v is None or isinstance(v, str) for v in (m.origin, m.origin_fingerprint))
+
+
+@FUZZ
 @given(meta=json_values, header=st.binary(max_size=120), hlen=st.integers(0, 2**40))
 def test_fuzz_calibration_dir(tmp_path_factory, meta, header, hlen):
     from rnnquant.calibrate import load_calibration
