@@ -49,11 +49,15 @@ class ChannelLayer:
     ``score_points`` / ``score_weight``: the calibration points whose per-channel RMS (multiplied),
     times the column norms of this weight if any, score each channel (Wanda-style: activation x
     outgoing weight; for Mamba's d_state: RMS of B_n x RMS of C_n, the state's write and read).
+    ``compensate``: Linears that read the channel as an input column and have a bias. When channel
+    c goes, its calibration mean moves into their bias, b += W[:, c] E[x_c] (FLAP's bias
+    compensation: the best constant stands in for the removed input).
     """
 
     slices: list[tuple[str, int, tuple[int, ...]]]
     score_points: tuple[str, ...]
     score_weight: str | None
+    compensate: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -112,7 +112,7 @@ class _RNNLM(RecurrentLM):
         nxt = f"layers.{i + 1}.ih.weight" if i + 1 < len(self.layers) else "proj.weight"
         s = [(f"layers.{i}.{lin}.{p}", 0, gates) for lin in ("ih", "hh") for p in ("weight", "bias")]
         s += [(f"layers.{i}.hh.weight", 1, (0,)), (nxt, 1, (0,))]
-        return ChannelLayer(s, (f"state.h_{i}",), nxt)
+        return ChannelLayer(s, (f"state.h_{i}",), nxt, compensate=(f"layers.{i}.hh", nxt.removesuffix(".weight")))
 
 
 class LSTMLM(_RNNLM):

@@ -104,12 +104,17 @@ def _channel_index(size: int, width: int, starts: tuple[int, ...], keep: torch.T
 
 
 @torch.no_grad()
-def remove_channels(model, group_name: str, keep: list[torch.Tensor]):
-    """A new model with only the ``keep[i]`` channels of each layer's group (same count per layer)."""
+def remove_channels(model, group_name: str, keep: list[torch.Tensor], calib=None):
+    """A new model with only the ``keep[i]`` channels of each layer's group (same count per layer).
+    With ``calib``, the removed channels' means move into the biases the adapter names."""
     group = model.arch_spec().channel_groups[group_name]
     state = {k: v.clone() for k, v in model.state_dict().items()}
     width = model.config[group.config_key]
     for layer, k in zip(group.layers, keep, strict=True):
+        drop = torch.ones(width, dtype=torch.bool)
+        drop[k] = False
+        for lin in layer.compensate if calib is not None else ():
+            state[f"{lin}.bias"] += state[f"{lin}.weight"][:, drop] @ calib.stat(f"{lin}.input", "mean")[drop]
         for param, dim, starts in layer.slices:
             state[param] = state[param].index_select(dim, _channel_index(state[param].shape[dim], width, starts, k))
     cfg = {"model_type": model.model_type} | model.config | {group.config_key: len(keep[0])}
@@ -135,7 +140,7 @@ def _channels(model, cfg: PruneConfig, calib):
         if layer.score_weight is not None:
             score = score * mods[layer.score_weight].norm(dim=0)  # activation x outgoing weight
         keep.append(score.topk(n_keep).indices)
-    return remove_channels(model, name, keep)
+    return remove_channels(model, name, keep, calib)
 
 
 @torch.no_grad()

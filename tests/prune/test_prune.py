@@ -93,6 +93,21 @@ def test_rnn_hidden_removal_equals_zeroing(arch):
     assert (small(ids) - zeroed(ids)).abs().max() <= 1e-4
 
 
+@torch.no_grad()
+def test_rnn_removed_units_leave_their_mean_in_the_consumers_bias():
+    """FLAP's compensation: a removed unit's calibration mean moves into the biases of the Linears
+    that read it (its own hh, the next layer's ih or proj); Mamba declares none (no biases there)."""
+    m, calib, _ = _calibrated("lstm")
+    H = m.config["hidden_size"]
+    keep = [torch.arange(0, H, 2), torch.arange(1, H, 2)]
+    plain, comp = remove_channels(m, "hidden", keep), remove_channels(m, "hidden", keep, calib)
+    drop1 = torch.arange(0, H, 2)  # layer 1 keeps the odd units
+    shift = m.proj.weight[:, drop1] @ calib.stat("proj.input", "mean")[drop1]
+    assert shift.abs().max() > 1e-3 and torch.allclose(comp.proj.bias, plain.proj.bias + shift)
+    assert torch.equal(comp.proj.weight, plain.proj.weight)  # only biases move
+    assert not any(layer.compensate for layer in tiny_model("mamba").arch_spec().channel_groups["d_inner"].layers)
+
+
 @pytest.mark.parametrize("nm", [(2, 4), (4, 8)])
 def test_nm_masks(nm):
     g = torch.Generator().manual_seed(0)
