@@ -83,14 +83,20 @@ def _unstructured(model, cfg: PruneConfig, calib, batches):
     names = [n for n in names if sparsity[n] > 0 or cfg.nm is not None]
     hess = _hessians(model, names, batches) if cfg.method == "sparsegpt" else {}
     for n in names:
-        w, s = mods[n].weight, sparsity[n]
+        w, s, before = mods[n].weight, sparsity[n], mods[n].weight.clone()
         if cfg.method == "magnitude":
             w.mul_(magnitude_mask(w, s, cfg.nm))
         elif cfg.method == "wanda":
             w.mul_(wanda_mask(w, _rms(calib, f"{n}.input"), s, cfg.nm))
         else:
             w.copy_(sparsegpt_prune(w, hess[n].hessian(), s, cfg.nm)[0])
+        if _corrects(cfg, calib) and mods[n].bias is not None:  # the removed part's mean output, kept
+            mods[n].bias += (before - w) @ calib.stat(f"{n}.input", "mean")
     return model
+
+
+def _corrects(cfg: PruneConfig, calib) -> bool:
+    return cfg.bias_correction and calib is not None
 
 
 def _channel_index(size: int, width: int, starts: tuple[int, ...], keep: torch.Tensor) -> torch.Tensor:
@@ -140,7 +146,7 @@ def _channels(model, cfg: PruneConfig, calib):
         if layer.score_weight is not None:
             score = score * mods[layer.score_weight].norm(dim=0)  # activation x outgoing weight
         keep.append(score.topk(n_keep).indices)
-    return remove_channels(model, name, keep, calib)
+    return remove_channels(model, name, keep, calib if _corrects(cfg, calib) else None)
 
 
 @torch.no_grad()
@@ -200,7 +206,8 @@ def prune(model, cfg: PruneConfig, calib=None, batches=None):
     new.tokenizer, new.source = getattr(model, "tokenizer", None), getattr(model, "source", None)
     new.fingerprint = fingerprint(new)
     new.origin = getattr(model, "origin", None) or new.source
-    new.prune_report = accounting(model, new, cfg) | {"origin": new.origin, "origin_fingerprint": origin_fingerprint(model)}
+    new.prune_report = accounting(model, new, cfg) | {"origin": new.origin, "origin_fingerprint": origin_fingerprint(model),
+                                                      "bias_corrected": cfg.method != "layers" and _corrects(cfg, calib)}
     if cfg.method == "layers":
         new.prune_report["removed_layers"] = new.pruned_layers
     new.origin_fingerprint = new.prune_report["origin_fingerprint"]

@@ -108,6 +108,20 @@ def test_rnn_removed_units_leave_their_mean_in_the_consumers_bias():
     assert not any(layer.compensate for layer in tiny_model("mamba").arch_spec().channel_groups["d_inner"].layers)
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+def test_unstructured_bias_correction(method):
+    """What a pruned Linear loses on average, (W - W') E[x], moves into its bias; off: biases untouched."""
+    m, calib, batches = _calibrated("lstm")
+    on, off = (prune(m, PruneConfig(method, 0.5, bias_correction=c), calib, batches) for c in (True, False))
+    assert on.prune_report["bias_corrected"] and not off.prune_report["bias_corrected"]
+    assert torch.equal(on.proj.weight, off.proj.weight) and torch.equal(off.proj.bias, m.proj.bias)
+    shift = (m.proj.weight - on.proj.weight) @ calib.stat("proj.input", "mean")
+    assert shift.abs().max() > 1e-3 and torch.allclose(on.proj.bias, m.proj.bias + shift, atol=1e-6)
+    if method == "magnitude":  # magnitude runs without calibration, and then corrects nothing
+        assert not prune(m, parse_spec("magnitude:0.5"), None, batches).prune_report["bias_corrected"]
+
+
 @pytest.mark.parametrize("nm", [(2, 4), (4, 8)])
 def test_nm_masks(nm):
     g = torch.Generator().manual_seed(0)
