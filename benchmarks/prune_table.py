@@ -1,7 +1,7 @@
 """Perplexity of pruned zoo models, masked and structural, and what structural pruning saves in
 the exported step graph (docs/RESULTS.md).
 
-    python benchmarks/prune_table.py [--models mamba-pydoc lstm-pydoc] [--threads 2] [--specs SPEC ...]
+    python benchmarks/prune_table.py [--models mamba-pydoc lstm-pydoc] [--threads 2] [--specs SPEC ...] [--bias-correction]
 
 Unstructured rows (magnitude / Wanda / SparseGPT at 25 % and 50 %, 2:4) zero weights of every
 Linear but the head: masked sparsity, no smaller file. Structural rows remove 10 % / 25 % of
@@ -9,12 +9,15 @@ Mamba's d_inner (LSTM: hidden units), 1 / 2 Mamba layers and the LSTM's one remo
 those the float step graph is exported and its size and per-token latency (1 thread, own process)
 compared with the unpruned graph's. ``:owl`` rows take per-layer sparsities from OWL. Writes
 benchmarks/results/prune_table.json; with --specs, only those rows are (re)measured and merged in.
+--bias-correction turns bias correction on for every row (default: channels only) and writes
+prune_table_bias_corrected.json.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -28,7 +31,7 @@ from rnnquant.prune import parse_spec, prune
 from rnnquant.prune.config import STRUCTURED_GROUPS
 from rnnquant.zoo.corpus import split_text
 
-OUT = Path(__file__).parent / "results" / "prune_table.json"
+RESULTS = Path(__file__).parent / "results"
 UNSTRUCTURED = ["magnitude:0.25", "wanda:0.25", "sparsegpt:0.25", "magnitude:0.5", "wanda:0.5", "sparsegpt:0.5",
                 "magnitude:0.5:owl", "wanda:0.5:owl", "sparsegpt:0.5:owl", "magnitude:2:4", "wanda:2:4", "sparsegpt:2:4"]
 STRUCTURAL = {"mamba": ["channels:0.1", "channels:0.25", "state:0.25", "state:0.5", "layers:1", "layers:2"], "lstm": ["channels:0.1", "channels:0.25", "layers:1"]}
@@ -43,7 +46,9 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["mamba-pydoc", "lstm-pydoc"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--specs", nargs="+", help="Only these specs (the unpruned row is always re-measured); merged into the JSON.")
+    ap.add_argument("--bias-correction", action="store_true", help="Bias correction on for every row.")
     args = ap.parse_args()
+    out = RESULTS / ("prune_table_bias_corrected.json" if args.bias_correction else "prune_table.json")
     torch.set_num_threads(args.threads)
     rows = []
     with tempfile.TemporaryDirectory() as td:
@@ -59,7 +64,8 @@ def main() -> None:
             rows.append({"model": name, "spec": "none", "ppl": base, "delta_pct": 0.0, "onnx_bytes": base_path.stat().st_size, "step_ms": base_ms})
             print(f"{name:12} none            ppl {base:8.3f}  onnx {base_path.stat().st_size / 2**20:.2f} MiB  {base_ms:.3f} ms", flush=True)
             for spec in [s for s in UNSTRUCTURED + STRUCTURAL[model.model_type] if not args.specs or s in args.specs]:
-                p = prune(model, parse_spec(spec), calib, batches)
+                cfg = parse_spec(spec)
+                p = prune(model, replace(cfg, bias_correction=True) if args.bias_correction else cfg, calib, batches)
                 ppl = perplexity_ids(p, test, window=512).ppl
                 row = {"model": name, "spec": spec, "ppl": ppl, "delta_pct": 100 * (ppl / base - 1)} | p.prune_report
                 if spec.split(":")[0] in (*STRUCTURED_GROUPS, "layers"):  # structural: export and time it
@@ -70,12 +76,12 @@ def main() -> None:
                 extra = f"  onnx -{row['onnx_smaller_pct']:.1f}%  step {row['step_ms']:.3f} ms (-{row['faster_pct']:.1f}%)" if "onnx_bytes" in row else ""
                 print(f"{name:12} {spec:15} ppl {ppl:8.3f} ({row['delta_pct']:+6.2f}%)  masked {row['masked_sparsity_pct']:5.1f}%  "
                       f"structural {row['structural_reduction_pct']:5.1f}%{extra}", flush=True)
-    if args.specs and OUT.exists():  # keep the rows not re-measured, in their order
+    if args.specs and out.exists():  # keep the rows not re-measured, in their order
         new = {(r["model"], r["spec"]): r for r in rows}
-        old = json.loads(OUT.read_text())["rows"]
+        old = json.loads(out.read_text())["rows"]
         rows = [new.pop((r["model"], r["spec"]), r) for r in old] + list(new.values())
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({"rows": rows, "args": vars(args)}, indent=2) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"rows": rows, "args": vars(args)}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -240,8 +240,8 @@ def quantize(model, recipe, calib, data, samples, seq_len, prune_spec, out, forc
 @click.option("--owl-lambda", type=float, default=0.08, show_default=True, help="OWL: layer sparsities spread over 2 x lambda around --sparsity.")
 @click.option("--layer-sparsity", "layer_sparsity", multiple=True, metavar="PATTERN=S",
               help="Override the sparsity of Linears matching an fnmatch pattern (repeatable; last wins; 0 keeps them dense).")
-@click.option("--no-bias-correction", "no_bias_correction", is_flag=True,
-              help="Don't move the removed weights' mean contribution into the Linears' biases (on by default with --calib).")
+@click.option("--bias-correction/--no-bias-correction", "bias_correction", default=None,
+              help="Move what pruning removes on average into the Linears' biases (needs --calib). Default: on for channels, off for unstructured.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="A .json/.yaml PruneConfig (or an earlier prune_report.json) instead of the flags above.")
 @click.option("--calib", type=click.Path(file_okay=False), help="Calibration directory (wanda, owl, channels, state).")
 @click.option("--data", type=click.Path(dir_okay=False), help="Text for SparseGPT Hessians / block influence (default for zoo models: the train split).")
@@ -249,7 +249,7 @@ def quantize(model, recipe, calib, data, samples, seq_len, prune_spec, out, forc
 @click.option("--seq-len", default=256, show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @click.option("--force", is_flag=True)
-def prune(model, method, sparsity, nm, n_layers, profile, owl_m, owl_lambda, layer_sparsity, no_bias_correction, config_file, calib, data, samples,
+def prune(model, method, sparsity, nm, n_layers, profile, owl_m, owl_lambda, layer_sparsity, bias_correction, config_file, calib, data, samples,
           seq_len, out, force):
     """Prune a model: masked (magnitude, Wanda, SparseGPT, N:M) or structural (channels, state, layers).
 
@@ -279,7 +279,7 @@ def prune(model, method, sparsity, nm, n_layers, profile, owl_m, owl_lambda, lay
             overrides.pop(pattern, None)  # a repeated pattern moves to the end: the last one given wins
             overrides[pattern] = s
         cfg = PruneConfig.from_dict(base.to_dict() | {"profile": profile, "owl_m": owl_m, "owl_lambda": owl_lambda, "layer_sparsity": overrides,
-                                                      "bias_correction": not no_bias_correction})
+                                                      "bias_correction": bias_correction})
     m = _model(model)
     p = _pruned(m, cfg, calib, data, samples, seq_len)
     save_checkpoint(p, out, Path(m.source) / "tokenizer.json", force=force)
@@ -300,8 +300,8 @@ def _echo_prune(p) -> None:
     click.echo(f"{r['spec']}: masked sparsity {r['masked_sparsity_pct']:.1f}% of pruned Linears; "
                f"structural {r['params_before'] / 1e6:.2f}M -> {r['params_after'] / 1e6:.2f}M params ({r['structural_reduction_pct']:.1f}% removed); "
                f"{r['nonzero_params'] / 1e6:.2f}M nonzero. {r['note']}.")
-    if r["config"]["method"] != "layers" and not r["bias_corrected"]:
-        click.echo("no bias correction" + (" (it needs --calib)" if r["config"]["bias_correction"] else ""))
+    if r["config"]["bias_correction"] and not r["bias_corrected"]:
+        click.echo("no bias correction: it needs --calib")
     if "removed_layers" in r:
         click.echo(f"removed layers {r['removed_layers']} (lowest block influence)")
     if r["config"]["profile"] != "uniform" or r["config"]["layer_sparsity"]:

@@ -96,7 +96,8 @@ def _unstructured(model, cfg: PruneConfig, calib, batches):
 
 
 def _corrects(cfg: PruneConfig, calib) -> bool:
-    return cfg.bias_correction and calib is not None
+    on = cfg.bias_correction if cfg.bias_correction is not None else cfg.method in STRUCTURED_GROUPS
+    return on and calib is not None
 
 
 def _channel_index(size: int, width: int, starts: tuple[int, ...], keep: torch.Tensor) -> torch.Tensor:

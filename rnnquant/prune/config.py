@@ -28,9 +28,11 @@ class PruneConfig:
     nm: tuple[int, int] | None = None  # N:M pattern (keep N of every M)
     layers: int = 0  # layers to remove
     include_lm_head: bool = False  # the head is usually left dense (it dominates accuracy at small sizes)
-    # With calibration: what a Linear loses, E[removed weights x input], moves into its bias, and a
-    # removed channel's mean into the biases that read it (FLAP). Free at inference; needs --calib.
-    bias_correction: bool = True
+    # With calibration: a removed channel's mean moves into the biases that read it (FLAP), and for
+    # unstructured pruning what a Linear loses on average, (W - W') E[x], into its bias. Free at
+    # inference. None: on for channel removal, off for unstructured (measured, docs/RESULTS.md §6:
+    # it helps uniform 50 % but hurts the LSTM's 2:4 and OWL rows).
+    bias_correction: bool | None = None
     # Per-layer sparsity (unstructured only). "owl": Outlier-Weighted Layerwise sparsity (Yin et al.
     # 2024): a layer with more Wanda-score outliers (> owl_m x its mean) is pruned less; layer
     # sparsities spread over 2 x owl_lambda, their parameter-weighted mean staying ``sparsity``.
@@ -109,7 +111,7 @@ _FIELD_TYPES = (
     ("method", lambda v: isinstance(v, str), "a string"),
     ("profile", lambda v: isinstance(v, str), "a string"),
     ("include_lm_head", lambda v: isinstance(v, bool), "true or false"),
-    ("bias_correction", lambda v: isinstance(v, bool), "true or false"),
+    ("bias_correction", lambda v: v is None or isinstance(v, bool), "true, false or null"),
     ("sparsity", _number, "a number"),
     ("owl_m", _number, "a number"),
     ("owl_lambda", _number, "a number"),
