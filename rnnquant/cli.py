@@ -24,13 +24,14 @@ def _ids(model, data, split: str, max_tokens: int | None = None):
     evaluation); read in bounded memory, at most ``max_tokens`` of them."""
     import torch
 
+    from .models import origin_path
     from .text import MAX_TOKENS, token_ids
     from .zoo import is_zoo_model
     from .zoo.corpus import split_text
 
     if data is not None:
         source = Path(data)
-    elif is_zoo_model(getattr(model, "origin", None) or model.source):  # a quantized dir remembers its float origin
+    elif is_zoo_model(origin_path(model)):  # a pruned or quantized dir remembers its float origin
         source = split_text(split)
     else:
         raise RnnquantError("--data FILE is required for models outside the zoo")
@@ -263,8 +264,10 @@ def prune(model, method, sparsity, nm, n_layers, profile, owl_m, owl_lambda, lay
       rnnquant prune lstm-pydoc --calib calib/ --method magnitude --layer-sparsity 'proj=0.3' --out lstm-m50/
       rnnquant prune mamba-pydoc --calib calib/ --method channels --sparsity 0.25 --out mamba-ch25/
     """
+    from dataclasses import replace
+
     from .io import save_checkpoint
-    from .prune import PruneConfig, parse_spec
+    from .prune import parse_spec
 
     if Path(out).exists() and not force:
         raise RnnquantError(f"{out} already exists (use --force to overwrite)")
@@ -273,13 +276,14 @@ def prune(model, method, sparsity, nm, n_layers, profile, owl_m, owl_lambda, lay
     elif method is None:
         raise RnnquantError("prune needs --method or --config FILE")
     else:
-        base = parse_spec(f"layers:{n_layers}" if method == "layers" else f"{method}:{nm}" if nm else f"{method}:{sparsity}")
+        spec = f"layers:{n_layers}" if method == "layers" else f"{method}:{nm}" if nm else f"{method}:{sparsity}"
         overrides: dict[str, float] = {}
         for pattern, s in map(_pattern_value, layer_sparsity):
             overrides.pop(pattern, None)  # a repeated pattern moves to the end: the last one given wins
             overrides[pattern] = s
-        cfg = PruneConfig.from_dict(base.to_dict() | {"profile": profile, "owl_m": owl_m, "owl_lambda": owl_lambda, "layer_sparsity": overrides,
-                                                      "bias_correction": bias_correction})
+        cfg = replace(parse_spec(spec), profile=profile, owl_m=owl_m, owl_lambda=owl_lambda, layer_sparsity=tuple(overrides.items()),
+                      bias_correction=bias_correction)
+        cfg.validate()
     m = _model(model)
     p = _pruned(m, cfg, calib, data, samples, seq_len)
     save_checkpoint(p, out, Path(m.source) / "tokenizer.json", force=force)

@@ -137,6 +137,12 @@ def fingerprint(model: RecurrentLM) -> str:
     return h.hexdigest()
 
 
+def origin_path(model) -> str | None:
+    """Where the float model a pruned and/or quantized model was made from was loaded (its own
+    source if it is that original): zoo defaults such as the calibration text follow it."""
+    return getattr(model, "origin", None) or getattr(model, "source", None)
+
+
 def origin_fingerprint(model) -> str | None:
     """The fingerprint of the float model a pruned and/or quantized model was made from (its own if
     it is that original; None for a model built in memory): what `compare` matches variants against."""

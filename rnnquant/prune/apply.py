@@ -12,10 +12,10 @@ from fnmatch import fnmatch
 import torch
 
 from ..errors import RnnquantError
-from ..models import build, fingerprint, origin_fingerprint
+from ..models import build, fingerprint, origin_fingerprint, origin_path
 from ..quant.gptq import HessianAccumulator
 from .config import STRUCTURED_GROUPS, UNSTRUCTURED, PruneConfig
-from .masks import magnitude_mask, owl_sparsities, sparsegpt_prune, wanda_mask
+from .masks import magnitude_mask, owl_sparsities, sparsegpt_prune, wanda_mask, wanda_scores
 
 
 def _rms(calib, point: str) -> torch.Tensor:
@@ -57,7 +57,7 @@ def layer_sparsities(model, cfg: PruneConfig, calib, names: list[str]) -> dict[s
         mods = dict(model.named_modules())
         scores: dict[str, list[torch.Tensor]] = {}
         for n in names:
-            scores.setdefault(block[n], []).append((mods[n].weight.abs() * _rms(calib, f"{n}.input")).flatten())
+            scores.setdefault(block[n], []).append(wanda_scores(mods[n].weight, _rms(calib, f"{n}.input")).flatten())
         per_block = owl_sparsities({b: torch.cat(v) for b, v in scores.items()}, cfg.sparsity, cfg.owl_m, cfg.owl_lambda)
         for b, s in per_block.items():
             if not 0 <= s < 1:
@@ -82,15 +82,17 @@ def _unstructured(model, cfg: PruneConfig, calib, batches):
     sparsity = layer_sparsities(model, cfg, calib, names)
     names = [n for n in names if sparsity[n] > 0 or cfg.nm is not None]
     hess = _hessians(model, names, batches) if cfg.method == "sparsegpt" else {}
+    corrects = _corrects(cfg, calib)
     for n in names:
-        w, s, before = mods[n].weight, sparsity[n], mods[n].weight.clone()
+        w, s = mods[n].weight, sparsity[n]
+        before = w.clone() if corrects and mods[n].bias is not None else None
         if cfg.method == "magnitude":
             w.mul_(magnitude_mask(w, s, cfg.nm))
         elif cfg.method == "wanda":
             w.mul_(wanda_mask(w, _rms(calib, f"{n}.input"), s, cfg.nm))
         else:
             w.copy_(sparsegpt_prune(w, hess[n].hessian(), s, cfg.nm)[0])
-        if _corrects(cfg, calib) and mods[n].bias is not None:  # the removed part's mean output, kept
+        if before is not None:  # the removed part's mean output, kept
             mods[n].bias += (before - w) @ calib.stat(f"{n}.input", "mean")
     return model
 
@@ -206,7 +208,7 @@ def prune(model, cfg: PruneConfig, calib=None, batches=None):
     new.eval()
     new.tokenizer, new.source = getattr(model, "tokenizer", None), getattr(model, "source", None)
     new.fingerprint = fingerprint(new)
-    new.origin = getattr(model, "origin", None) or new.source
+    new.origin = origin_path(model)
     new.prune_report = accounting(model, new, cfg) | {"origin": new.origin, "origin_fingerprint": origin_fingerprint(model),
                                                       "bias_corrected": cfg.method != "layers" and _corrects(cfg, calib)}
     if cfg.method == "layers":

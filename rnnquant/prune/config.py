@@ -9,11 +9,12 @@
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import RnnquantError
 from ..io import read_mapping
+from ..quant.recipe import check_keys
 
 UNSTRUCTURED = ("magnitude", "wanda", "sparsegpt")
 STRUCTURED_GROUPS = {"channels": None, "state": "d_state"}  # method -> channel group (None: the adapter's first)
@@ -82,9 +83,7 @@ class PruneConfig:
     def from_dict(cls, d: dict, where: str = "prune config") -> "PruneConfig":
         if not isinstance(d, dict):
             raise RnnquantError(f"{where}: expected a mapping")
-        known = {f.name for f in fields(cls)}
-        if unknown := sorted(set(d) - known):
-            raise RnnquantError(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        check_keys(d, cls, where)
         if "method" not in d:
             raise RnnquantError(f"{where}: missing field 'method'")
         d = dict(d)

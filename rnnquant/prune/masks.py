@@ -38,9 +38,14 @@ def magnitude_mask(w: torch.Tensor, sparsity: float, nm=None) -> torch.Tensor:
     return _keep_mask(w.abs(), sparsity, nm)
 
 
+def wanda_scores(w: torch.Tensor, act_norm: torch.Tensor) -> torch.Tensor:
+    """|W_ij| * ||X_j||_2; act_norm [in] may be any positive multiple of ||X_j||_2."""
+    return w.abs() * act_norm.unsqueeze(0)
+
+
 def wanda_mask(w: torch.Tensor, act_norm: torch.Tensor, sparsity: float, nm=None) -> torch.Tensor:
-    """act_norm [in]: ||X_j||_2 (any positive multiple: only the order within a row matters)."""
-    return _keep_mask(w.abs() * act_norm.unsqueeze(0), sparsity, nm)
+    """Only the order within a row matters, so act_norm may be any positive multiple of ||X_j||_2."""
+    return _keep_mask(wanda_scores(w, act_norm), sparsity, nm)
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..calibrate.stats import ChannelStats
 from ..errors import RnnquantError
-from ..models import origin_fingerprint
+from ..models import origin_fingerprint, origin_path
 from ..models.transforms import scale_norm_channels
 from .gptq import HessianAccumulator, gptq_quantize
 from .hadamard import hadamard_matrix
@@ -187,7 +187,7 @@ def quantize(model, recipe: Recipe, calib=None, batches=None):
         _set_module(qm, spec.embedding, QEmbedding(qm.lm_head))  # the embedding shares the lm_head's codes
     qm.recipe = recipe
     qm.source_fingerprint = getattr(model, "fingerprint", None)
-    qm.origin = getattr(model, "origin", None) or getattr(model, "source", None)
+    qm.origin = origin_path(model)
     qm.origin_fingerprint = origin_fingerprint(model)
     qm.calib_fingerprint = calib.meta["model_fingerprint"] if calib is not None else None
     return qm.eval()

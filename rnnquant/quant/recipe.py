@@ -74,7 +74,7 @@ class Recipe:
     def from_dict(cls, d: dict, where: str = "recipe") -> "Recipe":
         if not isinstance(d, dict):
             raise RnnquantError(f"{where}: expected a mapping")
-        _check_keys(d, cls, where)
+        check_keys(d, cls, where)
         rules = d.get("rules", [{}])
         if not isinstance(rules, list) or not rules:
             raise RnnquantError(f"{where}: field 'rules' must be a non-empty list")
@@ -82,7 +82,7 @@ class Recipe:
         for i, r in enumerate(rules):
             if not isinstance(r, dict):
                 raise RnnquantError(f"{where}: rules[{i}] must be a mapping")
-            _check_keys(r, Rule, f"{where}: rules[{i}]")
+            check_keys(r, Rule, f"{where}: rules[{i}]")
             parsed.append(Rule(**r))
         recipe = cls(**{k: v for k, v in d.items() if k != "rules"}, rules=parsed)
         recipe.validate(where)
@@ -126,7 +126,7 @@ class Recipe:
                 raise RnnquantError(f"recipe {self.name!r}: group_size {r.group_size} does not divide {name}'s {in_features[name]} input features")
 
 
-def _check_keys(d: dict, cls, where: str) -> None:
+def check_keys(d: dict, cls, where: str) -> None:
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
