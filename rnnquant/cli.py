@@ -136,6 +136,35 @@ def zoo(as_json):
 
 
 @cli.command()
+@click.argument("src", type=click.Path())
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output model directory (written atomically).")
+@click.option("--tokenizer", type=click.Path(dir_okay=False), help="tokenizer.json to copy (default: the one beside SRC).")
+@click.option("--type", "rnn_type", type=click.Choice(["lstm", "gru"]), help="Check the RNN type (default: from the shapes).")
+@click.option("--embedding", help="Name of the embedding (default: the bias-free [V, E] weight feeding layer 0).")
+@click.option("--rnn", help="Module prefix of the nn.LSTM/nn.GRU (default: the only one, or a numbered list of one-layer RNNs).")
+@click.option("--head", help="Name of the output Linear (default: the [V, H] weight after the RNN; the embedding's name for a tied head).")
+@click.option("--force", is_flag=True, help="Overwrite an existing output directory.")
+def convert(src, out, tokenizer, rnn_type, embedding, rnn, head, force):
+    """Convert a foreign checkpoint (a torch.nn.LSTM/GRU language model's state_dict) into a model directory.
+
+    SRC is a .safetensors or .pt/.pth/.bin file (loaded with torch.load(weights_only=True): a plain
+    tensor dict, or a dict holding one), or a directory with one. Prints the mapping it used.
+
+    \b
+    Example:
+      rnnquant convert model.pt --tokenizer tokenizer.json --out my-lstm/
+      rnnquant convert ckpt/ --rnn encoder.rnn --head decoder --out my-lstm/
+      rnnquant ppl my-lstm/ --data valid.txt
+    """
+    from .convert import convert as run_convert
+
+    result = run_convert(src, out, tokenizer, force=force, embedding=embedding, rnn=rnn, head=head, rnn_type=rnn_type)
+    for line in result.mapping:
+        click.echo(line)
+    click.echo(f"wrote {Path(out)}/ ({result.config['model_type']}, {sum(t.numel() for t in result.tensors.values()) / 1e6:.2f}M parameters)")
+
+
+@cli.command()
 @click.argument("model")
 @click.option("--data", type=click.Path(dir_okay=False), help="UTF-8 text file (default for zoo models: the corpus test split).")
 @click.option("--window", default=512, show_default=True, help="Tokens per window; each window starts from a fresh state.")

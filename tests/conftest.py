@@ -16,12 +16,20 @@ TINY = {
     "lstm": {"model_type": "lstm", "vocab_size": VOCAB, "embed_size": 24, "hidden_size": 32, "num_layers": 2},
     "gru": {"model_type": "gru", "vocab_size": VOCAB, "embed_size": 24, "hidden_size": 32, "num_layers": 2},
 }
+# the other layouts an adapter accepts (torch.nn.LSTM/GRU LMs as `rnnquant convert` writes them):
+# the contract suite runs over these too; the loading/text tests stay on TINY
+VARIANTS = {
+    "lstm-untied": TINY["lstm"] | {"output_proj": False, "head_bias": True, "tie_word_embeddings": False},
+    "lstmp": TINY["lstm"] | {"proj_size": 12, "output_proj": False, "head_bias": True, "tie_word_embeddings": False},
+    "gru-tied-nobias": TINY["gru"] | {"embed_size": 32, "output_proj": False, "head_bias": True, "rnn_bias": False},
+}
+CONTRACT = TINY | VARIANTS
 
 
 def tiny_model(arch: str, seed: int = 0):
     """A tiny model with weights perturbed away from init, so every path (gates, dt, conv) matters."""
     torch.manual_seed(seed)
-    model = build(TINY[arch])
+    model = build(CONTRACT[arch])
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -30,6 +38,12 @@ def tiny_model(arch: str, seed: int = 0):
 
 @pytest.fixture(params=sorted(TINY))
 def arch(request):
+    return request.param
+
+
+@pytest.fixture(params=sorted(CONTRACT))
+def any_arch(request):
+    """Every adapter and layout variant: what the step/export contract tests run over."""
     return request.param
 
 

@@ -15,7 +15,7 @@ from .rnn import GRULM, LSTMLM
 
 ADAPTERS: dict[str, type[RecurrentLM]] = {cls.model_type: cls for cls in (MambaLM, LSTMLM, GRULM)}
 
-__all__ = ["ADAPTERS", "ArchSpec", "RecurrentLM", "State", "StateSpec", "Tap", "build", "load", "resolve"]
+__all__ = ["ADAPTERS", "ArchSpec", "RecurrentLM", "State", "StateSpec", "Tap", "build", "check_and_assign", "load", "load_tokenizer", "resolve"]
 
 
 def build(config: dict, where: str = "config") -> RecurrentLM:
@@ -87,10 +87,10 @@ def _read_weights(d: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
     return state
 
 
-def _load_tokenizer(d: Path, vocab_size: int):
+def load_tokenizer(f: Path, vocab_size: int):
+    """A ``tokenizer.json`` that fits a model of ``vocab_size``, or a one-line error."""
     from tokenizers import Tokenizer
 
-    f = d / "tokenizer.json"
     if not f.is_file():
         raise RnnquantError(f"{f}: missing tokenizer.json")
     try:
@@ -102,7 +102,8 @@ def _load_tokenizer(d: Path, vocab_size: int):
     return tok
 
 
-def _check_and_assign(model: RecurrentLM, state: dict, d: Path) -> None:
+def check_and_assign(model: RecurrentLM, state: dict, d: Path) -> None:
+    """Load ``state`` into ``model``: every tensor expected, none extra, shapes and values checked."""
     expected = model.state_dict()
     if model.config.get("tie_word_embeddings"):
         expected.pop("lm_head.weight", None)
@@ -161,11 +162,11 @@ def load(path_or_name, *, allow_pickle: bool = False) -> RecurrentLM:
         _check_finite(state, d)
         load_quantized_into(model, d, state)
     else:
-        _check_and_assign(model, _read_weights(d, allow_pickle), d)
+        check_and_assign(model, _read_weights(d, allow_pickle), d)
         if (d / PRUNE_REPORT).is_file():  # written by `rnnquant prune`: where the model came from
             model.prune_report = read_mapping(d / PRUNE_REPORT, "prune report")
             model.origin, model.origin_fingerprint = (v if isinstance(v, str) else None for v in map(model.prune_report.get, ("origin", "origin_fingerprint")))
-    model.tokenizer = _load_tokenizer(d, model.vocab_size)
+    model.tokenizer = load_tokenizer(d / "tokenizer.json", model.vocab_size)
     model.source = str(d)
     model.fingerprint = fingerprint(model)
     return model.eval()

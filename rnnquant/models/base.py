@@ -24,7 +24,7 @@ State = tuple[torch.Tensor, ...]
 
 # Every role an adapter may give a Linear; recipes may name any of them (a rule for a role the
 # model lacks simply matches nothing), anything else must match a module name of the model.
-ROLES = frozenset({"in_proj", "x_proj", "dt_proj", "out_proj", "lm_head", "rnn_ih", "rnn_hh", "proj"})
+ROLES = frozenset({"in_proj", "x_proj", "dt_proj", "out_proj", "lm_head", "rnn_ih", "rnn_hh", "rnn_hr", "proj"})
 
 
 class Tap(nn.Identity):
@@ -80,6 +80,7 @@ class ArchSpec:
     channel_groups: dict[str, ChannelGroup] = field(default_factory=dict)  # structurally prunable widths
     layer_stack: list[str] = field(default_factory=list)  # the blocks, in order (a block that keeps the width is removable)
     layer_inputs: list[str] = field(default_factory=list)  # modules whose input is the stream before each block, then after the last
+    num_layers_key: str = "num_hidden_layers"  # the config field that counts the blocks of layer_stack
 
 
 class RecurrentLM(nn.Module):

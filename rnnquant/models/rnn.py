@@ -1,12 +1,22 @@
-"""LSTM and GRU language models in rnnquant's own layout.
+"""LSTM and GRU language models: rnnquant's layout, a superset of ``torch.nn.LSTM`` / ``nn.GRU`` LMs.
 
     embed [V, Ei] -> L x cell (input Linear ``ih`` over all T at once, recurrent Linear ``hh``
-    per step) -> proj [H -> Ei] -> lm_head [Ei -> V] (tied to embed by default)
+    per step, LSTMP's ``hr`` [H -> P]) -> optional proj [Ho -> Ei] -> lm_head [-> V] (+ bias)
 
-Gate order and equations follow ``torch.nn.LSTM`` / ``torch.nn.GRU``:
-    LSTM: i, f, g, o = split(ih(x) + hh(h));  c' = s(f) c + s(i) tanh(g);  h' = s(o) tanh(c')
+Config (``model_type`` "lstm" or "gru"):
+    vocab_size V, hidden_size H, num_layers L      required
+    embed_size Ei          default H
+    proj_size P            LSTM only, default 0: ``nn.LSTM(proj_size=P)``, h_t = W_hr h~_t is [P]
+    rnn_bias               default true: the cells' b_ih / b_hh
+    output_proj            default true: a Linear ``proj`` Ho -> Ei before the head (the zoo models)
+    head_bias              default false: ``lm_head`` with a bias (``word_language_model``'s decoder)
+    tie_word_embeddings    default true: lm_head.weight is embed.weight (needs head input == Ei)
+Ho = P if P else H is what a layer outputs.
+
+Gate order and equations are exactly ``torch.nn.LSTM`` / ``torch.nn.GRU``'s:
+    LSTM: i, f, g, o = split(ih(x) + hh(h));  c' = s(f) c + s(i) tanh(g);  h' = s(o) tanh(c')  (LSTMP: h' = hr(...))
     GRU:  r, z, n from gi = ih(x), gh = hh(h);  n = tanh(gi_n + s(r) gh_n);  h' = (1 - z) n + z h
-State per layer: LSTM (h_i [B,H], c_i [B,H]); GRU (h_i [B,H]).
+State per layer: LSTM (h_i [B,Ho], c_i [B,H]); GRU (h_i [B,H]).
 """
 from __future__ import annotations
 
@@ -15,24 +25,30 @@ from torch import nn
 
 from .base import ArchSpec, ChannelGroup, ChannelLayer, RecurrentLM, StateSpec
 
+DEFAULTS = {"tie_word_embeddings": True, "bos_token_id": 0, "eos_token_id": 0, "proj_size": 0, "rnn_bias": True,
+            "output_proj": True, "head_bias": False}
+
 
 class _Cell(nn.Module):
     gates = 0
 
-    def __init__(self, in_size: int, hidden: int):
+    def __init__(self, in_size: int, hidden: int, out_size: int, bias: bool):
         super().__init__()
-        self.ih = nn.Linear(in_size, self.gates * hidden)
-        self.hh = nn.Linear(hidden, self.gates * hidden)
+        self.ih = nn.Linear(in_size, self.gates * hidden, bias=bias)
+        self.hh = nn.Linear(out_size, self.gates * hidden, bias=bias)
+        if out_size != hidden:  # LSTMP's recurrent projection
+            self.hr = nn.Linear(hidden, out_size, bias=False)
 
 
 class LSTMCell(_Cell):
     gates = 4
 
     def update(self, gi, h, c):
-        """gi = ih(x) [B,4H]; (h, c) [B,H] -> (h', c')."""
+        """gi = ih(x) [B,4H]; h [B,Ho], c [B,H] -> (h', c')."""
         i, f, g, o = (gi + self.hh(h)).chunk(4, dim=-1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        return torch.sigmoid(o) * torch.tanh(c), c
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return (self.hr(h) if hasattr(self, "hr") else h), c
 
 
 class GRUCell(_Cell):
@@ -53,19 +69,27 @@ class _RNNLM(RecurrentLM):
     required_config = ("vocab_size", "hidden_size", "num_layers")
 
     def __init__(self, config: dict):
-        cfg = {"tie_word_embeddings": True, "bos_token_id": 0, "eos_token_id": 0} | dict(config)
+        cfg = DEFAULTS | dict(config)
         cfg.setdefault("embed_size", cfg["hidden_size"])
         super().__init__(cfg)
-        V, Ei, H = cfg["vocab_size"], cfg["embed_size"], cfg["hidden_size"]
+        V, Ei, H, P = cfg["vocab_size"], cfg["embed_size"], cfg["hidden_size"], cfg["proj_size"]
+        if P and self.cell_cls is not LSTMCell:
+            raise ValueError("proj_size is an LSTM option")
+        if not 0 <= P < H:
+            raise ValueError(f"proj_size must be in [0, hidden_size), got {P}")
+        Ho = P or H
         self.embed = nn.Embedding(V, Ei)
-        self.layers = nn.ModuleList(self.cell_cls(Ei if i == 0 else H, H) for i in range(cfg["num_layers"]))
-        self.proj = nn.Linear(H, Ei)
-        self.lm_head = nn.Linear(Ei, V, bias=False)
+        self.layers = nn.ModuleList(self.cell_cls(Ei if i == 0 else Ho, H, Ho, cfg["rnn_bias"]) for i in range(cfg["num_layers"]))
+        self.proj = nn.Linear(Ho, Ei) if cfg["output_proj"] else None
+        head_in = Ei if cfg["output_proj"] else Ho
+        self.lm_head = nn.Linear(head_in, V, bias=cfg["head_bias"])
         if cfg["tie_word_embeddings"]:
+            if head_in != Ei:
+                raise ValueError(f"tie_word_embeddings needs the head's input ({head_in}) to equal embed_size ({Ei})")
             self.lm_head.weight = self.embed.weight
 
     def _head(self, h):
-        return self.lm_head(self.proj(h))
+        return self.lm_head(h if self.proj is None else self.proj(h))
 
     def forward_with_state(self, input_ids, state, last_only: bool = False):
         x = self.embed(input_ids)  # [B,T,Ei]
@@ -78,7 +102,7 @@ class _RNNLM(RecurrentLM):
             for g in gi.unbind(1):  # unbind, not gi[:, t]: one stack in backward instead of T zero-fills
                 s = cell.update(g, *s)
                 outs.append(s[0])
-            x = torch.stack(outs, 1)  # [B,T,H]
+            x = torch.stack(outs, 1)  # [B,T,Ho]
             new_state += s
         return self._head(x[:, -1] if last_only else x), tuple(new_state)
 
@@ -94,25 +118,40 @@ class _RNNLM(RecurrentLM):
 
     def arch_spec(self) -> ArchSpec:
         H = self.config["hidden_size"]
+        shapes = {"h": (self.config["proj_size"] or H,), "c": (H,)}
         linears, states = {}, []
-        for i in range(len(self.layers)):
+        for i, cell in enumerate(self.layers):
             linears |= {f"layers.{i}.ih": "rnn_ih", f"layers.{i}.hh": "rnn_hh"}
-            states += [StateSpec(f"{n}_{i}", (H,)) for n in self.state_names]
-        linears |= {"proj": "proj", "lm_head": "lm_head"}
-        hidden = ChannelGroup("hidden_size", [self._hidden_slices(i) for i in range(len(self.layers))])
+            linears |= {f"layers.{i}.hr": "rnn_hr"} if hasattr(cell, "hr") else {}
+            states += [StateSpec(f"{n}_{i}", shapes[n]) for n in self.state_names]
+        linears |= ({"proj": "proj"} if self.proj is not None else {}) | {"lm_head": "lm_head"}
+        # a hidden unit of the last layer read by a tied head is a column of the embedding too: not removable
+        removable = self.proj is not None or not self.config["tie_word_embeddings"]
+        groups = {"hidden": ChannelGroup("hidden_size", [self._hidden_slices(i) for i in range(len(self.layers))])} if removable else {}
         stack = [f"layers.{i}" for i in range(len(self.layers))]
-        return ArchSpec(linears, [], [], {}, ["embed.weight"], states, embedding="embed", channel_groups={"hidden": hidden},
-                        layer_stack=stack, layer_inputs=[f"{b}.ih" for b in stack] + ["proj"])
+        return ArchSpec(linears, [], [], {}, ["embed.weight"], states, embedding="embed", channel_groups=groups,
+                        layer_stack=stack, layer_inputs=[f"{b}.ih" for b in stack] + [self._reader(len(stack) - 1)],
+                        num_layers_key="num_layers")
+
+    def _reader(self, i: int) -> str:
+        """The Linear that reads layer i's output h_i: the next layer's ih, proj or the head."""
+        return f"layers.{i + 1}.ih" if i + 1 < len(self.layers) else ("proj" if self.proj is not None else "lm_head")
 
     def _hidden_slices(self, i: int) -> ChannelLayer:
-        """Hidden unit k of layer i: row k of every gate in ih/hh (weights and biases), column k of
-        hh, and column k of whatever reads h_i (the next layer's ih, or proj)."""
+        """Hidden unit k of layer i: row k of every gate in ih/hh (weights and biases), and the
+        columns that read it: hh's and the next reader's (LSTMP: only hr's, since h is projected)."""
         H, G = self.config["hidden_size"], self.cell_cls.gates
         gates = tuple(g * H for g in range(G))
-        nxt = f"layers.{i + 1}.ih.weight" if i + 1 < len(self.layers) else "proj.weight"
-        s = [(f"layers.{i}.{lin}.{p}", 0, gates) for lin in ("ih", "hh") for p in ("weight", "bias")]
+        params = ("weight", "bias") if self.config["rnn_bias"] else ("weight",)
+        s = [(f"layers.{i}.{lin}.{p}", 0, gates) for lin in ("ih", "hh") for p in params]
+        if self.config["proj_size"]:
+            hr = f"layers.{i}.hr.weight"
+            return ChannelLayer(s + [(hr, 1, (0,))], (f"state.c_{i}",), hr)
+        nxt = f"{self._reader(i)}.weight"
         s += [(f"layers.{i}.hh.weight", 1, (0,)), (nxt, 1, (0,))]
-        return ChannelLayer(s, (f"state.h_{i}",), nxt, compensate=(f"layers.{i}.hh", nxt.removesuffix(".weight")))
+        mods = dict(self.named_modules())
+        readers = (f"layers.{i}.hh", self._reader(i))
+        return ChannelLayer(s, (f"state.h_{i}",), nxt, compensate=tuple(r for r in readers if mods[r].bias is not None))
 
 
 class LSTMLM(_RNNLM):

@@ -128,7 +128,7 @@ def remove_channels(model, group_name: str, keep: list[torch.Tensor], calib=None
             state[param] = state[param].index_select(dim, _channel_index(state[param].shape[dim], width, starts, k))
     cfg = {"model_type": model.model_type} | model.config | {group.config_key: len(keep[0])}
     new = build(cfg)
-    new.load_state_dict(state, strict=False)
+    new.load_state_dict(state, strict=True)
     return new
 
 
@@ -183,9 +183,8 @@ def _layers(model, cfg: PruneConfig, batches):
                 continue
             k = f"{prefix}.{new_i[int(i)]}.{rest}"
         state[k] = v
-    key = "num_hidden_layers" if "num_hidden_layers" in model.config else "num_layers"
-    new = build({"model_type": model.model_type} | model.config | {key: n - cfg.layers})
-    new.load_state_dict(state, strict=False)
+    new = build({"model_type": model.model_type} | model.config | {spec.num_layers_key: n - cfg.layers})
+    new.load_state_dict(state, strict=True)
     new.pruned_layers = sorted(drop)
     return new
 

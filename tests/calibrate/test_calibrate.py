@@ -36,8 +36,8 @@ def test_injection_preserves_function_and_is_found():
     assert len(in_proj_points) == 2 and set(in_proj_points) == set(injected)
 
 
-def test_records_every_declared_point(arch):
-    model = tiny_model(arch)
+def test_records_every_declared_point(any_arch):
+    model = tiny_model(any_arch)
     model.fingerprint = "test"
     calib = calibrate(model, _ids(), CalibConfig(samples=4, seq_len=64, state_every=16))
     spec = model.arch_spec()

@@ -33,9 +33,8 @@ def _model(arch):
     return m
 
 
-@pytest.mark.parametrize("arch", ["mamba", "lstm", "gru"])
-def test_float_step_parity_64_tokens(tmp_path, arch):
-    m = _model(arch)
+def test_float_step_parity_64_tokens(tmp_path, any_arch):
+    m = _model(any_arch)
     lm = OrtLM(export_step(m, tmp_path / "m.onnx", TOKENIZER))
     ids = IDS[:2 * 64].view(2, 64)
     ts, os_ = m.init_state(2), lm.init_state(2)
@@ -55,7 +54,7 @@ def test_greedy_generation_matches_torch(tmp_path):
     assert list(lm.generate(prompt, 32)) == list(generate(m, prompt, 32))
 
 
-@pytest.mark.parametrize("arch", ["mamba", "lstm"])
+@pytest.mark.parametrize("arch", ["mamba", "lstm", "lstm-untied", "lstmp"])
 @pytest.mark.parametrize("preset", ["w8a8-naive", "w8a8-dynamic", "w8a8-outlier", "w4a16-gptq", "w4a8"])
 def test_quantized_ort_perplexity_matches_simulation(tmp_path, arch, preset):
     m = _model(arch)
@@ -139,10 +138,10 @@ def test_export_quantized_directory(capsys, tmp_path, saved):
     assert json.loads(meta["recipe"])["name"] == "w4a16-rtn" and meta["model_fingerprint"] == m.fingerprint
 
 
-@pytest.mark.parametrize("arch", ["mamba", "lstm"])
+@pytest.mark.parametrize("arch", ["mamba", "lstm", "lstmp", "gru-tied-nobias"])
 def test_prefill_then_step_equals_stepping(tmp_path, arch):
     m = _model(arch)
-    q = quantize(m, PRESETS["w8a8-dynamic"]) if arch == "lstm" else m
+    q = quantize(m, PRESETS["w8a8-dynamic"]) if arch != "mamba" else m
     lm = OrtLM(export_step(q, tmp_path / "m.onnx", TOKENIZER))
     assert lm.prefill_session is not None
     ids = IDS[:2 * 40].view(2, 40).numpy()

@@ -19,16 +19,16 @@ def _stepped(model, ids):
 
 
 @torch.no_grad()
-def test_step_equals_forward(arch):
-    model = tiny_model(arch)
+def test_step_equals_forward(any_arch):
+    model = tiny_model(any_arch)
     ids = torch.randint(0, model.vocab_size, (3, T), generator=torch.Generator().manual_seed(1))
     stepped, _ = _stepped(model, ids)
     assert (stepped - model(ids)).abs().max() <= 1e-4
 
 
 @torch.no_grad()
-def test_prefill_in_halves_equals_forward(arch):
-    model = tiny_model(arch)
+def test_prefill_in_halves_equals_forward(any_arch):
+    model = tiny_model(any_arch)
     ids = torch.randint(0, model.vocab_size, (2, T), generator=torch.Generator().manual_seed(2))
     a, state = model.forward_with_state(ids[:, :27], model.init_state(2))
     b, state = model.forward_with_state(ids[:, 27:], state)
@@ -39,9 +39,9 @@ def test_prefill_in_halves_equals_forward(arch):
 
 
 @torch.no_grad()
-def test_step_is_pure(arch):
+def test_step_is_pure(any_arch):
     """No in-place update: the input state is untouched and the state shapes are fixed."""
-    model = tiny_model(arch)
+    model = tiny_model(any_arch)
     state = tuple(torch.randn_like(s) for s in model.init_state(2))
     before = [s.clone() for s in state]
     _, new = model.step(torch.tensor([5, 7]), state)
@@ -63,9 +63,9 @@ class _OpLog(TorchDispatchMode):
 
 
 @torch.no_grad()
-def test_step_work_does_not_grow_with_position(arch):
+def test_step_work_does_not_grow_with_position(any_arch):
     """The same aten ops on the same shapes at position 1 and position 300 (counted, not timed)."""
-    model = tiny_model(arch)
+    model = tiny_model(any_arch)
     state = model.init_state(1)
     logs = {}
     for t in range(301):

@@ -71,7 +71,7 @@ def test_state_pruning_by_calibration_and_refused_for_rnn():
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("arch", ["lstm", "gru"])
+@pytest.mark.parametrize("arch", ["lstm", "gru", "lstm-untied", "lstmp"])
 def test_rnn_hidden_removal_equals_zeroing(arch):
     m = tiny_model(arch)
     H = m.config["hidden_size"]
@@ -86,7 +86,8 @@ def test_rnn_hidden_removal_equals_zeroing(arch):
         cell.ih.bias[rows] = 0
         cell.hh.weight[rows] = 0
         cell.hh.bias[rows] = 0
-        cell.hh.weight[:, drop] = 0
+        if not m.config["proj_size"]:  # LSTMP: hh reads the projected h, not the unit
+            cell.hh.weight[:, drop] = 0
     # a unit with zero weights and biases stays at h = 0 (LSTM: c' = 0.5 c = 0; GRU: h' = 0.5 tanh(0) + 0.5 h = 0)
     # and its outgoing columns are then irrelevant
     ids = IDS[:64].view(2, 32)
