@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnquant.eval.windows import windows
+from rnnquant.text import token_ids
 from rnnquant.zoo import MODELS_DIR
 from rnnquant.zoo.corpus import split_text
 from rnnquant.zoo.train import token_stream
@@ -108,10 +109,11 @@ def main():
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(MODELS_DIR / "tokenizer.json"))
-    train_ids, test_ids = token_stream(tok, "train"), token_stream(tok, "test")
     args.out.mkdir(parents=True, exist_ok=True)
     for split in ("train", "test"):
         (args.out / f"{split}.txt").write_text(split_text(split))
+    # the source is scored on the very ids `rnnquant ppl --data test.txt` reads
+    train_ids, test_ids = token_stream(tok, "train"), torch.from_numpy(token_ids(tok, args.out / "test.txt", 10**12)[0]).long()
     rows = {}
     for name, spec in MODELS.items():
         torch.manual_seed(0)

@@ -47,7 +47,10 @@ class _PrefillGraph(_StepGraph):
 
 
 def state_metadata(model) -> list[dict]:
-    return [{"name": s.name, "shape": list(s.shape), "dtype": str(s.dtype).removeprefix("torch.")} for s in model.arch_spec().states]
+    """The graph's state inputs as data: what a runtime needs to build the initial state itself."""
+    return [{"name": s.name, "shape": list(s.shape), "dtype": str(s.dtype).removeprefix("torch."), "init": s.init}
+            for s in model.arch_spec().states]
+
 
 
 def _prune_spec(model) -> str:
@@ -215,31 +218,37 @@ def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bo
 
 def finish_step_graph(proto, model, out_path: Path, tokenizer_path=None, force: bool = True, prefill: bool = True,
                       recipe: str | None = None, prefill_proto=None, prefill_logits: str = "all") -> Path:
-    """Add rnnquant's metadata to a step graph, check it, write it atomically, then the prefill
-    graph (``<stem>.prefill.onnx``: ``prefill_proto`` when given, else a Loop over the step
-    graph) and ``tokenizer.json`` beside it."""
-    from .prefill import export_prefill, parallel_prefill_metadata, prefill_path
+    """Add rnnquant's metadata to a step graph and write, each atomically, the prefill graph
+    (``<stem>.prefill.onnx``: ``prefill_proto`` when given, else a Loop over the step graph),
+    ``tokenizer.json`` and, last, the step graph: a step graph under its final name means the
+    whole export is there, even after a SIGKILL anywhere in between."""
+    from .prefill import build_prefill, parallel_prefill_metadata, prefill_path
 
     out_path = Path(out_path)
+    if out_path.exists() and not force:
+        raise RnnquantError(f"{out_path} already exists (use --force to overwrite)")
     meta = metadata(model, Path(tokenizer_path) if tokenizer_path else None) | ({"recipe": recipe} if recipe else {})
     for k, v in meta.items():
         proto.metadata_props.add(key=k, value=v)
     proto.doc_string = f"rnnquant {__version__} step graph: O(1) work per token"
-    save_graph(proto, out_path, "exported graph", force=force)
+    for stale in (out_path, prefill_path(out_path), out_path.with_suffix(".ort"), prefill_path(out_path).with_suffix(".ort")):
+        if stale.is_file():  # never leave an earlier export's graphs beside this one (`--ort` writes new ones)
+            stale.unlink()
+    if prefill_proto is not None:
+        for k, v in (meta | parallel_prefill_metadata(model) | {"prefill_logits": prefill_logits}).items():
+            prefill_proto.metadata_props.add(key=k, value=v)
+        prefill_proto.doc_string = f"rnnquant {__version__} prefill graph: forward_with_state, chunked parallel scan"
+    elif prefill:
+        prefill_proto = build_prefill(proto, last_only=prefill_logits == "last")  # before save_graph may move weights to external data
     try:
-        for stale in (prefill_path(out_path), out_path.with_suffix(".ort"), prefill_path(out_path).with_suffix(".ort")):
-            stale.unlink(missing_ok=True)  # never leave an earlier export's graphs beside this one (`--ort` writes new ones)
         if prefill_proto is not None:
-            for k, v in (meta | parallel_prefill_metadata() | {"prefill_logits": prefill_logits}).items():
-                prefill_proto.metadata_props.add(key=k, value=v)
-            prefill_proto.doc_string = f"rnnquant {__version__} prefill graph: forward_with_state, chunked parallel scan"
             save_graph(prefill_proto, prefill_path(out_path), "prefill graph", force=True)
-        elif prefill:
-            export_prefill(out_path, force=True, last_only=prefill_logits == "last")
+        if tokenizer_path is not None:
+            with atomic_path(out_path.parent / "tokenizer.json") as tmp_tok:
+                shutil.copyfile(tokenizer_path, tmp_tok)
+        save_graph(proto, out_path, "exported graph", force=True)
     except BaseException:
-        out_path.unlink(missing_ok=True)  # a step graph without the prefill asked for is not a finished export
+        if prefill_path(out_path).is_file():  # a prefill graph without its step graph is not a finished export
+            prefill_path(out_path).unlink()
         raise
-    if tokenizer_path is not None:
-        with atomic_path(out_path.parent / "tokenizer.json") as tmp_tok:
-            shutil.copyfile(tokenizer_path, tmp_tok)
     return out_path

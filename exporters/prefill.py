@@ -33,10 +33,9 @@ def prefill_path(step_path: Path) -> Path:
     return Path(step_path).with_suffix(".prefill.onnx")
 
 
-def parallel_prefill_metadata() -> dict[str, str]:
-    from rnnquant.models.ssm import PARALLEL_SCAN_MAX_TOKENS
-
-    return {"graph": "prefill", "prefill": "parallel", "prefill_max_tokens": str(PARALLEL_SCAN_MAX_TOKENS)}
+def parallel_prefill_metadata(model) -> dict[str, str]:
+    """The adapter declares how many tokens one call of its parallel prefill is exact for."""
+    return {"graph": "prefill", "prefill": "parallel", "prefill_max_tokens": str(model.prefill_max_tokens)}
 
 
 def build_prefill(step: onnx.ModelProto, last_only: bool = False) -> onnx.ModelProto:
@@ -86,10 +85,3 @@ def build_prefill(step: onnx.ModelProto, last_only: bool = False) -> onnx.ModelP
     return model
 
 
-def export_prefill(step_path, force: bool = True, last_only: bool = False) -> Path:
-    from .onnx_export import save_graph
-
-    step_path = Path(step_path)
-    out = prefill_path(step_path)
-    save_graph(build_prefill(onnx.load(str(step_path)), last_only), out, "prefill graph", force=force)
-    return out

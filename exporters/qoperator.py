@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from rnnquant.errors import RnnquantError
+from rnnquant.exporters.states import initial_state
 
 RECIPE = {"name": "qoperator-static", "format": "qoperator", "weights": "int8 symmetric per-tensor", "activations": "uint8 static per-tensor (MinMax)",
           "ops": ["MatMul"], "tool": "onnxruntime.quantization.quantize_static"}
@@ -33,7 +34,7 @@ def step_feeds(float_onnx: Path, states: list[dict], batches) -> list[dict[str, 
     feeds = []
     for batch in batches:
         ids = np.asarray(batch, dtype=np.int64)
-        state = [np.zeros((ids.shape[0], *s["shape"]), np.float32) for s in states]
+        state = initial_state(states, ids.shape[0])
         for t in range(ids.shape[1]):
             feeds.append({"input_ids": ids[:, t]} | dict(zip(names, state)))
             state = sess.run([f"new_{n}" for n in names], feeds[-1])

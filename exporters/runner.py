@@ -16,6 +16,7 @@ import numpy as np
 from rnnquant.errors import RnnquantError
 from rnnquant.eval.windows import windows
 from rnnquant.exporters.prefill import PREFILL_WINDOW, prefill_path
+from rnnquant.exporters.states import initial_state
 from rnnquant.text import encode_prompt
 
 REQUIRED_META = ("graph", "architecture", "states", "vocab_size", "tokenizer_sha256")
@@ -118,7 +119,7 @@ class OrtLM:
 
     # --- the step contract, in numpy ------------------------------------------------
     def init_state(self, batch: int) -> list[np.ndarray]:
-        return [np.zeros((batch, *s["shape"]), dtype=np.float32) for s in self.states]
+        return initial_state(self.states, batch)
 
     def step(self, ids: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         feeds = {"input_ids": np.asarray(ids, dtype=np.int64)} | {s["name"]: v for s, v in zip(self.states, state)}

@@ -73,9 +73,11 @@ def _quantized(m, recipe, calib, data, samples, seq_len, prune_spec=None):
 
         m = _pruned(m, parse_spec(prune_spec), calib, data, samples, seq_len)
         _echo_prune(m)
-        if c is not None:
+        if c is not None:  # the pruned model, recalibrated with every setting of the user's calibration
+            from dataclasses import fields
+
             s = c.meta["settings"]
-            c = run_calibration(m, _ids(m, data, "train"), CalibConfig(samples=s["samples"], seq_len=s["seq_len"]))
+            c = run_calibration(m, _ids(m, data, "train"), CalibConfig(**{f.name: s[f.name] for f in fields(CalibConfig) if f.name in s}))
     qm = apply_recipe(m, r, c, _batches(m, data, samples, seq_len) if r.needs_data() else None)
     if prune_spec and m.prune_report["masked_sparsity_pct"] > 0:
         from .prune.apply import masked_sparsity

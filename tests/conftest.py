@@ -16,12 +16,17 @@ TINY = {
     "lstm": {"model_type": "lstm", "vocab_size": VOCAB, "embed_size": 24, "hidden_size": 32, "num_layers": 2},
     "gru": {"model_type": "gru", "vocab_size": VOCAB, "embed_size": 24, "hidden_size": 32, "num_layers": 2},
 }
-# the other layouts an adapter accepts (torch.nn.LSTM/GRU LMs as `rnnquant convert` writes them):
+# the other adapters and the other layouts an adapter accepts (torch.nn.LSTM/GRU LMs as `rnnquant convert` writes them):
 # the contract suite runs over these too; the loading/text tests stay on TINY
 VARIANTS = {
     "lstm-untied": TINY["lstm"] | {"output_proj": False, "head_bias": True, "tie_word_embeddings": False},
     "lstmp": TINY["lstm"] | {"proj_size": 12, "output_proj": False, "head_bias": True, "tie_word_embeddings": False},
     "gru-tied-nobias": TINY["gru"] | {"embed_size": 32, "output_proj": False, "head_bias": True, "rnn_bias": False},
+    "falcon_mamba": TINY["mamba"] | {"model_type": "falcon_mamba"},
+    "mamba2": {"model_type": "mamba2", "vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 2, "state_size": 8,
+               "num_heads": 8, "head_dim": 8, "n_groups": 1},
+    "mamba2-groups": {"model_type": "mamba2", "vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 2, "state_size": 4,
+                      "num_heads": 16, "head_dim": 4, "n_groups": 4, "tie_word_embeddings": True},
 }
 CONTRACT = TINY | VARIANTS
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import platform
 import tempfile
@@ -25,13 +24,10 @@ from pathlib import Path
 
 from ..errors import RnnquantError
 from ..exporters.measure import measure_in_process
+from ..exporters.states import state_bytes
 from ..io import atomic_path
 
 SCHEMA_VERSION = 1
-
-
-def _state_bytes(states: list[dict]) -> int:
-    return sum(4 * math.prod(s["shape"]) for s in states)
 
 
 def _dir_size(path: Path) -> int:
@@ -49,7 +45,7 @@ def _torch_entry(model, name: str, path: str, ids, window: int, tokens: int, thr
     pruned = getattr(model, "prune_report", None) or {}
     kind = "quantized-dir" if recipe is not None else "pruned-dir" if pruned else "pytorch"
     return {"name": name, "path": path, "kind": kind, "recipe": _label(recipe.name if recipe else "float", pruned.get("spec", "")), "perplexity": ppl.ppl, "tokens": ppl.tokens,
-            "size_bytes": _dir_size(Path(model.source)), "state_bytes": _state_bytes(state_metadata(model))} | _timing(m)
+            "size_bytes": _dir_size(Path(model.source)), "state_bytes": state_bytes(state_metadata(model))} | _timing(m)
 
 
 def _label(recipe: str, prune_spec: str) -> str:
@@ -69,7 +65,7 @@ def _onnx_entry(path: Path, ids, window: int, tokens: int, threads: int) -> dict
     recipe = lm.meta["recipe"]
     return {"name": path.stem, "path": str(path), "kind": path.suffix.lstrip("."),
             "recipe": _label(json.loads(recipe)["name"] if recipe != "float" else "float", lm.meta.get("prune", "")), "perplexity": ppl, "tokens": n,
-            "size_bytes": sum(f.stat().st_size for f in (path, path.with_name(f"{path.name}.data")) if f.is_file()), "state_bytes": _state_bytes(lm.states)} | _timing(measure_in_process(path, tokens, threads))
+            "size_bytes": sum(f.stat().st_size for f in (path, path.with_name(f"{path.name}.data")) if f.is_file()), "state_bytes": state_bytes(lm.states)} | _timing(measure_in_process(path, tokens, threads))
 
 
 def machine(threads: int) -> dict:

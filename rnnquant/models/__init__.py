@@ -10,10 +10,11 @@ import torch
 from ..errors import RnnquantError
 from ..io import PRUNE_REPORT, read_mapping
 from .base import ArchSpec, RecurrentLM, State, StateSpec, Tap
-from .mamba import MambaLM
+from .mamba import FalconMambaLM, MambaLM
+from .mamba2 import Mamba2LM
 from .rnn import GRULM, LSTMLM
 
-ADAPTERS: dict[str, type[RecurrentLM]] = {cls.model_type: cls for cls in (MambaLM, LSTMLM, GRULM)}
+ADAPTERS: dict[str, type[RecurrentLM]] = {cls.model_type: cls for cls in (MambaLM, FalconMambaLM, Mamba2LM, LSTMLM, GRULM)}
 
 __all__ = ["ADAPTERS", "ArchSpec", "RecurrentLM", "State", "StateSpec", "Tap", "build", "check_and_assign", "load", "load_tokenizer", "resolve"]
 
@@ -21,6 +22,10 @@ __all__ = ["ADAPTERS", "ArchSpec", "RecurrentLM", "State", "StateSpec", "Tap", "
 def build(config: dict, where: str = "config") -> RecurrentLM:
     """A randomly initialised model for ``config`` (validated)."""
     mt = config.get("model_type")
+    if mt is None:
+        hint = next((why for cls in ADAPTERS.values() for keys, why in [getattr(cls, "foreign_layout", ((), ""))]
+                     if keys and all(k in config for k in keys)), "")
+        raise RnnquantError(f"{where}: missing field 'model_type'" + (f": this is {hint}" if hint else f" (one of {', '.join(sorted(ADAPTERS))})"))
     if mt not in ADAPTERS:
         raise RnnquantError(f"{where}: unknown model_type {mt!r}; supported: {', '.join(sorted(ADAPTERS))}")
     cls = ADAPTERS[mt]

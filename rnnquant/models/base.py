@@ -38,6 +38,7 @@ class StateSpec:
     shape: tuple[int, ...]  # per batch element; the batch dimension is prepended
     dtype: torch.dtype = torch.float32
     channel_dim: int = 0  # the axis of ``shape`` that indexes channels (calibration statistics); the others are samples
+    init: float = 0.0  # every element's value in ``init_state`` (RWKV-4's running max starts at -1e38, not 0)
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,41 @@ class ArchSpec:
     layer_inputs: list[str] = field(default_factory=list)  # modules whose input is the stream before each block, then after the last
     num_layers_key: str = "num_hidden_layers"  # the config field that counts the blocks of layer_stack
 
+    def check(self, model: nn.Module) -> None:
+        """Every name resolves to the kind of thing it claims to be (raises ValueError naming the first
+        that does not): a stage can then trust the declaration instead of guessing."""
+        mods, params = dict(model.named_modules()), dict(model.named_parameters(remove_duplicate=False))
+
+        def need(ok: bool, what: str) -> None:
+            if not ok:
+                raise ValueError(f"{type(model).__name__}.arch_spec(): {what}")
+
+        for name in self.linears:
+            need(isinstance(mods.get(name), nn.Linear), f"linear {name!r} is not an nn.Linear")
+        for norm, readers in self.smoothing_pairs:
+            need(isinstance(getattr(mods.get(norm), "weight", None), nn.Parameter), f"smoothing norm {norm!r} has no weight")
+            need(all(r in self.linears for r in readers), f"smoothing readers of {norm!r} are not all declared linears")
+        need(set(self.rotation_points) <= set(self.linears), "a rotation point is not a declared linear")
+        for name in self.taps:
+            need(isinstance(mods.get(name), Tap), f"tap {name!r} is not a Tap")
+        for name in self.float_params:
+            need(name in params, f"float parameter {name!r} does not exist")
+        need(isinstance(mods.get(self.embedding), nn.Embedding), f"embedding {self.embedding!r} is not an nn.Embedding")
+        need(all(b in mods for b in self.layer_stack), "a layer_stack block does not exist")
+        need(len(self.layer_inputs) == len(self.layer_stack) + 1 and all(n in mods for n in self.layer_inputs),
+             "layer_inputs must name one existing module per block, then one after the last")
+        need(model.config.get(self.num_layers_key) == len(self.layer_stack), f"config[{self.num_layers_key!r}] is not the number of blocks")
+        for gname, group in self.channel_groups.items():
+            need(isinstance(model.config.get(group.config_key), int), f"channel group {gname!r}: no int config[{group.config_key!r}]")
+            width = model.config[group.config_key]
+            need(len(group.layers) == len(self.layer_stack), f"channel group {gname!r} must have one entry per block")
+            for layer in group.layers:
+                for param, dim, starts in layer.slices:
+                    need(param in params and all(s + width <= params[param].shape[dim] for s in starts),
+                         f"channel group {gname!r}: {param!r} has no {width} channels at {starts} along dim {dim}")
+                for lin in layer.compensate:
+                    need(lin in self.linears and mods[lin].bias is not None, f"channel group {gname!r}: {lin!r} has no bias to compensate into")
+
 
 class RecurrentLM(nn.Module):
     """Base class: subclasses set ``model_type`` and implement the four methods below."""
@@ -91,6 +127,7 @@ class RecurrentLM(nn.Module):
     # graph for every sequence length (Mamba: chunked parallel scan); else the exporter's prefill
     # graph is an ONNX Loop over the step graph.
     parallel_prefill: bool = False
+    prefill_max_tokens: int | None = None  # with parallel_prefill: the most tokens one prefill call is exact for
 
     def __init__(self, config: dict):
         super().__init__()
@@ -98,7 +135,7 @@ class RecurrentLM(nn.Module):
 
     # --- the contract -------------------------------------------------------
     def init_state(self, batch_size: int) -> State:
-        return tuple(torch.zeros((batch_size, *s.shape), dtype=s.dtype) for s in self.arch_spec().states)
+        return tuple(torch.full((batch_size, *s.shape), s.init, dtype=s.dtype) for s in self.arch_spec().states)
 
     def step(self, input_ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         raise NotImplementedError

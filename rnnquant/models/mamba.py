@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import ArchSpec, ChannelGroup, ChannelLayer, RecurrentLM, StateSpec, Tap
-from .ssm import selective_scan, selective_state_update
+from .ssm import PARALLEL_SCAN_MAX_TOKENS, selective_scan, selective_state_update
 
 
 class RMSNorm(nn.Module):
@@ -31,9 +31,15 @@ class RMSNorm(nn.Module):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
 
 
+def weightless_rms(x, eps: float):
+    """FalconMamba's normalisation of dt, B and C before the scan (no weight)."""
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+
+
 class MambaMixer(nn.Module):
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: dict, bcdt_rms_eps: float | None = None):
         super().__init__()
+        self.bcdt_rms_eps = bcdt_rms_eps  # FalconMamba: dt, B, C RMS-normalised (mixer_rms_eps); Mamba: None
         D, E, N, K, R = cfg["hidden_size"], cfg["intermediate_size"], cfg["state_size"], cfg["conv_kernel"], cfg["time_step_rank"]
         self.E, self.N, self.K, self.R = E, N, K, R
         self.in_proj = nn.Linear(D, 2 * E, bias=cfg["use_bias"])
@@ -49,6 +55,8 @@ class MambaMixer(nn.Module):
     def _ssm_params(self, xc):
         """xc [..., E] -> dt [..., E], B [..., N], C [..., N] (shared by forward and step)."""
         dt, Bm, Cm = torch.split(self.x_proj(xc), [self.R, self.N, self.N], dim=-1)
+        if self.bcdt_rms_eps is not None:
+            dt, Bm, Cm = (weightless_rms(t, self.bcdt_rms_eps) for t in (dt, Bm, Cm))
         dt = self.tap_dt(F.softplus(self.dt_proj(dt)))
         return dt, self.tap_B(Bm), self.tap_C(Cm)
 
@@ -79,17 +87,19 @@ class MambaMixer(nn.Module):
 
 
 class MambaBlock(nn.Module):
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: dict, mixer: nn.Module):
         super().__init__()
         self.norm = RMSNorm(cfg["hidden_size"], cfg["layer_norm_epsilon"])
-        self.mixer = MambaMixer(cfg)
+        self.mixer = mixer
 
 
 class Backbone(nn.Module):
-    def __init__(self, cfg: dict):
+    """embeddings -> layers of x + mixer(norm(x)) -> norm_f: the layout Mamba, FalconMamba and Mamba-2 share."""
+
+    def __init__(self, cfg: dict, make_mixer):
         super().__init__()
         self.embeddings = nn.Embedding(cfg["vocab_size"], cfg["hidden_size"])
-        self.layers = nn.ModuleList(MambaBlock(cfg) for _ in range(cfg["num_hidden_layers"]))
+        self.layers = nn.ModuleList(MambaBlock(cfg, make_mixer(cfg)) for _ in range(cfg["num_hidden_layers"]))
         self.norm_f = RMSNorm(cfg["hidden_size"], cfg["layer_norm_epsilon"])
 
 
@@ -109,17 +119,24 @@ def normalize_config(cfg: dict) -> dict:
 class MambaLM(RecurrentLM):
     model_type = "mamba"
     parallel_prefill = True
+    prefill_max_tokens = PARALLEL_SCAN_MAX_TOKENS
     required_config = ("vocab_size", "hidden_size", "num_hidden_layers")
 
     def __init__(self, config: dict):
-        super().__init__(normalize_config(config))
+        super().__init__(self.normalize_config(config))
         cfg = self.config
         if cfg["hidden_act"] != "silu":
             raise ValueError(f"hidden_act {cfg['hidden_act']!r} is not supported (only 'silu')")
-        self.backbone = Backbone(cfg)
+        self.backbone = Backbone(cfg, self.make_mixer)
         self.lm_head = nn.Linear(cfg["hidden_size"], cfg["vocab_size"], bias=False)
         if cfg["tie_word_embeddings"]:
             self.lm_head.weight = self.backbone.embeddings.weight
+
+    normalize_config = staticmethod(normalize_config)
+
+    @staticmethod
+    def make_mixer(cfg: dict) -> nn.Module:
+        return MambaMixer(cfg)
 
     def forward_with_state(self, input_ids, state, last_only: bool = False):
         x = self.backbone.embeddings(input_ids)  # [B,T,D]
@@ -178,3 +195,18 @@ class MambaLM(RecurrentLM):
         """A state dimension n: x_proj rows R+n (B_n) and R+N+n (C_n) and A_log column n."""
         R, N = self.config["time_step_rank"], self.config["state_size"]
         return ChannelLayer([(f"{m}.x_proj.weight", 0, (R, R + N)), (f"{m}.A_log", 1, (0,))], (f"{m}.tap_B", f"{m}.tap_C"), None)
+
+
+class FalconMambaLM(MambaLM):
+    """FalconMamba (``FalconMambaForCausalLM``): Mamba-1 with weightless RMS norms of dt, B and C
+    before the scan; the same layout, parameters and ArchSpec."""
+
+    model_type = "falcon_mamba"
+
+    @staticmethod
+    def normalize_config(cfg: dict) -> dict:
+        return normalize_config({"mixer_rms_eps": 1e-6} | dict(cfg))
+
+    @staticmethod
+    def make_mixer(cfg: dict) -> nn.Module:
+        return MambaMixer(cfg, bcdt_rms_eps=cfg["mixer_rms_eps"])

@@ -25,6 +25,8 @@ EOT = "<|endoftext|>"
 
 ARCHS = {
     "mamba": {"model_type": "mamba", "hidden_size": 256, "num_hidden_layers": 4, "state_size": 16, "expand": 2, "conv_kernel": 4},
+    "mamba2": {"model_type": "mamba2", "hidden_size": 256, "num_hidden_layers": 4, "state_size": 64, "expand": 2, "conv_kernel": 4,
+               "num_heads": 8, "head_dim": 64, "n_groups": 1, "tie_word_embeddings": True},
     "lstm": {"model_type": "lstm", "embed_size": 256, "hidden_size": 512, "num_layers": 2},
     "gru": {"model_type": "gru", "embed_size": 256, "hidden_size": 512, "num_layers": 2},
 }
@@ -65,6 +67,25 @@ def init_mamba(model, n_layers: int):
             m.out_proj.weight.div_(math.sqrt(n_layers))
 
 
+def init_mamba2(model, n_layers: int):
+    """Mamba-2's reference initialisation (state-spaces/mamba, HF's): A = 1..H per head, D = 1,
+    dt in [1e-3, 1e-1] via the inverse-softplus dt_bias, out_proj rescaled by 1/sqrt(n_layers)."""
+    torch.nn.init.normal_(model.backbone.embeddings.weight, std=0.02)
+    for layer in model.backbone.layers:
+        m = layer.mixer
+        dt = torch.exp(torch.rand(m.H) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp(min=1e-4)
+        with torch.no_grad():
+            m.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+            m.out_proj.weight.div_(math.sqrt(n_layers))
+
+
+def init_rnn(model, n_layers: int):
+    torch.nn.init.normal_(model.embed.weight, std=0.05)
+
+
+INITS = {"mamba": init_mamba, "mamba2": init_mamba2, "lstm": init_rnn, "gru": init_rnn}
+
+
 def train_model(args) -> None:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -74,10 +95,7 @@ def train_model(args) -> None:
     eot = tok.token_to_id(EOT)
     cfg = ARCHS[args.arch] | {"vocab_size": tok.get_vocab_size(), "bos_token_id": eot, "eos_token_id": eot}
     model = build(cfg)
-    if args.arch == "mamba":
-        init_mamba(model, cfg["num_hidden_layers"])
-    else:
-        torch.nn.init.normal_(model.embed.weight, std=0.05)
+    INITS[args.arch](model, cfg.get("num_hidden_layers", 0))
     data = token_stream(tok, "train")
     valid = token_stream(tok, "valid")
     print(f"{args.arch}: {model.num_parameters() / 1e6:.2f}M params, {len(data)} train tokens", flush=True)

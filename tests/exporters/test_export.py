@@ -54,7 +54,7 @@ def test_greedy_generation_matches_torch(tmp_path):
     assert list(lm.generate(prompt, 32)) == list(generate(m, prompt, 32))
 
 
-@pytest.mark.parametrize("arch", ["mamba", "lstm", "lstm-untied", "lstmp"])
+@pytest.mark.parametrize("arch", ["mamba", "mamba2", "lstm", "lstm-untied", "lstmp"])
 @pytest.mark.parametrize("preset", ["w8a8-naive", "w8a8-dynamic", "w8a8-outlier", "w4a16-gptq", "w4a8"])
 def test_quantized_ort_perplexity_matches_simulation(tmp_path, arch, preset):
     m = _model(arch)
@@ -138,10 +138,10 @@ def test_export_quantized_directory(capsys, tmp_path, saved):
     assert json.loads(meta["recipe"])["name"] == "w4a16-rtn" and meta["model_fingerprint"] == m.fingerprint
 
 
-@pytest.mark.parametrize("arch", ["mamba", "lstm", "lstmp", "gru-tied-nobias"])
+@pytest.mark.parametrize("arch", ["mamba", "mamba2-groups", "lstm", "lstmp", "gru-tied-nobias"])
 def test_prefill_then_step_equals_stepping(tmp_path, arch):
     m = _model(arch)
-    q = quantize(m, PRESETS["w8a8-dynamic"]) if arch != "mamba" else m
+    q = quantize(m, PRESETS["w8a8-dynamic"]) if m.model_type in ("lstm", "gru") else m
     lm = OrtLM(export_step(q, tmp_path / "m.onnx", TOKENIZER))
     assert lm.prefill_session is not None
     ids = IDS[:2 * 40].view(2, 40).numpy()
@@ -158,7 +158,7 @@ def test_prefill_then_step_equals_stepping(tmp_path, arch):
         assert np.abs(a - b).max() <= 1e-4
 
 
-@pytest.mark.parametrize("arch", ["mamba", "lstm"])
+@pytest.mark.parametrize("arch", ["mamba", "mamba2", "lstm"])
 def test_prefill_form(tmp_path, arch):
     """Mamba's prefill graph is forward_with_state traced (no Loop: projections over the whole
     sequence, chunked parallel scan), fed in windows by the runner; the LSTM's is a Loop."""
@@ -166,7 +166,7 @@ def test_prefill_form(tmp_path, arch):
     graph = onnx.load(tmp_path / "m.prefill.onnx")
     meta = {p.key: p.value for p in graph.metadata_props}
     has_loop = any(n.op_type == "Loop" for n in graph.graph.node)
-    assert (meta["prefill"], has_loop) == (("parallel", False) if arch == "mamba" else ("loop", True))
+    assert (meta["prefill"], has_loop) == (("parallel", False) if arch.startswith("mamba") else ("loop", True))
     ids = IDS[:3 * 45].view(3, 45).numpy()
     whole, state = lm.prefill(ids, lm.init_state(3))
     lm.prefill_window = 7  # seven calls, the state carried between them

@@ -100,10 +100,13 @@ def test_model_dispatch_to_triton(monkeypatch):
     _, ref_state = m.forward_with_state(ids, m.init_state(2))
     monkeypatch.setenv("RNNQUANT_KERNELS", "triton")
     assert (m(ids) - ref).abs().max() <= 1e-4
-    logits, state = m.step(ids[:, 0], m.init_state(2))
+    _, state = m.forward_with_state(ids, m.init_state(2))
+    logits, step_state = m.step(ids[:, 0], m.init_state(2))
     monkeypatch.setenv("RNNQUANT_KERNELS", "ref")
     ref_logits, ref_step_state = m.step(ids[:, 0], m.init_state(2))
     assert (logits - ref_logits).abs().max() <= 1e-4
+    for got, want in [*zip(state, ref_state, strict=True), *zip(step_state, ref_step_state, strict=True)]:
+        assert (got - want).abs().max() <= 1e-4  # the kernels' final states, not only their outputs
 
 
 @torch.no_grad()

@@ -1,0 +1,150 @@
+"""Mamba-2 in the Hugging Face ``Mamba2ForCausalLM`` layout, rnnquant's own implementation.
+
+Parameter names match ``transformers`` so its checkpoints load unchanged:
+``backbone.embeddings``, ``backbone.layers.{i}.norm``, ``backbone.layers.{i}.mixer.{in_proj,
+conv1d, dt_bias, A_log, D, norm, out_proj}``, ``backbone.norm_f``, ``lm_head`` (untied by default).
+
+Per layer: in_proj -> [z (E) | xBC (E + 2 G N) | dt (H)]; a causal depthwise conv + SiLU over
+xBC; the SSD scan (``ssd``) over x with per-head scalar decay; y * SiLU(z) through a grouped
+RMSNorm (group size E / G) with a weight; out_proj. E = intermediate_size = H * P.
+State per layer: conv_i [B, K-1, E + 2 G N] (channels last, as in Mamba-1) and ssm_i [B, H, N, P].
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import ArchSpec, StateSpec, Tap
+from .mamba import MambaLM
+from .ssd import SSD_MAX_TOKENS, ssd_scan, ssd_step
+
+
+class GatedRMSNorm(nn.Module):
+    """norm(y * SiLU(z)) over groups of ``group`` channels, times a weight (a smoothing target:
+    the weight scales each output channel, so SmoothQuant can fold into it)."""
+
+    def __init__(self, dim: int, group: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.group, self.eps = group, eps
+
+    def forward(self, y, z):
+        x = y * F.silu(z)
+        g = x.reshape(*x.shape[:-1], -1, self.group)  # [..., E / group, group]
+        g = g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + self.eps)
+        return g.reshape(x.shape) * self.weight
+
+
+class Mamba2Mixer(nn.Module):
+    def __init__(self, cfg: dict):
+        super().__init__()
+        D, E, N, K = cfg["hidden_size"], cfg["intermediate_size"], cfg["state_size"], cfg["conv_kernel"]
+        H, P, G = cfg["num_heads"], cfg["head_dim"], cfg["n_groups"]
+        self.E, self.N, self.K, self.H, self.P, self.G = E, N, K, H, P, G
+        self.conv_dim = E + 2 * G * N
+        self.dt_limit = tuple(cfg["time_step_limit"])
+        self.in_proj = nn.Linear(D, E + self.conv_dim + H, bias=cfg["use_bias"])
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, K, groups=self.conv_dim, padding=K - 1, bias=cfg["use_conv_bias"])
+        self.dt_bias = nn.Parameter(torch.ones(H))
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, H + 1, dtype=torch.float32)))
+        self.D = nn.Parameter(torch.ones(H))
+        self.norm = GatedRMSNorm(E, E // G, cfg["layer_norm_epsilon"])
+        self.out_proj = nn.Linear(E, D, bias=cfg["use_bias"])
+        # activation taps: SSD input x, step size dt, B, C, SSD output y (before the gate), gate z
+        self.tap_x, self.tap_dt, self.tap_B, self.tap_C, self.tap_y, self.tap_z = (Tap() for _ in range(6))
+
+    def _split(self, xc, dt):
+        """Conv output [..., conv_dim] and raw dt [..., H] -> x [..., H, P], dt [..., H], B, C [..., G, N]."""
+        xs, Bm, Cm = torch.split(F.silu(xc), [self.E, self.G * self.N, self.G * self.N], dim=-1)
+        dt = F.softplus(dt + self.dt_bias)
+        if self.dt_limit != (0.0, math.inf):  # softplus is >= 0 already: the default limit is no op
+            dt = dt.clamp(*self.dt_limit)
+        lead = dt.shape[:-1]  # [B] or [B, T]: reshape, not unflatten (torch.onnx bakes unflatten's other axes)
+        return (self.tap_x(xs).reshape(*lead, self.H, self.P), self.tap_dt(dt),
+                self.tap_B(Bm).reshape(*lead, self.G, self.N), self.tap_C(Cm).reshape(*lead, self.G, self.N))
+
+    def _out(self, y, z):
+        return self.out_proj(self.norm(self.tap_y(y.reshape(z.shape)), self.tap_z(z)))
+
+    def forward(self, x, conv_state, h):
+        """x [B,T,D] -> (out [B,T,D], conv_state', h')."""
+        z, xBC, dt = self.in_proj(x).split([self.E, self.conv_dim, self.H], dim=-1)
+        conv_in = torch.cat([conv_state, xBC], dim=1)  # [B,K-1+T,conv_dim]
+        xc = F.conv1d(conv_in.transpose(1, 2), self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim).transpose(1, 2)
+        xs, dt, Bm, Cm = self._split(xc, dt)
+        y, h = ssd_scan(xs, dt, -torch.exp(self.A_log), Bm, Cm, self.D, h)
+        return self._out(y, z), conv_in[:, conv_in.shape[1] - (self.K - 1) :], h
+
+    def step(self, x, conv_state, h):
+        """x [B,D] -> (out [B,D], conv_state', h')."""
+        z, xBC, dt = self.in_proj(x).split([self.E, self.conv_dim, self.H], dim=-1)
+        conv_in = torch.cat([conv_state, xBC.unsqueeze(1)], dim=1)  # [B,K,conv_dim]
+        xc = (conv_in * self.conv1d.weight.squeeze(1).T).sum(1)  # weight [C,1,K] -> [K,C]
+        if self.conv1d.bias is not None:
+            xc = xc + self.conv1d.bias
+        xs, dt, Bm, Cm = self._split(xc, dt)
+        y, h = ssd_step(xs, dt, -torch.exp(self.A_log), Bm, Cm, self.D, h)
+        return self._out(y, z), conv_in[:, 1:], h
+
+
+def _limit(v) -> list[float]:
+    """time_step_limit as two floats; transformers may write infinity as {"__float__": "Infinity"}."""
+    def num(x):
+        return float(x["__float__"]) if isinstance(x, dict) and "__float__" in x else float(x)
+
+    lo, hi = (num(x) for x in v)
+    return [lo, hi]
+
+
+def normalize_config(cfg: dict) -> dict:
+    """Fill Hugging Face Mamba2Config defaults and check the derived widths."""
+    c = {
+        "num_heads": 128, "head_dim": 64, "state_size": 128, "expand": 2, "conv_kernel": 4, "n_groups": 8,
+        "use_bias": False, "use_conv_bias": True, "hidden_act": "silu", "layer_norm_epsilon": 1e-5,
+        "time_step_limit": [0.0, math.inf], "chunk_size": 256, "tie_word_embeddings": False,
+        "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1,
+    } | dict(cfg)
+    c["time_step_limit"] = _limit(c["time_step_limit"])
+    c.setdefault("intermediate_size", int(c["expand"] * c["hidden_size"]))
+    if c["intermediate_size"] != c["num_heads"] * c["head_dim"]:
+        raise ValueError(f"hidden_size * expand ({c['intermediate_size']}) must equal num_heads * head_dim ({c['num_heads'] * c['head_dim']})")
+    if c["num_heads"] % c["n_groups"]:
+        raise ValueError(f"n_groups {c['n_groups']} must divide num_heads {c['num_heads']}")
+    return c
+
+
+class Mamba2LM(MambaLM):
+    """Mamba-2: the Mamba backbone and step loop with the SSD mixer; its own ArchSpec."""
+
+    model_type = "mamba2"
+    prefill_max_tokens = SSD_MAX_TOKENS
+    normalize_config = staticmethod(normalize_config)
+    make_mixer = staticmethod(Mamba2Mixer)
+    # the original state-spaces/mamba2-* config.json: no model_type, and these fields instead
+    foreign_layout = (("ssm_cfg", "d_model", "n_layer"), "the original state-spaces/mamba layout (d_model, n_layer, ssm_cfg); "
+                      "rnnquant reads transformers' Mamba2ForCausalLM layout: model_type 'mamba2', hidden_size, "
+                      "num_hidden_layers, num_heads, head_dim, and backbone.* tensor names")
+
+    def arch_spec(self) -> ArchSpec:
+        c = self.config
+        linears, pairs, rot, taps, states = {}, [], [], {}, []
+        floats = ["backbone.embeddings.weight", "backbone.norm_f.weight"]
+        conv_dim = c["intermediate_size"] + 2 * c["n_groups"] * c["state_size"]
+        for i in range(c["num_hidden_layers"]):
+            p = f"backbone.layers.{i}"
+            m = f"{p}.mixer"
+            linears |= {f"{m}.in_proj": "in_proj", f"{m}.out_proj": "out_proj"}
+            pairs += [(f"{p}.norm", [f"{m}.in_proj"]), (f"{m}.norm", [f"{m}.out_proj"])]  # the gated norm's weight too
+            rot.append(f"{m}.out_proj")
+            taps |= {f"{m}.tap_{k}": f"ssm_{k}" for k in ("x", "dt", "B", "C", "y", "z")}
+            floats += [f"{m}.{n}" for n in ("A_log", "D", "dt_bias", "conv1d.weight", "norm.weight")] + [f"{p}.norm.weight"]
+            floats += [f"{m}.conv1d.bias"] if c["use_conv_bias"] else []
+            states += [StateSpec(f"conv_{i}", (c["conv_kernel"] - 1, conv_dim), channel_dim=1),
+                       StateSpec(f"ssm_{i}", (c["num_heads"], c["state_size"], c["head_dim"]), channel_dim=0)]
+        linears["lm_head"] = "lm_head"
+        layers = [f"backbone.layers.{i}" for i in range(c["num_hidden_layers"])]
+        return ArchSpec(linears, pairs, rot, taps, floats, states, embedding="backbone.embeddings",
+                        layer_stack=layers, layer_inputs=[f"{p}.norm" for p in layers] + ["backbone.norm_f"])

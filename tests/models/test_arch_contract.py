@@ -1,0 +1,83 @@
+"""The architecture contract, over every registered adapter and layout (``any_arch``): what each
+adapter declares in its ArchSpec is true, and the stages that act on it keep the promises.
+
+Step == forward, prefill in pieces, purity and constant work per token are in test_step_contract;
+torch <-> ORT parity of step and prefill graphs (float, w8a8, w4a16) in tests/exporters/test_export."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rnnquant.models import ADAPTERS
+from rnnquant.prune.apply import remove_channels
+from rnnquant.quant import PRESETS, quantize
+from tests.conftest import CONTRACT, tiny_model
+
+IDS = torch.randint(0, 4096, (3000,), generator=torch.Generator().manual_seed(0))
+
+
+def test_every_registered_adapter_is_in_the_contract_suite():
+    assert {c["model_type"] for c in CONTRACT.values()} == set(ADAPTERS)
+
+
+def test_spec_names_resolve(any_arch):
+    tiny_model(any_arch).arch_spec().check(tiny_model(any_arch))
+
+
+def test_spec_check_catches_a_wrong_name():
+    from dataclasses import replace
+
+    m = tiny_model("mamba")
+    spec = m.arch_spec()
+    bad = replace(spec, linears=spec.linears | {"backbone.layers.0.norm": "in_proj"})
+    with pytest.raises(ValueError, match="is not an nn.Linear"):
+        bad.check(m)
+
+
+def test_initial_state_is_what_the_spec_declares(any_arch):
+    m = tiny_model(any_arch)
+    for s, t in zip(m.arch_spec().states, m.init_state(2), strict=True):
+        assert t.dtype == s.dtype and tuple(t.shape) == (2, *s.shape) and bool((t == s.init).all())
+
+
+@pytest.fixture(scope="module")
+def calibrated():
+    from rnnquant.calibrate import CalibConfig, calibrate
+    from rnnquant.models import fingerprint
+
+    cache = {}
+
+    def get(arch):
+        if arch not in cache:
+            m = tiny_model(arch)
+            m.fingerprint = fingerprint(m)
+            cache[arch] = (m, calibrate(m, IDS, CalibConfig(samples=4, seq_len=64)))
+        return cache[arch]
+
+    return get
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_float_params_are_bit_identical_after_every_preset(any_arch, preset, calibrated):
+    from rnnquant.calibrate import calibration_batches
+
+    m, calib = calibrated(any_arch)
+    q = quantize(m, PRESETS[preset], calib, calibration_batches(IDS, 4, 64, 4))
+    before, after = dict(m.named_parameters()), dict(q.named_parameters())
+    spec = m.arch_spec()
+    smoothed = {f"{norm}.weight" for norm, _ in spec.smoothing_pairs}  # SmoothQuant rescales these, by design
+    for name in spec.float_params:
+        if name not in after:  # a tied embedding may become the quantized head's codes (QEmbedding): no float copy left
+            continue
+        assert after[name].dtype == torch.float32, name
+        if name not in smoothed or PRESETS[preset].smooth_alpha is None:
+            assert torch.equal(before[name], after[name]), name
+
+
+def test_keeping_every_channel_is_the_identity(any_arch):
+    m = tiny_model(any_arch)
+    ids = IDS[:64].view(2, 32)
+    for name, group in m.arch_spec().channel_groups.items():
+        keep = [torch.arange(m.config[group.config_key])] * len(group.layers)
+        with torch.no_grad():
+            assert torch.equal(remove_channels(m, name, keep)(ids), m(ids)), name
