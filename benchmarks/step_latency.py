@@ -1,6 +1,6 @@
 """Per-token step latency at real shapes, rnnquant vs peers, ratios measured in one run.
 
-    python benchmarks/step_latency.py [--arch mamba|lstm] [--threads 1 2] [--tokens 64]
+    python benchmarks/step_latency.py [--arch mamba|mamba2|lstm] [--threads 1 2] [--tokens 64]
 
 Builds a random-initialised model at mamba-130m shape (d_model 768, 24 layers, vocab 50280,
 d_state 16, expand 2; or an LSTM LM of similar size) and times, at batch 1:
@@ -43,8 +43,13 @@ OUT = Path(__file__).parent / "results"
 W4A8_RTN = replace(PRESETS["w4a8"], name="w4a8-rtn", hadamard=False, rules=[replace(r, w_method="rtn") for r in PRESETS["w4a8"].rules])
 SHAPES = {
     "mamba": {"model_type": "mamba", "vocab_size": 50280, "hidden_size": 768, "num_hidden_layers": 24, "state_size": 16, "expand": 2},
+    # mamba2-130m's shape (state-spaces/mamba2-130m): 24 heads of 64, d_state 128, one group
+    "mamba2": {"model_type": "mamba2", "vocab_size": 50280, "hidden_size": 768, "num_hidden_layers": 24, "state_size": 128, "expand": 2,
+               "num_heads": 24, "head_dim": 64, "n_groups": 1, "tie_word_embeddings": True},
     "lstm": {"model_type": "lstm", "vocab_size": 50280, "embed_size": 768, "hidden_size": 1536, "num_layers": 3},
 }
+# the transformers class that is each architecture's reference peer (same config keys, same weights)
+HF_PEERS = {"mamba": ("MambaForCausalLM", "MambaConfig"), "mamba2": ("Mamba2ForCausalLM", "Mamba2Config")}
 
 
 def shape_model(arch: str = "mamba"):
@@ -81,10 +86,13 @@ def hf_latency(cfg: dict, state_dict, tokens: int, threads: int) -> float | None
         import transformers
     except ImportError:
         return None
+    if cfg["model_type"] not in HF_PEERS:
+        return None
     torch.set_num_threads(threads)
-    keys = ("vocab_size", "hidden_size", "num_hidden_layers", "state_size", "expand")
-    hf = transformers.MambaForCausalLM(transformers.MambaConfig(**{k: cfg[k] for k in keys})).eval()
-    hf.load_state_dict(state_dict, strict=False)
+    model_cls, config_cls = (getattr(transformers, n) for n in HF_PEERS[cfg["model_type"]])
+    hf = model_cls(config_cls(**{k: v for k, v in cfg.items() if k != "model_type"})).eval()
+    missing, unexpected = hf.load_state_dict(state_dict, strict=False)
+    assert not unexpected and all(k == "lm_head.weight" for k in missing), (missing, unexpected)  # the same weights
     ids = torch.tensor([[1]])
     with torch.no_grad():
         out = hf.generate(ids, max_new_tokens=8, do_sample=False)  # warm-up
@@ -134,7 +142,7 @@ def main() -> None:
         quantize_dynamic(str(paths["rnnquant fp32"]), str(td / "ort_dyn.onnx"), weight_type=QuantType.QInt8)
         paths["ORT quantize_dynamic (int8)"] = td / "ort_dyn.onnx"
         paths["rnnquant w8a8-dynamic"] = export_step(quantize(model, PRESETS["w8a8-dynamic"]), td / "w8.onnx", MODELS_DIR / "tokenizer.json", prefill=False)
-        if args.arch == "mamba":
+        if model.arch_spec().smoothing_pairs:
             paths["rnnquant w8a8-smooth (static)"] = export_step(static_int8(model), td / "w8s.onnx", MODELS_DIR / "tokenizer.json", prefill=False)
         paths["rnnquant w4a16-rtn"] = export_step(quantize(model, PRESETS["w4a16-rtn"]), td / "w4.onnx", MODELS_DIR / "tokenizer.json", prefill=False)
         paths["rnnquant w4a8-rtn"] = export_step(quantize(model, W4A8_RTN), td / "w4a8.onnx", MODELS_DIR / "tokenizer.json", prefill=False)
@@ -144,7 +152,7 @@ def main() -> None:
             row = {"threads": threads, "ms": {}}
             for name, p in paths.items():
                 row["ms"][name] = measure_in_process(p, args.tokens, threads)["latency_ms"]["p50"]
-            if args.arch == "mamba":
+            if args.arch in HF_PEERS:
                 row["ms"]["HF transformers fp32"] = hf_latency(SHAPES[args.arch], model.state_dict(), args.tokens, threads)
             for q, g in ggufs.items():
                 row["ms"][f"llama.cpp {q}"] = llamacpp.decode_ms(g, threads, args.tokens)

@@ -42,6 +42,36 @@ def _ids(model, data, split: str, max_tokens: int | None = None):
     return torch.from_numpy(ids)
 
 
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _text_of(data, calib):
+    """--data, or else the text file the --calib directory was calibrated on (recorded with its
+    sha256 by `rnnquant calibrate --data`): the calibrate -> quantize/export/prune flow names it once."""
+    if data is not None or calib is None:
+        return data
+    from .calibrate.artifact import META
+    from .io import read_mapping
+
+    meta_file = Path(calib) / META
+    text = read_mapping(meta_file, "calibration metadata").get("data") if meta_file.is_file() else None
+    if not isinstance(text, dict) or not isinstance(text.get("path"), str):
+        return None  # a zoo calibration, or one made before the text was recorded: the zoo default applies
+    path = Path(text["path"])
+    if not path.is_file():
+        raise RnnquantError(f"{calib}: its calibration text {path} is gone; pass --data FILE")
+    if _file_sha256(path) != text.get("sha256"):
+        raise RnnquantError(f"{calib}: its calibration text {path} changed since `rnnquant calibrate`; pass --data FILE or recalibrate")
+    return str(path)
+
+
 def _calibration(calib, model):
     if calib is None:
         return None
@@ -219,6 +249,8 @@ def calibrate(model, data, samples, seq_len, batch_size, outlier_k, out, force, 
     ids = _ids(m, data, "train", max_tokens)
     cfg = CalibConfig(samples=samples, seq_len=seq_len, batch_size=batch_size, outlier_k=outlier_k)
     calib = run_calibration(m, ids, cfg, progress=True)
+    if data is not None:  # quantize/export/prune --calib OUT reuse it, checked against this fingerprint
+        calib.meta["data"] = {"path": str(Path(data).resolve()), "sha256": _file_sha256(Path(data))}
     save_calibration(calib, out, force=force)
     worst = sorted(calib.points.items(), key=lambda kv: -kv[1]["outliers"]["max_median_ratio"])[:5]
     n_out = sum(len(p["outliers"]["absmax"]) for p in calib.points.values())
@@ -232,7 +264,7 @@ def calibrate(model, data, samples, seq_len, batch_size, outlier_k, out, force, 
 @click.argument("model")
 @click.option("--recipe", default="w8a8-outlier", show_default=True, help="Preset name or a recipe .json/.yaml file.")
 @click.option("--calib", type=click.Path(file_okay=False), help="Calibration directory from `rnnquant calibrate` (needed by static/outlier-aware recipes).")
-@click.option("--data", type=click.Path(dir_okay=False), help="Text for static scales and GPTQ (default for zoo models: the train split).")
+@click.option("--data", type=click.Path(dir_okay=False), help="Text for static scales and GPTQ (default: the text --calib was made on; zoo models: the train split).")
 @click.option("--samples", default=32, show_default=True, help="Sequences for static scales / GPTQ Hessians.")
 @click.option("--seq-len", default=256, show_default=True)
 @click.option("--prune", "prune_spec", help="Prune first: wanda:0.5, wanda:0.5:owl, sparsegpt:2:4, channels:0.25, layers:1, or a .json/.yaml prune config.")
@@ -255,7 +287,7 @@ def quantize(model, recipe, calib, data, samples, seq_len, prune_spec, out, forc
     if Path(out).exists() and not force:
         raise RnnquantError(f"{out} already exists (use --force to overwrite)")
     m = _model(model)
-    qm = _quantized(m, recipe, calib, data, samples, seq_len, prune_spec)
+    qm = _quantized(m, recipe, calib, _text_of(data, calib), samples, seq_len, prune_spec)
     save_quantized(qm, out, Path(m.source) / "tokenizer.json", force=force)
     click.echo(f"{qm.recipe.name}: {size_bytes(m) / 2**20:.2f} MiB float -> {size_bytes(qm) / 2**20:.2f} MiB; wrote {Path(out)}/")
 
@@ -276,7 +308,7 @@ def quantize(model, recipe, calib, data, samples, seq_len, prune_spec, out, forc
               help="Move what pruning removes on average into the Linears' biases (needs --calib). Default: on for channels, off for unstructured.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="A .json/.yaml PruneConfig (or an earlier prune_report.json) instead of the flags above.")
 @click.option("--calib", type=click.Path(file_okay=False), help="Calibration directory (wanda, owl, channels, state).")
-@click.option("--data", type=click.Path(dir_okay=False), help="Text for SparseGPT Hessians / block influence (default for zoo models: the train split).")
+@click.option("--data", type=click.Path(dir_okay=False), help="Text for SparseGPT Hessians / block influence (default: the text --calib was made on; zoo models: the train split).")
 @click.option("--samples", default=32, show_default=True)
 @click.option("--seq-len", default=256, show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False))
@@ -316,7 +348,7 @@ def prune(model, method, sparsity, nm, n_layers, profile, owl_m, owl_lambda, lay
                       bias_correction=bias_correction)
         cfg.validate()
     m = _model(model)
-    p = _pruned(m, cfg, calib, data, samples, seq_len)
+    p = _pruned(m, cfg, calib, _text_of(data, calib), samples, seq_len)
     save_checkpoint(p, out, Path(m.source) / "tokenizer.json", force=force)
     _echo_prune(p)
     click.echo(f"wrote {Path(out)}/")
@@ -378,7 +410,7 @@ def generate(model, prompt, max_new_tokens, temperature, top_k, seed):
 @click.argument("model")
 @click.option("--recipe", help="Quantize first with this preset or recipe file (default: export as is).")
 @click.option("--calib", type=click.Path(file_okay=False), help="Calibration directory (for static/outlier-aware recipes).")
-@click.option("--data", type=click.Path(dir_okay=False), help="Text for static scales / GPTQ (default for zoo models: the train split).")
+@click.option("--data", type=click.Path(dir_okay=False), help="Text for static scales / GPTQ (default: the text --calib was made on; zoo models: the train split).")
 @click.option("--samples", default=32, show_default=True)
 @click.option("--seq-len", default=256, show_default=True)
 @click.option("--prune", "prune_spec", help="Prune first: wanda:0.5, wanda:0.5:owl, sparsegpt:2:4, channels:0.25, layers:1, or a .json/.yaml prune config.")
@@ -411,6 +443,7 @@ def export(model, recipe, calib, data, samples, seq_len, prune_spec, out, to_ort
     if Path(out).exists() and not force:
         raise RnnquantError(f"{out} already exists (use --force to overwrite)")
     m = _model(model)
+    data = _text_of(data, calib)
     if recipe is not None or prune_spec:
         if getattr(m, "recipe", None) is not None:
             raise RnnquantError(f"{model} is already quantized ({m.recipe.name}); export it without --recipe/--prune")

@@ -19,6 +19,11 @@ ADAPTERS: dict[str, type[RecurrentLM]] = {cls.model_type: cls for cls in (MambaL
 __all__ = ["ADAPTERS", "ArchSpec", "RecurrentLM", "State", "StateSpec", "Tap", "build", "check_and_assign", "load", "load_tokenizer", "resolve"]
 
 
+def known_roles() -> frozenset[str]:
+    """Every role a registered adapter gives a Linear: what a recipe rule may name besides module patterns."""
+    return frozenset().union(*(cls.roles for cls in ADAPTERS.values()))
+
+
 def build(config: dict, where: str = "config") -> RecurrentLM:
     """A randomly initialised model for ``config`` (validated)."""
     mt = config.get("model_type")

@@ -22,11 +22,6 @@ from torch import nn
 
 State = tuple[torch.Tensor, ...]
 
-# Every role an adapter may give a Linear; recipes may name any of them (a rule for a role the
-# model lacks simply matches nothing), anything else must match a module name of the model.
-ROLES = frozenset({"in_proj", "x_proj", "dt_proj", "out_proj", "lm_head", "rnn_ih", "rnn_hh", "rnn_hr", "proj"})
-
-
 class Tap(nn.Identity):
     """A named activation point (x after conv, dt, B, C, ...). Identity in the float model;
     calibration hooks it, quantization may replace it with an activation quantizer."""
@@ -46,7 +41,11 @@ class ChannelLayer:
     """One layer's share of a prunable channel group.
 
     ``slices``: (parameter, dim, starts): channel c lives at index start + c along dim, for each
-    start (e.g. Mamba's in_proj rows hold x at 0 and z at E: starts (0, E)).
+    start (e.g. Mamba's in_proj rows hold x at 0 and z at E: starts (0, E)). A start may be a pair
+    (start, block): channel c is then the block of indices start + c * block ... + block - 1 (a
+    head of Mamba-2 is head_dim rows of in_proj's z and x parts but one row of its dt part).
+    ``block``: channels per scored unit; the score points' RMS (and weight norms) have
+    ``block`` entries per channel, combined by their L2 norm.
     ``score_points`` / ``score_weight``: the calibration points whose per-channel RMS (multiplied),
     times the column norms of this weight if any, score each channel (Wanda-style: activation x
     outgoing weight; for Mamba's d_state: RMS of B_n x RMS of C_n, the state's write and read).
@@ -55,16 +54,23 @@ class ChannelLayer:
     compensation: the best constant stands in for the removed input).
     """
 
-    slices: list[tuple[str, int, tuple[int, ...]]]
+    slices: list[tuple[str, int, tuple[int | tuple[int, int], ...]]]
     score_points: tuple[str, ...]
     score_weight: str | None
     compensate: tuple[str, ...] = ()
+    block: int = 1
+
+
+def slice_blocks(starts) -> list[tuple[int, int]]:
+    """A ChannelLayer slice's starts as (start, block) pairs."""
+    return [s if isinstance(s, tuple) else (s, 1) for s in starts]
 
 
 @dataclass(frozen=True)
 class ChannelGroup:
     config_key: str  # the config field that gives the group's width (e.g. intermediate_size)
     layers: list[ChannelLayer]
+    scaled_keys: tuple[tuple[str, int], ...] = ()  # config fields that are a multiple of the width (Mamba-2: intermediate_size = heads x head_dim)
 
 
 @dataclass(frozen=True)
@@ -113,8 +119,9 @@ class ArchSpec:
             need(len(group.layers) == len(self.layer_stack), f"channel group {gname!r} must have one entry per block")
             for layer in group.layers:
                 for param, dim, starts in layer.slices:
-                    need(param in params and all(s + width <= params[param].shape[dim] for s in starts),
+                    need(param in params and all(s + width * b <= params[param].shape[dim] for s, b in slice_blocks(starts)),
                          f"channel group {gname!r}: {param!r} has no {width} channels at {starts} along dim {dim}")
+                need(not layer.compensate or layer.block == 1, f"channel group {gname!r}: compensation needs block 1")
                 for lin in layer.compensate:
                     need(lin in self.linears and mods[lin].bias is not None, f"channel group {gname!r}: {lin!r} has no bias to compensate into")
 
@@ -123,6 +130,9 @@ class RecurrentLM(nn.Module):
     """Base class: subclasses set ``model_type`` and implement the four methods below."""
 
     model_type: str = ""
+    # the roles this adapter gives its Linears (ArchSpec.linears values, checked by the contract suite);
+    # a recipe may name any role of any registered adapter: a rule for a role the model lacks matches nothing
+    roles: frozenset[str] = frozenset()
     # True when forward_with_state has no Python loop over time, so a trace of it is a prefill
     # graph for every sequence length (Mamba: chunked parallel scan); else the exporter's prefill
     # graph is an ONNX Loop over the step graph.

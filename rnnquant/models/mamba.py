@@ -118,6 +118,7 @@ def normalize_config(cfg: dict) -> dict:
 
 class MambaLM(RecurrentLM):
     model_type = "mamba"
+    roles = frozenset({"in_proj", "x_proj", "dt_proj", "out_proj", "lm_head"})
     parallel_prefill = True
     prefill_max_tokens = PARALLEL_SCAN_MAX_TOKENS
     required_config = ("vocab_size", "hidden_size", "num_hidden_layers")

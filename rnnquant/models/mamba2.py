@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import ArchSpec, StateSpec, Tap
+from .base import ArchSpec, ChannelGroup, ChannelLayer, StateSpec, Tap
 from .mamba import MambaLM
 from .ssd import SSD_MAX_TOKENS, ssd_scan, ssd_step
 
@@ -120,6 +120,7 @@ class Mamba2LM(MambaLM):
     """Mamba-2: the Mamba backbone and step loop with the SSD mixer; its own ArchSpec."""
 
     model_type = "mamba2"
+    roles = frozenset({"in_proj", "out_proj", "lm_head"})
     prefill_max_tokens = SSD_MAX_TOKENS
     normalize_config = staticmethod(normalize_config)
     make_mixer = staticmethod(Mamba2Mixer)
@@ -146,5 +147,23 @@ class Mamba2LM(MambaLM):
                        StateSpec(f"ssm_{i}", (c["num_heads"], c["state_size"], c["head_dim"]), channel_dim=0)]
         linears["lm_head"] = "lm_head"
         layers = [f"backbone.layers.{i}" for i in range(c["num_hidden_layers"])]
-        return ArchSpec(linears, pairs, rot, taps, floats, states, embedding="backbone.embeddings",
+        # heads are removable when one group holds them all: with n_groups > 1 each group would have
+        # to lose the same heads' worth (its B, C and its norm group are shared by its heads)
+        groups = {"heads": ChannelGroup("num_heads", [self._head_slices(f"{p}.mixer") for p in layers],
+                                        scaled_keys=(("intermediate_size", c["head_dim"]),))} if c["n_groups"] == 1 else {}
+        return ArchSpec(linears, pairs, rot, taps, floats, states, embedding="backbone.embeddings", channel_groups=groups,
                         layer_stack=layers, layer_inputs=[f"{p}.norm" for p in layers] + ["backbone.norm_f"])
+
+    def _head_slices(self, m: str) -> ChannelLayer:
+        """Head h: its head_dim rows of in_proj's z and x parts and one row of its dt part, its x
+        channels of the conv, dt_bias / A_log / D entry, its gated-norm weights and out_proj
+        columns. Scored by the RMS of out_proj's input x its column norms, over the head."""
+        c = self.config
+        E, P = c["intermediate_size"], c["head_dim"]
+        conv_dim = E + 2 * c["n_groups"] * c["state_size"]
+        rows = ((0, P), (E, P), (E + conv_dim, 1))
+        s = [(f"{m}.in_proj.weight", 0, rows), (f"{m}.conv1d.weight", 0, ((0, P),)), (f"{m}.dt_bias", 0, (0,)), (f"{m}.A_log", 0, (0,)),
+             (f"{m}.D", 0, (0,)), (f"{m}.norm.weight", 0, ((0, P),)), (f"{m}.out_proj.weight", 1, ((0, P),))]
+        s += [(f"{m}.in_proj.bias", 0, rows)] if c["use_bias"] else []
+        s += [(f"{m}.conv1d.bias", 0, ((0, P),))] if c["use_conv_bias"] else []
+        return ChannelLayer(s, (f"{m}.out_proj.input",), f"{m}.out_proj.weight", block=P)

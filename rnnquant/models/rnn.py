@@ -67,6 +67,7 @@ class _RNNLM(RecurrentLM):
     cell_cls: type[_Cell] = _Cell
     state_names: tuple[str, ...] = ()
     required_config = ("vocab_size", "hidden_size", "num_layers")
+    roles = frozenset({"rnn_ih", "rnn_hh", "rnn_hr", "proj", "lm_head"})
 
     def __init__(self, config: dict):
         cfg = DEFAULTS | dict(config)

@@ -13,6 +13,7 @@ import torch
 
 from ..errors import RnnquantError
 from ..models import build, fingerprint, origin_fingerprint, origin_path
+from ..models.base import slice_blocks
 from ..quant.gptq import HessianAccumulator
 from .config import STRUCTURED_GROUPS, UNSTRUCTURED, PruneConfig
 from .masks import magnitude_mask, owl_sparsities, sparsegpt_prune, wanda_mask, wanda_scores
@@ -102,13 +103,14 @@ def _corrects(cfg: PruneConfig, calib) -> bool:
     return on and calib is not None
 
 
-def _channel_index(size: int, width: int, starts: tuple[int, ...], keep: torch.Tensor) -> torch.Tensor:
-    """Indices along a dim of ``size`` that survive: each group block [s, s + width) keeps only
-    ``keep``; indices outside every block (e.g. x_proj's dt rows beside B and C) all stay."""
+def _channel_index(size: int, width: int, starts, keep: torch.Tensor) -> torch.Tensor:
+    """Indices along a dim of ``size`` that survive: each group span [s, s + width * block) keeps
+    only the blocks of ``keep``; indices outside every span (e.g. x_proj's dt rows beside B and C)
+    all stay."""
     mask = torch.ones(size, dtype=torch.bool)
-    for s in starts:
-        mask[s : s + width] = False
-        mask[s + keep] = True
+    for s, b in slice_blocks(starts):
+        mask[s : s + width * b] = False
+        mask[(s + keep.unsqueeze(1) * b + torch.arange(b)).flatten()] = True
     return mask.nonzero().squeeze(1)
 
 
@@ -126,7 +128,8 @@ def remove_channels(model, group_name: str, keep: list[torch.Tensor], calib=None
             state[f"{lin}.bias"] += state[f"{lin}.weight"][:, drop] @ calib.stat(f"{lin}.input", "mean")[drop]
         for param, dim, starts in layer.slices:
             state[param] = state[param].index_select(dim, _channel_index(state[param].shape[dim], width, starts, k))
-    cfg = {"model_type": model.model_type} | model.config | {group.config_key: len(keep[0])}
+    n = len(keep[0])
+    cfg = {"model_type": model.model_type} | model.config | {group.config_key: n} | {k: n * m for k, m in group.scaled_keys}
     new = build(cfg)
     new.load_state_dict(state, strict=True)
     return new
@@ -148,6 +151,7 @@ def _channels(model, cfg: PruneConfig, calib):
         score = torch.stack([_rms(calib, p) for p in layer.score_points]).prod(0)
         if layer.score_weight is not None:
             score = score * mods[layer.score_weight].norm(dim=0)  # activation x outgoing weight
+        score = score.reshape(width, layer.block).norm(dim=1)  # a unit of `block` channels (a head) scores as one
         keep.append(score.topk(n_keep).indices)
     return remove_channels(model, name, keep, calib if _corrects(cfg, calib) else None)
 

@@ -113,12 +113,13 @@ class Recipe:
         (a Linear narrower than one group gets a single group per row)."""
         from fnmatch import fnmatchcase
 
-        from ..models.base import ROLES
+        from ..models import known_roles
 
+        roles = known_roles()
         for i, r in enumerate(self.rules):
-            if r.match not in ROLES and not any(fnmatchcase(n, r.match) for n in spec.linears):
+            if r.match not in roles and not any(fnmatchcase(n, r.match) for n in spec.linears):
                 raise RnnquantError(f"recipe {self.name!r}: rules[{i}] match {r.match!r} is no known role and names no Linear of this model "
-                                    f"(roles: {', '.join(sorted(ROLES))})")
+                                    f"(roles: {', '.join(sorted(roles))})")
         for name, role in spec.linears.items():
             r = self.rule_for(name, role)
             n = in_features[name]

@@ -107,3 +107,27 @@ def test_short_text_is_an_error(capsys, tmp_path, mamba_dir):
     f.write_text("just a few words")
     assert_one_line_error(capsys, "calibrate", mamba_dir, "--data", f, "--out", tmp_path / "c", match="fewer than one sequence")
     assert not (tmp_path / "c").exists()
+
+
+def test_export_reuses_the_calibration_text(capsys, tmp_path):
+    """calibrate --data FILE records the file; export --calib DIR needs no --data; a changed or
+    missing file is a one-line error."""
+    from tests.eval.test_perplexity import TEXT
+    from tests.helpers import assert_one_line_error, run_cli
+
+    d = tmp_path / "m"
+    save_checkpoint(tiny_model("lstm"), d, tokenizer_path=TOKENIZER)
+    text = tmp_path / "calib.txt"
+    text.write_text(TEXT * 20)
+    code, _, err = run_cli(capsys, "calibrate", d, "--data", text, "--samples", 4, "--seq-len", 64, "--out", tmp_path / "c")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "export", d, "--calib", tmp_path / "c", "--recipe", "w8a8-outlier", "--samples", 4, "--seq-len", 64,
+                           "--out", tmp_path / "a.onnx")
+    assert code == 0, err
+    text.write_text(TEXT * 21)
+    assert_one_line_error(capsys, "export", d, "--calib", tmp_path / "c", "--recipe", "w8a8-outlier", "--out", tmp_path / "b.onnx",
+                          match="changed since `rnnquant calibrate`")
+    text.unlink()
+    assert_one_line_error(capsys, "quantize", d, "--calib", tmp_path / "c", "--recipe", "w8a8-outlier", "--out", tmp_path / "q",
+                          match="is gone; pass --data FILE")
+    assert not (tmp_path / "b.onnx").exists() and not (tmp_path / "q").exists()

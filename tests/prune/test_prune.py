@@ -303,3 +303,29 @@ def test_cli_prune_then_quantize_and_export(capsys, tmp_path):
     report = json.loads((tmp_path / "owl" / "prune_report.json").read_text())
     assert report["config"]["profile"] == "owl" and report["config"]["layer_sparsity"] == {"*.out_proj": 0.0}
     assert parse_spec(str(tmp_path / "owl" / "prune_report.json")).layer_sparsity == (("*.out_proj", 0.0),)  # repeatable from its report
+
+
+@torch.no_grad()
+def test_mamba2_head_removal_keeps_whole_heads():
+    """channels:0.25 on Mamba-2 removes 2 of 8 heads: every parameter of a kept head (head_dim rows of
+    in_proj's z and x parts, one dt row, conv, A_log, D, gated-norm weight, out_proj columns) is carried
+    over unchanged, the config shrinks consistently, and the small model still keeps the step contract."""
+    m = tiny_model("mamba2")
+    H, P, E = m.config["num_heads"], m.config["head_dim"], m.config["intermediate_size"]
+    keep = torch.tensor([0, 2, 3, 4, 6, 7])
+    small = remove_channels(m, "heads", [keep] * 2)
+    assert (small.config["num_heads"], small.config["intermediate_size"]) == (6, 6 * P)
+    a, b = m.backbone.layers[1].mixer, small.backbone.layers[1].mixer
+    chans = (keep.unsqueeze(1) * P + torch.arange(P)).flatten()
+    conv_dim = E + 2 * m.config["state_size"]
+    rows = torch.cat([chans, E + chans, torch.arange(2 * E, E + conv_dim), E + conv_dim + keep])  # z, x, B and C (all kept), dt
+    assert torch.equal(b.in_proj.weight, a.in_proj.weight[rows])
+    assert torch.equal(b.out_proj.weight, a.out_proj.weight[:, chans]) and torch.equal(b.norm.weight, a.norm.weight[chans])
+    assert torch.equal(b.A_log, a.A_log[keep]) and torch.equal(b.D, a.D[keep]) and torch.equal(b.dt_bias, a.dt_bias[keep])
+    assert torch.equal(b.conv1d.weight, a.conv1d.weight[torch.cat([chans, torch.arange(E, conv_dim)])])
+    ids = IDS[:40].view(2, 20)
+    state, out = small.init_state(2), []
+    for t in range(20):
+        logits, state = small.step(ids[:, t], state)
+        out.append(logits)
+    assert (torch.stack(out, 1) - small(ids)).abs().max() <= 1e-4

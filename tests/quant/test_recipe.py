@@ -64,12 +64,12 @@ def test_static_recipe_needs_calibration():
         quantize(tiny_model("gru"), PRESETS["w8a8-naive"])
 
 
-def test_adapters_use_known_roles():
-    from rnnquant.models.base import ROLES
-    from tests.conftest import TINY
+def test_adapters_use_their_declared_roles():
+    from tests.conftest import CONTRACT
 
-    for arch in TINY:
-        assert set(tiny_model(arch).arch_spec().linears.values()) <= ROLES
+    for arch in CONTRACT:
+        m = tiny_model(arch)
+        assert set(m.arch_spec().linears.values()) <= type(m).roles, arch
 
 
 def test_4bit_presets_fit_mamba_130m_dt_rank():
