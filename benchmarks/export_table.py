@@ -1,6 +1,6 @@
 """Exported graphs of the zoo models (docs/RESULTS.md): size, node counts, parity, speed.
 
-    python benchmarks/export_table.py [--models mamba-pydoc lstm-pydoc] [--threads 1]
+    python benchmarks/export_table.py [--models mamba-pydoc lstm-pydoc] [--threads 1] [--out FILE]
 
 For float, w8a8-outlier, w4a16-gptq and w4a8 step graphs: file size, node count by op type,
 max |logits ORT - PyTorch| over 64 greedy steps, ORT vs PyTorch-simulation perplexity on the
@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=["float", "w8a8-outlier", "w4a16-gptq", "w4a8"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--eval-tokens", type=int, default=8192)
+    ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     torch.set_num_threads(2)
     rows = []
@@ -71,8 +72,8 @@ def main() -> None:
                 r = rows[-1]
                 print(f"{name:12} {v:13} {r['size_bytes'] / 2**20:6.2f} MiB {r['nodes']:4d} nodes  |dlogit| {r['max_abs_logit_diff']:.1e}  "
                       f"ppl torch {sim:.3f} ort {ort_ppl:.3f}  p50 {r['latency_ms']['p50']:.3f} ms  {r['decode_tok_s']:.0f} tok/s  prefill {r['prefill_tok_s']:.0f} tok/s", flush=True)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({"rows": rows, "args": vars(args)}, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"rows": rows, "args": vars(args) | {"out": str(args.out)}}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

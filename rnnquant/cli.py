@@ -80,48 +80,43 @@ def _calibration(calib, model):
     return load_calibration(calib, model)
 
 
-def _pruned(m, cfg, calib, data, samples, seq_len):
-    from .prune import prune as apply_prune
+def _text(model, data, samples, seq_len):
+    from .pipeline import TextSource
 
-    c = _calibration(calib, m)
-    batches = _batches(m, data, samples, seq_len) if cfg.method in ("sparsegpt", "layers") else None
-    return apply_prune(m, cfg, c, batches)
+    return TextSource(lambda: _ids(model, data, "train"), samples, seq_len)
+
+
+def _pruned(m, cfg, calib, data, samples, seq_len):
+    from .pipeline import pruned
+
+    return pruned(m, cfg, _calibration(calib, m), _text(m, data, samples, seq_len))
 
 
 def _quantized(m, recipe, calib, data, samples, seq_len, prune_spec=None):
-    """Optionally prune, then quantize. After pruning the model changed, so it is recalibrated
-    on the same text before a recipe that reads calibration statistics."""
-    from .quant import load_recipe, quantize as apply_recipe
+    """Optionally prune, then quantize (rnnquant.pipeline.prepare); prints the pruning report and
+    the sparsity that survives quantization."""
+    from .pipeline import prepare
+    from .prune import parse_spec
+    from .quant import load_recipe
     from .quant.apply import require_calibration
 
     r = load_recipe(recipe)
     require_calibration(r, calib)
-    c = _calibration(calib, m)
-    if prune_spec:
-        from .calibrate import CalibConfig, calibrate as run_calibration
-        from .prune import parse_spec
-
-        m = _pruned(m, parse_spec(prune_spec), calib, data, samples, seq_len)
-        _echo_prune(m)
-        if c is not None:  # the pruned model, recalibrated with every setting of the user's calibration
-            from dataclasses import fields
-
-            s = c.meta["settings"]
-            c = run_calibration(m, _ids(m, data, "train"), CalibConfig(**{f.name: s[f.name] for f in fields(CalibConfig) if f.name in s}))
-    qm = apply_recipe(m, r, c, _batches(m, data, samples, seq_len) if r.needs_data() else None)
-    if prune_spec and m.prune_report["masked_sparsity_pct"] > 0:
+    seen = {}
+    qm = prepare(m, recipe=r, prune=parse_spec(prune_spec) if prune_spec else None, calib=_calibration(calib, m),
+                 text=_text(m, data, samples, seq_len), on_pruned=lambda p: (seen.setdefault("p", p), _echo_prune(p)))
+    p = seen.get("p")
+    if p is not None and p.prune_report["masked_sparsity_pct"] > 0:
         from .prune.apply import masked_sparsity
 
-        pct = masked_sparsity(qm, list(m.prune_report["masked_sparsity_pct_per_linear"]))[0]
+        pct = masked_sparsity(qm, list(p.prune_report["masked_sparsity_pct_per_linear"]))[0]
         click.echo(f"after {r.name}: masked sparsity {pct:.1f}% of pruned Linears"
                    + (" (Hadamard-rotated Linears are stored rotated, so dense)" if r.hadamard else ""))
     return qm
 
 
 def _batches(model, data, samples, seq_len):
-    from .calibrate import calibration_batches
-
-    return calibration_batches(_ids(model, data, "train"), samples, seq_len, 8)
+    return _text(model, data, samples, seq_len).batches()
 
 
 _max_tokens = click.option(

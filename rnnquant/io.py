@@ -73,8 +73,7 @@ def save_checkpoint(model, out_dir, tokenizer_path=None, force: bool = True) -> 
     Tied weights are stored once, under the embedding's name, as Hugging Face does.
     """
     state = model.state_dict()
-    if model.config.get("tie_word_embeddings") and "lm_head.weight" in state:
-        del state["lm_head.weight"]
+    state.pop(model.tied_head_key(), None)
     state = {k: v.detach().contiguous().clone() for k, v in state.items()}
     with atomic_path(out_dir, directory=True, force=force) as tmp:
         (tmp / "config.json").write_text(json.dumps({"model_type": model.model_type} | model.config, indent=2, sort_keys=True) + "\n")

@@ -115,9 +115,10 @@ def load_tokenizer(f: Path, vocab_size: int):
 def check_and_assign(model: RecurrentLM, state: dict, d: Path) -> None:
     """Load ``state`` into ``model``: every tensor expected, none extra, shapes and values checked."""
     expected = model.state_dict()
-    if model.config.get("tie_word_embeddings"):
-        expected.pop("lm_head.weight", None)
-        state = {k: v for k, v in state.items() if k != "lm_head.weight"}
+    tied = model.tied_head_key()
+    if tied:
+        expected.pop(tied, None)
+        state = {k: v for k, v in state.items() if k != tied}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing:

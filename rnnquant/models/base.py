@@ -83,7 +83,8 @@ class ArchSpec:
     taps: dict[str, str]  # Tap module -> role ("ssm_x", "ssm_dt", ...)
     float_params: list[str]  # parameters that stay float (A_log, D, dt bias, conv, norms, ...)
     states: list[StateSpec] = field(default_factory=list)
-    embedding: str = ""  # the token embedding module (tied to lm_head when the config says so)
+    embedding: str = ""  # the token embedding module (tied to the head when the config says so)
+    head: str = "lm_head"  # the output Linear (vocabulary projection)
     channel_groups: dict[str, ChannelGroup] = field(default_factory=dict)  # structurally prunable widths
     layer_stack: list[str] = field(default_factory=list)  # the blocks, in order (a block that keeps the width is removable)
     layer_inputs: list[str] = field(default_factory=list)  # modules whose input is the stream before each block, then after the last
@@ -109,6 +110,7 @@ class ArchSpec:
         for name in self.float_params:
             need(name in params, f"float parameter {name!r} does not exist")
         need(isinstance(mods.get(self.embedding), nn.Embedding), f"embedding {self.embedding!r} is not an nn.Embedding")
+        need(self.head in self.linears, f"head {self.head!r} is not a declared linear")
         need(all(b in mods for b in self.layer_stack), "a layer_stack block does not exist")
         need(len(self.layer_inputs) == len(self.layer_stack) + 1 and all(n in mods for n in self.layer_inputs),
              "layer_inputs must name one existing module per block, then one after the last")
@@ -158,6 +160,10 @@ class RecurrentLM(nn.Module):
 
     def arch_spec(self) -> ArchSpec:
         raise NotImplementedError
+
+    def tied_head_key(self) -> str | None:
+        """The head's weight name when it is the embedding's table (stored once, under the embedding's name)."""
+        return f"{self.arch_spec().head}.weight" if self.config.get("tie_word_embeddings") else None
 
     # --- conveniences -------------------------------------------------------
     @property

@@ -25,7 +25,8 @@ def _rms(calib, point: str) -> torch.Tensor:
 
 
 def _targets(model, cfg: PruneConfig) -> list[str]:
-    return [n for n, role in model.arch_spec().linears.items() if cfg.include_lm_head or role != "lm_head"]
+    spec = model.arch_spec()
+    return [n for n in spec.linears if cfg.include_lm_head or n != spec.head]
 
 
 @torch.no_grad()

@@ -183,8 +183,9 @@ def quantize(model, recipe: Recipe, calib=None, batches=None):
         probes = _data_pass(qm, plan, batches or [])
         for name, p in plan.items():
             _set_module(qm, name, _quantize_linear(qm.get_submodule(name), p, probes.get(name)))
-    if qm.config.get("tie_word_embeddings") and spec.embedding and QEmbedding.can_tie(qm.lm_head):
-        _set_module(qm, spec.embedding, QEmbedding(qm.lm_head))  # the embedding shares the lm_head's codes
+    head = qm.get_submodule(spec.head)
+    if qm.tied_head_key() and spec.embedding and QEmbedding.can_tie(head):
+        _set_module(qm, spec.embedding, QEmbedding(head))  # the embedding shares the head's codes
     qm.recipe = recipe
     qm.source_fingerprint = getattr(model, "fingerprint", None)
     qm.origin = origin_path(model)

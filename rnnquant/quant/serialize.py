@@ -55,7 +55,7 @@ def save_quantized(qm, out_dir, tokenizer_path=None, force: bool = False) -> Non
     tensors, layout = {}, {}
     skip = {f"{n}.{b}" for n in qlins for b in ("w_deq", "rotation")}
     for k, v in qm.state_dict().items():
-        if k in skip or (k == "lm_head.weight" and qm.config.get("tie_word_embeddings")):
+        if k in skip or k == qm.tied_head_key():
             continue
         tensors[k] = v.detach().contiguous().clone()
     for n, m in qlins.items():
@@ -109,9 +109,10 @@ def load_quantized_into(model, d: Path, state: dict[str, torch.Tensor]):
     except KeyError as e:
         raise RnnquantError(f"{d / WEIGHTS}: missing quantized tensor {e.args[0]!r}") from None
     if meta.get("tied_embedding"):
-        _set_module(model, model.arch_spec().embedding, QEmbedding(model.lm_head))
+        spec = model.arch_spec()
+        _set_module(model, spec.embedding, QEmbedding(model.get_submodule(spec.head)))
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith((".w_deq", ".rotation")) and k != "lm_head.weight"]
+    missing = [k for k in missing if not k.endswith((".w_deq", ".rotation")) and k != model.tied_head_key()]
     if missing or unexpected:
         raise RnnquantError(f"{d / WEIGHTS}: {'missing' if missing else 'unexpected'} tensor {(missing or unexpected)[0]!r}")
     model.recipe = recipe

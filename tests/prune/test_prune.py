@@ -329,3 +329,17 @@ def test_mamba2_head_removal_keeps_whole_heads():
         logits, state = small.step(ids[:, t], state)
         out.append(logits)
     assert (torch.stack(out, 1) - small(ids)).abs().max() <= 1e-4
+
+
+def test_recalibration_after_pruning_keeps_every_setting():
+    """prune -> quantize recalibrates the pruned model with the user's own settings, not defaults."""
+    from rnnquant.calibrate import CalibConfig, calibrate
+    from rnnquant.models import fingerprint
+    from rnnquant.pipeline import TextSource, recalibrated
+
+    m = tiny_model("lstm")
+    m.fingerprint = fingerprint(m)
+    cfg = CalibConfig(samples=3, seq_len=48, state_every=8, outlier_k=3.5, kurtosis_k=7.0, bins=64)
+    calib = calibrate(m, IDS, cfg)
+    again = recalibrated(m, calib, TextSource(lambda: IDS))
+    assert again.meta["settings"] == cfg.to_dict()
