@@ -33,6 +33,8 @@ class GatedRMSNorm(nn.Module):
 
     def forward(self, y, z):
         x = y * F.silu(z)
+        if self.group == x.shape[-1]:  # one group (n_groups 1): no reshape at all
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
         g = x.reshape(*x.shape[:-1], -1, self.group)  # [..., E / group, group]
         g = g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + self.eps)
         return g.reshape(x.shape) * self.weight
@@ -56,25 +58,26 @@ class Mamba2Mixer(nn.Module):
         # activation taps: SSD input x, step size dt, B, C, SSD output y (before the gate), gate z
         self.tap_x, self.tap_dt, self.tap_B, self.tap_C, self.tap_y, self.tap_z = (Tap() for _ in range(6))
 
-    def _split(self, xc, dt):
-        """Conv output [..., conv_dim] and raw dt [..., H] -> x [..., H, P], dt [..., H], B, C [..., G, N]."""
+    def _split(self, xc, dt, lead):
+        """Conv output [..., conv_dim] and raw dt [..., H] -> x [..., H, P], dt [..., H], B, C [..., G, N].
+        ``lead``: the leading shape, (-1,) in the step (constant reshapes in its graph)."""
         xs, Bm, Cm = torch.split(F.silu(xc), [self.E, self.G * self.N, self.G * self.N], dim=-1)
         dt = F.softplus(dt + self.dt_bias)
         if self.dt_limit != (0.0, math.inf):  # softplus is >= 0 already: the default limit is no op
             dt = dt.clamp(*self.dt_limit)
-        lead = dt.shape[:-1]  # [B] or [B, T]: reshape, not unflatten (torch.onnx bakes unflatten's other axes)
+        # reshape, not unflatten: torch.onnx bakes the traced sizes of unflatten's other axes into the graph
         return (self.tap_x(xs).reshape(*lead, self.H, self.P), self.tap_dt(dt),
                 self.tap_B(Bm).reshape(*lead, self.G, self.N), self.tap_C(Cm).reshape(*lead, self.G, self.N))
 
     def _out(self, y, z):
-        return self.out_proj(self.norm(self.tap_y(y.reshape(z.shape)), self.tap_z(z)))
+        return self.out_proj(self.norm(self.tap_y(y.flatten(-2)), self.tap_z(z)))
 
     def forward(self, x, conv_state, h):
         """x [B,T,D] -> (out [B,T,D], conv_state', h')."""
         z, xBC, dt = self.in_proj(x).split([self.E, self.conv_dim, self.H], dim=-1)
         conv_in = torch.cat([conv_state, xBC], dim=1)  # [B,K-1+T,conv_dim]
         xc = F.conv1d(conv_in.transpose(1, 2), self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim).transpose(1, 2)
-        xs, dt, Bm, Cm = self._split(xc, dt)
+        xs, dt, Bm, Cm = self._split(xc, dt, dt.shape[:-1])
         y, h = ssd_scan(xs, dt, -torch.exp(self.A_log), Bm, Cm, self.D, h)
         return self._out(y, z), conv_in[:, conv_in.shape[1] - (self.K - 1) :], h
 
@@ -85,8 +88,8 @@ class Mamba2Mixer(nn.Module):
         xc = (conv_in * self.conv1d.weight.squeeze(1).T).sum(1)  # weight [C,1,K] -> [K,C]
         if self.conv1d.bias is not None:
             xc = xc + self.conv1d.bias
-        xs, dt, Bm, Cm = self._split(xc, dt)
-        y, h = ssd_step(xs, dt, -torch.exp(self.A_log), Bm, Cm, self.D, h)
+        xs, dt, Bm, Cm = self._split(xc, dt, (-1,))
+        y, h = ssd_step(xs, dt, -torch.exp(self.A_log), Bm, Cm, self.D, h, (self.H, self.P, self.G, self.N))
         return self._out(y, z), conv_in[:, 1:], h
 
 

@@ -86,14 +86,17 @@ def ssd_scan(x, dt, A, Bm, Cm, D, h0):
     return y, h_out[:, -1].reshape(Bsz, H, N, P)
 
 
-def ssd_step(x, dt, A, Bm, Cm, D, h):
-    """One step. x [B,H,P], dt [B,H], Bm/Cm [B,G,N], h [B,H,N,P] -> (y [B,H,P], h')."""
-    Bsz, H = dt.shape
-    G, N, P = Bm.shape[1], Bm.shape[2], x.shape[2]
+def ssd_step(x, dt, A, Bm, Cm, D, h, sizes: tuple[int, int, int, int]):
+    """One step. x [B,H,P], dt [B,H], Bm/Cm [B,G,N], h [B,H,N,P] -> (y [B,H,P], h').
+
+    ``sizes`` = (H, P, G, N) as Python ints from the config, and -1 for the batch: every reshape
+    is then one ONNX Reshape with a constant shape (sizes read from tensors trace into
+    Shape/Gather/Concat chains, 36 % of the step graph's nodes when they were)."""
+    H, P, G, N = sizes
     R = H // G
-    hg = h.reshape(Bsz, G, R, N, P)  # a group's heads share B and C: broadcast, no repeat
-    a = torch.exp(dt * A).reshape(Bsz, G, R, 1, 1)
-    u = (dt.unsqueeze(-1) * x).reshape(Bsz, G, R, 1, P)
-    hg = a * hg + u * Bm.reshape(Bsz, G, 1, N, 1)
-    y = (hg * Cm.reshape(Bsz, G, 1, N, 1)).sum(3).reshape(Bsz, H, P) + x * D.unsqueeze(-1)
-    return y, hg.reshape(Bsz, H, N, P)
+    hg = h.reshape(-1, G, R, N, P)  # a group's heads share B and C: broadcast, no repeat
+    a = torch.exp(dt * A).reshape(-1, G, R, 1, 1)
+    u = (dt.unsqueeze(-1) * x).reshape(-1, G, R, 1, P)
+    hg = a * hg + u * Bm.reshape(-1, G, 1, N, 1)
+    y = (hg * Cm.reshape(-1, G, 1, N, 1)).sum(3).reshape(-1, H, P) + x * D.unsqueeze(-1)
+    return y, hg.reshape(-1, H, N, P)

@@ -20,12 +20,16 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers(-10, 10**6) |
                            lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=12), c, max_size=6), max_leaves=20)
 small = st.none() | st.booleans() | st.floats(allow_nan=True) | st.text(max_size=4)  # never a huge size: the fuzzer must not allocate GBs
 config_like = st.fixed_dictionaries({}, optional={
-    "model_type": st.sampled_from(["mamba", "lstm", "gru", "llama", "", "MAMBA"]) | st.text(max_size=6),
+    "model_type": st.sampled_from(["mamba", "mamba2", "falcon_mamba", "lstm", "gru", "llama", "", "MAMBA"]) | st.text(max_size=6),
     "vocab_size": st.integers(-5, 300) | small, "hidden_size": st.integers(-5, 64) | small,
     "num_hidden_layers": st.integers(-2, 3) | small, "num_layers": st.integers(-2, 3) | small,
     "state_size": st.integers(-2, 9) | small, "expand": st.integers(-1, 3) | small, "conv_kernel": st.integers(-1, 5) | small,
     "embed_size": st.integers(-1, 40) | small, "time_step_rank": st.integers(-1, 8) | st.just("auto") | small,
     "tie_word_embeddings": st.booleans() | json_values, "hidden_act": st.sampled_from(["silu", "gelu"]) | json_values,
+    "num_heads": st.integers(-1, 8) | small, "head_dim": st.integers(-1, 16) | small, "n_groups": st.integers(-1, 4) | small,
+    "time_step_limit": st.just([0.0, {"__float__": "Infinity"}]) | json_values, "mixer_rms_eps": small,
+    "proj_size": st.integers(-2, 40) | small, "output_proj": st.booleans() | json_values, "head_bias": st.booleans() | json_values,
+    "rnn_bias": st.booleans() | json_values,
 })
 
 
