@@ -81,3 +81,24 @@ def test_keeping_every_channel_is_the_identity(any_arch):
         keep = [torch.arange(m.config[group.config_key])] * len(group.layers)
         with torch.no_grad():
             assert torch.equal(remove_channels(m, name, keep)(ids), m(ids)), name
+
+
+@torch.no_grad()
+def test_calibration_finds_injected_outliers(any_arch):
+    """x40 on two channels of the first smoothing norm: the model's function is unchanged, and
+    calibration reports exactly those channels at its readers' inputs (adapters with no smoothing
+    pair, LSTM/GRU, have no function-preserving place to inject)."""
+    from rnnquant.calibrate import CalibConfig, calibrate, inject_outliers
+
+    m = tiny_model(any_arch)
+    pairs = m.arch_spec().smoothing_pairs
+    if not pairs:
+        pytest.skip(f"{any_arch} declares no smoothing pair")
+    ids = IDS[:64].view(2, 32)
+    ref = m(ids)
+    m.fingerprint = "test"
+    m, injected = inject_outliers(m, {pairs[0][0]: [3, 11]}, scale=40)
+    assert (m(ids) - ref).abs().max() <= 1e-3 * ref.abs().max()
+    calib = calibrate(m, IDS, CalibConfig(samples=4, seq_len=128))
+    for point, chans in injected.items():
+        assert set(calib.outlier_channels(point)) == set(chans), point
