@@ -61,7 +61,7 @@ def main() -> None:
             batches = calibration_batches(train, 32, 256, 8)
             for v in args.variants:
                 m = model if v == "float" else quantize(model, PRESETS[v], calib, batches)
-                path = export_step(m, Path(td) / f"{name}-{v}.onnx", Path(model.source) / "tokenizer.json")
+                path = export_step(m, Path(td) / f"{name}-{v}.onnx", Path(model.provenance.source) / "tokenizer.json")
                 lm = OrtLM(path)
                 sim = perplexity_ids(m, test, window=512).ppl
                 ort_ppl, _ = lm.perplexity(test.numpy(), window=512)

@@ -59,7 +59,7 @@ def main() -> None:
             calib = calibrate(model, train, CalibConfig(samples=64, seq_len=512))
             batches = calibration_batches(train, 32, 256, 8)
             base = perplexity_ids(model, test, window=512).ppl
-            base_path = export_step(model, Path(td) / f"{name}.onnx", Path(model.source) / "tokenizer.json", prefill=False)
+            base_path = export_step(model, Path(td) / f"{name}.onnx", Path(model.provenance.source) / "tokenizer.json", prefill=False)
             base_ms = latency(base_path)
             rows.append({"model": name, "spec": "none", "ppl": base, "delta_pct": 0.0, "onnx_bytes": base_path.stat().st_size, "step_ms": base_ms})
             print(f"{name:12} none            ppl {base:8.3f}  onnx {base_path.stat().st_size / 2**20:.2f} MiB  {base_ms:.3f} ms", flush=True)
@@ -67,10 +67,10 @@ def main() -> None:
                 cfg = parse_spec(spec)
                 p = prune(model, replace(cfg, bias_correction=True) if args.bias_correction else cfg, calib, batches)
                 ppl = perplexity_ids(p, test, window=512).ppl
-                row = {"model": name, "spec": spec, "ppl": ppl, "delta_pct": 100 * (ppl / base - 1)} | p.prune_report
+                row = {"model": name, "spec": spec, "ppl": ppl, "delta_pct": 100 * (ppl / base - 1)} | p.provenance.prune_report
                 if spec.split(":")[0] in (*STRUCTURED_GROUPS, "layers"):  # structural: export and time it
-                    path = export_step(p, Path(td) / f"{name}-{spec.replace(':', '_')}.onnx", Path(model.source) / "tokenizer.json", prefill=False)
-                    row |= {"onnx_bytes": path.stat().st_size, "step_ms": latency(path), "pruned_layers": getattr(p, "pruned_layers", None)}
+                    path = export_step(p, Path(td) / f"{name}-{spec.replace(':', '_')}.onnx", Path(model.provenance.source) / "tokenizer.json", prefill=False)
+                    row |= {"onnx_bytes": path.stat().st_size, "step_ms": latency(path), "pruned_layers": p.provenance.prune_report.get("removed_layers")}
                     # the base this row was timed against travels with it: --specs re-measures rows at other times
                     row |= {"onnx_smaller_pct": 100 * (1 - row["onnx_bytes"] / base_path.stat().st_size),
                             "base_step_ms": base_ms, "faster_pct": 100 * (1 - row["step_ms"] / base_ms)}

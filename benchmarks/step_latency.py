@@ -56,7 +56,7 @@ def shape_model(arch: str = "mamba"):
     """The random-initialised model at ``SHAPES[arch]`` every shape benchmark times (seed 0)."""
     torch.manual_seed(0)
     model = build(SHAPES[arch]).eval()
-    model.fingerprint = fingerprint(model)
+    model.provenance = model.provenance.derive(fingerprint=fingerprint(model))
     return model
 
 

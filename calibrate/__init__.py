@@ -24,7 +24,7 @@ def calibrate(model, ids, config: CalibConfig | None = None, progress: bool = Fa
     batches = calibration_batches(ids, config.samples, config.seq_len, config.batch_size)
     stats = collect(model, batches, config, progress=progress)
     stats.meta = {
-        "model_fingerprint": model.fingerprint,
+        "model_fingerprint": model.provenance.fingerprint,
         "model_type": model.model_type,
         "data_fingerprint": hashlib.sha256(ids.numpy().tobytes()).hexdigest(),
     }

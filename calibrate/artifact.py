@@ -90,8 +90,8 @@ def load_calibration(path, model=None) -> Calibration:
     missing = [p for p in meta["points"] if f"{p}/absmax" not in tensors]
     if missing:
         raise RnnquantError(f"{d / TENSORS}: no statistics for point {missing[0]!r}")
-    if model is not None and meta["model_fingerprint"] != model.fingerprint:
+    if model is not None and meta["model_fingerprint"] != model.provenance.fingerprint:
         raise RnnquantError(
-            f"{d}: calibration was made for another model (fingerprint {meta['model_fingerprint'][:12]}, this model {model.fingerprint[:12]})"
+            f"{d}: calibration was made for another model (fingerprint {meta['model_fingerprint'][:12]}, this model {(model.provenance.fingerprint or '')[:12]})"
         )
     return Calibration(meta, tensors)

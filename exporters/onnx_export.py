@@ -20,7 +20,6 @@ import torch
 from rnnquant import __version__
 from rnnquant.errors import RnnquantError
 from rnnquant.io import atomic_path
-from rnnquant.models import origin_fingerprint
 
 METADATA_KEYS = ("rnnquant_version", "graph", "architecture", "config", "recipe", "prune", "calib_fingerprint", "model_fingerprint",
                  "origin_fingerprint", "states", "vocab_size", "bos_token_id", "eos_token_id", "tokenizer_sha256")
@@ -54,22 +53,22 @@ def state_metadata(model) -> list[dict]:
 
 
 def _prune_spec(model) -> str:
-    spec = (getattr(model, "prune_report", None) or {}).get("spec")
+    spec = (model.provenance.prune_report or {}).get("spec")
     return spec if isinstance(spec, str) else ""
 
 
 def metadata(model, tokenizer_path: Path | None) -> dict[str, str]:
-    recipe = getattr(model, "recipe", None)
-    cfg = model.config
+    pv = model.provenance
+    recipe, cfg = pv.recipe, model.config
     return {
         "rnnquant_version": __version__,
         "graph": "step",
         "architecture": model.model_type,
         "config": json.dumps(cfg, sort_keys=True),
         "recipe": recipe.to_json() if recipe is not None else "float",
-        "calib_fingerprint": getattr(model, "calib_fingerprint", None) or "",
-        "model_fingerprint": getattr(model, "source_fingerprint", None) or getattr(model, "fingerprint", ""),
-        "origin_fingerprint": origin_fingerprint(model) or "",  # the unpruned float model, for `compare`
+        "calib_fingerprint": pv.calib_fingerprint or "",
+        "model_fingerprint": pv.graph_fingerprint,
+        "origin_fingerprint": pv.float_fingerprint or "",  # the unpruned float model, for `compare`
         "prune": _prune_spec(model),
         "states": json.dumps(state_metadata(model)),
         "vocab_size": str(model.vocab_size),

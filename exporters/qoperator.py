@@ -100,7 +100,7 @@ def export_qoperator(model, out_path, tokenizer_path, batches, opset: int = 17, 
 
     from .onnx_export import export_step, finish_step_graph, state_metadata
 
-    if getattr(model, "recipe", None) is not None:
+    if model.provenance.recipe is not None:
         raise RnnquantError("--format qoperator quantizes a float model itself (ONNX Runtime's static quantizer); give it no --recipe")
     if not batches:
         raise RnnquantError("--format qoperator needs calibration text (--data, or a zoo model's train split)")

@@ -24,14 +24,13 @@ def _ids(model, data, split: str, max_tokens: int | None = None):
     evaluation); read in bounded memory, at most ``max_tokens`` of them."""
     import torch
 
-    from .models import origin_path
     from .text import MAX_TOKENS, token_ids
     from .zoo import is_zoo_model
     from .zoo.corpus import split_text
 
     if data is not None:
         source = Path(data)
-    elif is_zoo_model(origin_path(model)):  # a pruned or quantized dir remembers its float origin
+    elif is_zoo_model(model.provenance.origin_path):  # a pruned or quantized dir remembers its float origin
         source = split_text(split)
     else:
         raise RnnquantError("--data FILE is required for models outside the zoo")
@@ -106,10 +105,10 @@ def _quantized(m, recipe, calib, data, samples, seq_len, prune_spec=None):
     qm = prepare(m, recipe=r, prune=parse_spec(prune_spec) if prune_spec else None, calib=_calibration(calib, m),
                  text=_text(m, data, samples, seq_len), on_pruned=lambda p: (seen.setdefault("p", p), _echo_prune(p)))
     p = seen.get("p")
-    if p is not None and p.prune_report["masked_sparsity_pct"] > 0:
+    if p is not None and p.provenance.prune_report["masked_sparsity_pct"] > 0:
         from .prune.apply import masked_sparsity
 
-        pct = masked_sparsity(qm, list(p.prune_report["masked_sparsity_pct_per_linear"]))[0]
+        pct = masked_sparsity(qm, list(p.provenance.prune_report["masked_sparsity_pct_per_linear"]))[0]
         click.echo(f"after {r.name}: masked sparsity {pct:.1f}% of pruned Linears"
                    + (" (Hadamard-rotated Linears are stored rotated, so dense)" if r.hadamard else ""))
     return qm
@@ -283,8 +282,8 @@ def quantize(model, recipe, calib, data, samples, seq_len, prune_spec, out, forc
         raise RnnquantError(f"{out} already exists (use --force to overwrite)")
     m = _model(model)
     qm = _quantized(m, recipe, calib, _text_of(data, calib), samples, seq_len, prune_spec)
-    save_quantized(qm, out, Path(m.source) / "tokenizer.json", force=force)
-    click.echo(f"{qm.recipe.name}: {size_bytes(m) / 2**20:.2f} MiB float -> {size_bytes(qm) / 2**20:.2f} MiB; wrote {Path(out)}/")
+    save_quantized(qm, out, Path(m.provenance.source) / "tokenizer.json", force=force)
+    click.echo(f"{qm.provenance.recipe.name}: {size_bytes(m) / 2**20:.2f} MiB float -> {size_bytes(qm) / 2**20:.2f} MiB; wrote {Path(out)}/")
 
 
 @cli.command()
@@ -344,7 +343,7 @@ def prune(model, method, sparsity, nm, n_layers, profile, owl_m, owl_lambda, lay
         cfg.validate()
     m = _model(model)
     p = _pruned(m, cfg, calib, _text_of(data, calib), samples, seq_len)
-    save_checkpoint(p, out, Path(m.source) / "tokenizer.json", force=force)
+    save_checkpoint(p, out, Path(m.provenance.source) / "tokenizer.json", force=force)
     _echo_prune(p)
     click.echo(f"wrote {Path(out)}/")
 
@@ -358,7 +357,7 @@ def _pattern_value(text: str) -> tuple[str, float]:
 
 
 def _echo_prune(p) -> None:
-    r = p.prune_report
+    r = p.provenance.prune_report
     click.echo(f"{r['spec']}: masked sparsity {r['masked_sparsity_pct']:.1f}% of pruned Linears; "
                f"structural {r['params_before'] / 1e6:.2f}M -> {r['params_after'] / 1e6:.2f}M params ({r['structural_reduction_pct']:.1f}% removed); "
                f"{r['nonzero_params'] / 1e6:.2f}M nonzero. {r['note']}.")
@@ -440,8 +439,8 @@ def export(model, recipe, calib, data, samples, seq_len, prune_spec, out, to_ort
     m = _model(model)
     data = _text_of(data, calib)
     if recipe is not None or prune_spec:
-        if getattr(m, "recipe", None) is not None:
-            raise RnnquantError(f"{model} is already quantized ({m.recipe.name}); export it without --recipe/--prune")
+        if m.provenance.recipe is not None:
+            raise RnnquantError(f"{model} is already quantized ({m.provenance.recipe.name}); export it without --recipe/--prune")
         if recipe is not None:
             m = _quantized(m, recipe, calib, data, samples, seq_len, prune_spec)
         else:
@@ -449,7 +448,7 @@ def export(model, recipe, calib, data, samples, seq_len, prune_spec, out, to_ort
 
             m = _pruned(m, parse_spec(prune_spec), calib, data, samples, seq_len)
             _echo_prune(m)
-    tokenizer = Path(m.source) / "tokenizer.json"
+    tokenizer = Path(m.provenance.source) / "tokenizer.json"
     if fmt == "qoperator":
         from .exporters.qoperator import export_qoperator
 

@@ -80,8 +80,8 @@ def save_checkpoint(model, out_dir, tokenizer_path=None, force: bool = True) -> 
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
         if tokenizer_path is not None:
             shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
-        if getattr(model, "prune_report", None):
-            (tmp / PRUNE_REPORT).write_text(json.dumps(model.prune_report, indent=1, sort_keys=True) + "\n")
+        if model.provenance.prune_report:
+            (tmp / PRUNE_REPORT).write_text(json.dumps(model.provenance.prune_report, indent=1, sort_keys=True) + "\n")
 
 
 def read_mapping(path: Path, what: str) -> dict:

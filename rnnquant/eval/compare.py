@@ -39,13 +39,13 @@ def _torch_entry(model, name: str, path: str, ids, window: int, tokens: int, thr
     from ..exporters.onnx_export import export_step, state_metadata
 
     ppl = perplexity_ids(model, ids, window=window, progress=True)
-    onnx_path = export_step(model, tmp / f"{len(list(tmp.iterdir()))}.onnx", Path(model.source) / "tokenizer.json")
+    onnx_path = export_step(model, tmp / f"{len(list(tmp.iterdir()))}.onnx", Path(model.provenance.source) / "tokenizer.json")
     m = measure_in_process(onnx_path, tokens, threads)
-    recipe = getattr(model, "recipe", None)
-    pruned = getattr(model, "prune_report", None) or {}
+    recipe = model.provenance.recipe
+    pruned = model.provenance.prune_report or {}
     kind = "quantized-dir" if recipe is not None else "pruned-dir" if pruned else "pytorch"
     return {"name": name, "path": path, "kind": kind, "recipe": _label(recipe.name if recipe else "float", pruned.get("spec", "")), "perplexity": ppl.ppl, "tokens": ppl.tokens,
-            "size_bytes": _dir_size(Path(model.source)), "state_bytes": state_bytes(state_metadata(model))} | _timing(m)
+            "size_bytes": _dir_size(Path(model.provenance.source)), "state_bytes": state_bytes(state_metadata(model))} | _timing(m)
 
 
 def _label(recipe: str, prune_spec: str) -> str:
@@ -108,11 +108,11 @@ def compare(float_model, variants: list[str], ids, window: int, tokens: int, thr
     from ..models import load
 
     for v in variants:
-        _check_variant(v, float_model.fingerprint)
+        _check_variant(v, float_model.provenance.fingerprint)
     rows = []
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
-        base = _torch_entry(float_model, "float", float_model.source, ids, window, tokens, threads, tmp)
+        base = _torch_entry(float_model, "float", float_model.provenance.source, ids, window, tokens, threads, tmp)
         for v in variants:
             p = Path(v)
             if p.suffix in (".onnx", ".ort"):

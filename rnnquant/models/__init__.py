@@ -10,13 +10,14 @@ import torch
 from ..errors import RnnquantError
 from ..io import PRUNE_REPORT, read_mapping
 from .base import ArchSpec, RecurrentLM, State, StateSpec, Tap
+from .provenance import Provenance
 from .mamba import FalconMambaLM, MambaLM
 from .mamba2 import Mamba2LM
 from .rnn import GRULM, LSTMLM
 
 ADAPTERS: dict[str, type[RecurrentLM]] = {cls.model_type: cls for cls in (MambaLM, FalconMambaLM, Mamba2LM, LSTMLM, GRULM)}
 
-__all__ = ["ADAPTERS", "ArchSpec", "RecurrentLM", "State", "StateSpec", "Tap", "build", "check_and_assign", "load", "load_tokenizer", "resolve"]
+__all__ = ["Provenance", "ADAPTERS", "ArchSpec", "RecurrentLM", "State", "StateSpec", "Tap", "build", "check_and_assign", "load", "load_tokenizer", "resolve"]
 
 
 def known_roles() -> frozenset[str]:
@@ -149,18 +150,6 @@ def fingerprint(model: RecurrentLM) -> str:
     return h.hexdigest()
 
 
-def origin_path(model) -> str | None:
-    """Where the float model a pruned and/or quantized model was made from was loaded (its own
-    source if it is that original): zoo defaults such as the calibration text follow it."""
-    return getattr(model, "origin", None) or getattr(model, "source", None)
-
-
-def origin_fingerprint(model) -> str | None:
-    """The fingerprint of the float model a pruned and/or quantized model was made from (its own if
-    it is that original; None for a model built in memory): what `compare` matches variants against."""
-    return getattr(model, "origin_fingerprint", None) or getattr(model, "source_fingerprint", None) or getattr(model, "fingerprint", None)
-
-
 def load(path_or_name, *, allow_pickle: bool = False) -> RecurrentLM:
     """Load a model directory or zoo entry; every failure is an ``RnnquantError`` naming the file."""
     d = resolve(path_or_name)
@@ -175,9 +164,9 @@ def load(path_or_name, *, allow_pickle: bool = False) -> RecurrentLM:
     else:
         check_and_assign(model, _read_weights(d, allow_pickle), d)
         if (d / PRUNE_REPORT).is_file():  # written by `rnnquant prune`: where the model came from
-            model.prune_report = read_mapping(d / PRUNE_REPORT, "prune report")
-            model.origin, model.origin_fingerprint = (v if isinstance(v, str) else None for v in map(model.prune_report.get, ("origin", "origin_fingerprint")))
+            report = read_mapping(d / PRUNE_REPORT, "prune report")
+            origin, origin_fp = (v if isinstance(v, str) else None for v in map(report.get, ("origin", "origin_fingerprint")))
+            model.provenance = model.provenance.derive(prune_report=report, origin=origin, origin_fingerprint=origin_fp)
     model.tokenizer = load_tokenizer(d / "tokenizer.json", model.vocab_size)
-    model.source = str(d)
-    model.fingerprint = fingerprint(model)
+    model.provenance = model.provenance.derive(source=str(d), fingerprint=fingerprint(model))
     return model.eval()

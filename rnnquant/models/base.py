@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .provenance import Provenance
+
 State = tuple[torch.Tensor, ...]
 
 class Tap(nn.Identity):
@@ -144,6 +146,7 @@ class RecurrentLM(nn.Module):
     def __init__(self, config: dict):
         super().__init__()
         self.config = dict(config)
+        self.provenance = Provenance()
 
     # --- the contract -------------------------------------------------------
     def init_state(self, batch_size: int) -> State:

@@ -17,7 +17,7 @@ def scale_norm_channels(model, norm: str, linears: list[str], s: torch.Tensor) -
     modules[norm].weight.mul_(s)
     for name in linears:
         modules[name].weight.div_(s)
-    if hasattr(model, "fingerprint"):
+    if model.provenance.fingerprint is not None:  # the weights changed: so does the fingerprint
         from . import fingerprint
 
-        model.fingerprint = fingerprint(model)
+        model.provenance = model.provenance.derive(fingerprint=fingerprint(model))

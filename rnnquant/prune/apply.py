@@ -12,7 +12,7 @@ from fnmatch import fnmatch
 import torch
 
 from ..errors import RnnquantError
-from ..models import build, fingerprint, origin_fingerprint, origin_path
+from ..models import build, fingerprint
 from ..models.base import slice_blocks
 from ..quant.gptq import HessianAccumulator
 from .config import STRUCTURED_GROUPS, UNSTRUCTURED, PruneConfig
@@ -190,8 +190,7 @@ def _layers(model, cfg: PruneConfig, batches):
         state[k] = v
     new = build({"model_type": model.model_type} | model.config | {spec.num_layers_key: n - cfg.layers})
     new.load_state_dict(state, strict=True)
-    new.pruned_layers = sorted(drop)
-    return new
+    return new, sorted(drop)
 
 
 def prune(model, cfg: PruneConfig, calib=None, batches=None):
@@ -203,21 +202,22 @@ def prune(model, cfg: PruneConfig, calib=None, batches=None):
     if cfg.method in ("sparsegpt", "layers") and not batches:
         raise RnnquantError(f"pruning method {cfg.method!r} needs calibration text")
     src = copy.deepcopy(model)
+    removed = None
     if cfg.method in UNSTRUCTURED:
         new = _unstructured(src, cfg, calib, batches)
     elif cfg.method in STRUCTURED_GROUPS:
         new = _channels(src, cfg, calib)
     else:
-        new = _layers(src, cfg, batches)
+        new, removed = _layers(src, cfg, batches)
     new.eval()
-    new.tokenizer, new.source = getattr(model, "tokenizer", None), getattr(model, "source", None)
-    new.fingerprint = fingerprint(new)
-    new.origin = origin_path(model)
-    new.prune_report = accounting(model, new, cfg) | {"origin": new.origin, "origin_fingerprint": origin_fingerprint(model),
-                                                      "bias_corrected": cfg.method != "layers" and _corrects(cfg, calib)}
-    if cfg.method == "layers":
-        new.prune_report["removed_layers"] = new.pruned_layers
-    new.origin_fingerprint = new.prune_report["origin_fingerprint"]
+    new.tokenizer = getattr(model, "tokenizer", None)
+    was = model.provenance
+    report = accounting(model, new, cfg) | {"origin": was.origin_path, "origin_fingerprint": was.float_fingerprint,
+                                            "bias_corrected": cfg.method != "layers" and _corrects(cfg, calib)}
+    if removed is not None:
+        report["removed_layers"] = removed
+    new.provenance = was.derive(fingerprint=fingerprint(new), origin=was.origin_path, origin_fingerprint=was.float_fingerprint,
+                                prune_report=report)
     return new
 
 

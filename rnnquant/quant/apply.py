@@ -15,7 +15,6 @@ from torch import nn
 
 from ..calibrate.stats import ChannelStats
 from ..errors import RnnquantError
-from ..models import origin_fingerprint, origin_path
 from ..models.transforms import scale_norm_channels
 from .gptq import HessianAccumulator, gptq_quantize
 from .hadamard import hadamard_matrix
@@ -164,7 +163,7 @@ def quantize(model, recipe: Recipe, calib=None, batches=None):
     modules = dict(model.named_modules())
     recipe.check_fits(spec, {n: modules[n].in_features for n in spec.linears})
     require_calibration(recipe, calib)
-    if calib is not None and calib.meta["model_fingerprint"] != getattr(model, "fingerprint", None):
+    if calib is not None and calib.meta["model_fingerprint"] != model.provenance.fingerprint:
         raise RnnquantError("the calibration directory was made for another model")
     if recipe.needs_data() and not batches:
         raise RnnquantError(f"recipe {recipe.name!r} needs calibration text (static activation scales or GPTQ)")
@@ -186,9 +185,7 @@ def quantize(model, recipe: Recipe, calib=None, batches=None):
     head = qm.get_submodule(spec.head)
     if qm.tied_head_key() and spec.embedding and QEmbedding.can_tie(head):
         _set_module(qm, spec.embedding, QEmbedding(head))  # the embedding shares the head's codes
-    qm.recipe = recipe
-    qm.source_fingerprint = getattr(model, "fingerprint", None)
-    qm.origin = origin_path(model)
-    qm.origin_fingerprint = origin_fingerprint(model)
-    qm.calib_fingerprint = calib.meta["model_fingerprint"] if calib is not None else None
+    was = model.provenance
+    qm.provenance = was.derive(recipe=recipe, quantized_from=was.fingerprint, origin=was.origin_path, origin_fingerprint=was.float_fingerprint,
+                               calib_fingerprint=calib.meta["model_fingerprint"] if calib is not None else None)
     return qm.eval()

@@ -68,9 +68,9 @@ def save_quantized(qm, out_dir, tokenizer_path=None, force: bool = False) -> Non
             if not qw.symmetric:
                 tensors[f"{n}.zeros"] = qw.zero.to(torch.uint8).contiguous()
     tied = isinstance(qm.get_submodule(qm.arch_spec().embedding), QEmbedding)
-    meta = {"format_version": FORMAT_VERSION, "tied_embedding": tied, "origin": getattr(qm, "origin", None), "recipe": qm.recipe.to_dict(), "source_fingerprint": qm.source_fingerprint,
-            "origin_fingerprint": qm.origin_fingerprint, "prune_report": getattr(qm, "prune_report", None),
-            "calib_fingerprint": qm.calib_fingerprint, "linears": layout}
+    pv = qm.provenance
+    meta = {"format_version": FORMAT_VERSION, "tied_embedding": tied, "origin": pv.origin, "recipe": pv.recipe.to_dict(), "source_fingerprint": pv.quantized_from,
+            "origin_fingerprint": pv.origin_fingerprint, "prune_report": pv.prune_report, "calib_fingerprint": pv.calib_fingerprint, "linears": layout}
     from safetensors.torch import save_file
 
     with atomic_path(out_dir, directory=True, force=force) as tmp:
@@ -115,13 +115,9 @@ def load_quantized_into(model, d: Path, state: dict[str, torch.Tensor]):
     missing = [k for k in missing if not k.endswith((".w_deq", ".rotation")) and k != model.tied_head_key()]
     if missing or unexpected:
         raise RnnquantError(f"{d / WEIGHTS}: {'missing' if missing else 'unexpected'} tensor {(missing or unexpected)[0]!r}")
-    model.recipe = recipe
-    model.origin = meta.get("origin")
-    model.source_fingerprint = meta.get("source_fingerprint")
-    model.origin_fingerprint = meta.get("origin_fingerprint")
-    if meta.get("prune_report"):
-        model.prune_report = meta["prune_report"]
-    model.calib_fingerprint = meta.get("calib_fingerprint")
+    model.provenance = model.provenance.derive(
+        recipe=recipe, origin=meta.get("origin"), quantized_from=meta.get("source_fingerprint"), origin_fingerprint=meta.get("origin_fingerprint"),
+        prune_report=meta.get("prune_report") or None, calib_fingerprint=meta.get("calib_fingerprint"))
     return model
 
 

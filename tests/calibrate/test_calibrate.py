@@ -25,7 +25,7 @@ def test_injection_preserves_function_and_is_found():
     model = tiny_model("mamba")
     ids = _ids()[:64].view(2, 32)
     ref = model(ids)
-    model.fingerprint = "test"
+    model.provenance = model.provenance.derive(fingerprint="test")
     model, injected = inject_outliers(model, INJECT, scale=50)
     assert (model(ids) - ref).abs().max() <= 1e-4
     calib = calibrate(model, _ids(), CalibConfig(samples=8, seq_len=128))
@@ -38,7 +38,7 @@ def test_injection_preserves_function_and_is_found():
 
 def test_records_every_declared_point(any_arch):
     model = tiny_model(any_arch)
-    model.fingerprint = "test"
+    model.provenance = model.provenance.derive(fingerprint="test")
     calib = calibrate(model, _ids(), CalibConfig(samples=4, seq_len=64, state_every=16))
     spec = model.arch_spec()
     expected = {f"{lin}.input" for lin in spec.linears} | set(spec.taps) | {f"state.{s.name}" for s in spec.states}
@@ -71,7 +71,7 @@ def test_cli_round_trip_and_refusals(capsys, tmp_path, mamba_dir, text_file):
     assert {"calib.safetensors", "calib.json", "report.md", "heatmap.png"} <= {p.name for p in out.iterdir()}
     model = load(mamba_dir)
     calib = load_calibration(out, model)
-    assert calib.meta["model_fingerprint"] == model.fingerprint
+    assert calib.meta["model_fingerprint"] == model.provenance.fingerprint
     assert not list(tmp_path.glob(".calib*")), "temporary directory left behind"
 
     assert_one_line_error(capsys, "calibrate", mamba_dir, "--data", text_file, "--out", out, match="already exists")
@@ -94,7 +94,7 @@ def test_cli_round_trip_and_refusals(capsys, tmp_path, mamba_dir, text_file):
 )
 def test_damaged_calibration(tmp_path, damage, match):
     model = tiny_model("lstm")
-    model.fingerprint = "fp"
+    model.provenance = model.provenance.derive(fingerprint="fp")
     calib = calibrate(model, _ids(), CalibConfig(samples=2, seq_len=32))
     save_calibration(calib, tmp_path / "c", report=False)
     damage(tmp_path / "c")

@@ -29,7 +29,7 @@ IDS = torch.randint(0, 4096, (5000,), generator=torch.Generator().manual_seed(0)
 
 def _model(arch):
     m = tiny_model(arch)
-    m.fingerprint = fingerprint(m)
+    m.provenance = m.provenance.derive(fingerprint=fingerprint(m))
     return m
 
 
@@ -75,7 +75,7 @@ def test_metadata_and_ort_format(tmp_path):
     m = _model("mamba")
     path = export_step(m, tmp_path / "m.onnx", TOKENIZER)
     meta = {p.key: p.value for p in onnx.load(path).metadata_props}
-    assert meta["architecture"] == "mamba" and meta["model_fingerprint"] == m.fingerprint
+    assert meta["architecture"] == "mamba" and meta["model_fingerprint"] == m.provenance.fingerprint
     assert [s["name"] for s in json.loads(meta["states"])] == ["conv_0", "ssm_0", "conv_1", "ssm_1"]
     big = [t for t in onnx.load(path).graph.initializer if list(t.dims) in ([4096, 32], [32, 4096])]
     assert len(big) == 1  # the tied embedding and the head share one table
@@ -135,7 +135,7 @@ def test_export_quantized_directory(capsys, tmp_path, saved):
     code, _, err = run_cli(capsys, "export", tmp_path / "q", "--out", tmp_path / "q.onnx")
     assert code == 0, err
     meta = {p.key: p.value for p in onnx.load(tmp_path / "q.onnx").metadata_props}
-    assert json.loads(meta["recipe"])["name"] == "w4a16-rtn" and meta["model_fingerprint"] == m.fingerprint
+    assert json.loads(meta["recipe"])["name"] == "w4a16-rtn" and meta["model_fingerprint"] == m.provenance.fingerprint
 
 
 @pytest.mark.parametrize("arch", ["mamba", "mamba2-groups", "lstm", "lstmp", "gru-tied-nobias"])
@@ -206,7 +206,7 @@ def test_prefill_graph_from_another_export_is_refused(tmp_path):
     other = tiny_model("mamba")
     with torch.no_grad():
         other.lm_head.weight.mul_(2)
-    other.fingerprint = fingerprint(other)
+    other.provenance = other.provenance.derive(fingerprint=fingerprint(other))
     b = export_step(other, tmp_path / "b" / "m.onnx", TOKENIZER)
     shutil.copyfile(b.with_suffix(".prefill.onnx"), a.with_suffix(".prefill.onnx"))
     with pytest.raises(RnnquantError, match="exported with another model"):

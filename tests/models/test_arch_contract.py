@@ -50,7 +50,7 @@ def calibrated():
     def get(arch):
         if arch not in cache:
             m = tiny_model(arch)
-            m.fingerprint = fingerprint(m)
+            m.provenance = m.provenance.derive(fingerprint=fingerprint(m))
             cache[arch] = (m, calibrate(m, IDS, CalibConfig(samples=4, seq_len=64)))
         return cache[arch]
 
@@ -96,7 +96,7 @@ def test_calibration_finds_injected_outliers(any_arch):
         pytest.skip(f"{any_arch} declares no smoothing pair")
     ids = IDS[:64].view(2, 32)
     ref = m(ids)
-    m.fingerprint = "test"
+    m.provenance = m.provenance.derive(fingerprint="test")
     m, injected = inject_outliers(m, {pairs[0][0]: [3, 11]}, scale=40)
     assert (m(ids) - ref).abs().max() <= 1e-3 * ref.abs().max()
     calib = calibrate(m, IDS, CalibConfig(samples=4, seq_len=128))

@@ -85,4 +85,4 @@ def test_saved_model_round_trips(tiny_dir):
     ids = torch.randint(0, 100, (1, 16))
     ref = tiny_model(model.model_type)
     assert torch.equal(model(ids), ref(ids))
-    assert len(model.fingerprint) == 64
+    assert len(model.provenance.fingerprint) == 64

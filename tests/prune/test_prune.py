@@ -21,7 +21,7 @@ IDS = torch.randint(0, 4096, (4000,), generator=torch.Generator().manual_seed(0)
 
 def _calibrated(arch):
     m = tiny_model(arch)
-    m.fingerprint = fingerprint(m)
+    m.provenance = m.provenance.derive(fingerprint=fingerprint(m))
     return m, calibrate(m, IDS, CalibConfig(samples=4, seq_len=64)), calibration_batches(IDS, 4, 64, 4)
 
 
@@ -64,7 +64,7 @@ def test_mamba_state_removal_equals_zeroing():
 def test_state_pruning_by_calibration_and_refused_for_rnn():
     m, calib, batches = _calibrated("mamba")
     p = prune(m, parse_spec("state:0.25"), calib, batches)
-    assert p.config["state_size"] == 6 and p.prune_report["structural_reduction_pct"] > 0
+    assert p.config["state_size"] == 6 and p.provenance.prune_report["structural_reduction_pct"] > 0
     lstm, lcalib, lbatches = _calibrated("lstm")
     with pytest.raises(RnnquantError, match="lstm has no d_state channels"):
         prune(lstm, parse_spec("state:0.25"), lcalib, lbatches)
@@ -115,12 +115,12 @@ def test_unstructured_bias_correction(method):
     """What a pruned Linear loses on average, (W - W') E[x], moves into its bias; off: biases untouched."""
     m, calib, batches = _calibrated("lstm")
     on, off = (prune(m, PruneConfig(method, 0.5, bias_correction=c), calib, batches) for c in (True, False))
-    assert on.prune_report["bias_corrected"] and not off.prune_report["bias_corrected"]
+    assert on.provenance.prune_report["bias_corrected"] and not off.provenance.prune_report["bias_corrected"]
     assert torch.equal(on.proj.weight, off.proj.weight) and torch.equal(off.proj.bias, m.proj.bias)
     shift = (m.proj.weight - on.proj.weight) @ calib.stat("proj.input", "mean")
     assert shift.abs().max() > 1e-3 and torch.allclose(on.proj.bias, m.proj.bias + shift, atol=1e-6)
     if method == "magnitude":  # magnitude runs without calibration, and then corrects nothing
-        assert not prune(m, parse_spec("magnitude:0.5"), None, batches).prune_report["bias_corrected"]
+        assert not prune(m, parse_spec("magnitude:0.5"), None, batches).provenance.prune_report["bias_corrected"]
 
 
 @pytest.mark.parametrize("nm", [(2, 4), (4, 8)])
@@ -137,7 +137,7 @@ def test_nm_masks(nm):
 def test_unstructured_accounting_is_exact():
     m, calib, batches = _calibrated("mamba")
     p = prune(m, parse_spec("wanda:0.5"), calib, batches)
-    r = p.prune_report
+    r = p.provenance.prune_report
     targets = [n for n, role in p.arch_spec().linears.items() if role != "lm_head"]
     mods = dict(p.named_modules())
     zeros = sum(int((mods[n].weight == 0).sum()) for n in targets)
@@ -163,10 +163,10 @@ def test_wanda_and_sparsegpt_beat_magnitude_on_layer_error():
 def test_structured_prune_shrinks_and_layers_drop():
     m, calib, batches = _calibrated("mamba")
     p = prune(m, parse_spec("channels:0.25"), calib, batches)
-    assert p.config["intermediate_size"] == 48 and p.prune_report["structural_reduction_pct"] > 0
+    assert p.config["intermediate_size"] == 48 and p.provenance.prune_report["structural_reduction_pct"] > 0
     assert p(IDS[:20].view(1, 20)).shape == (1, 20, 4096)
     one = prune(m, parse_spec("layers:1"), calib, batches)
-    assert one.config["num_hidden_layers"] == 1 and len(one.pruned_layers) == 1
+    assert one.config["num_hidden_layers"] == 1 and len(one.provenance.prune_report["removed_layers"]) == 1
 
 
 @pytest.mark.parametrize(
@@ -201,7 +201,7 @@ def test_owl_profile_prunes_per_block_at_the_requested_mean(method):
     want = layer_sparsities(m, cfg, calib, names)
     assert want["layers.0.ih"] == want["layers.0.hh"] and want["layers.1.ih"] == want["layers.1.hh"]  # one block, one sparsity
     assert len(set(want.values())) == 3  # layers.0, layers.1 and proj differ
-    r = prune(m, cfg, calib, batches).prune_report
+    r = prune(m, cfg, calib, batches).provenance.prune_report
     mods = dict(m.named_modules())
     for n, got in r["masked_sparsity_pct_per_linear"].items():  # each row keeps round(in x (1 - s)) weights
         assert got == pytest.approx(100 * want[n], abs=50 / mods[n].in_features + 0.01)
@@ -211,7 +211,7 @@ def test_owl_profile_prunes_per_block_at_the_requested_mean(method):
 def test_layer_sparsity_overrides_and_config_files(tmp_path):
     m, calib, batches = _calibrated("lstm")
     cfg = PruneConfig("magnitude", 0.5, layer_sparsity=(("layers.*", 0.75), ("proj", 0.0)))
-    per = prune(m, cfg, calib, batches).prune_report["masked_sparsity_pct_per_linear"]
+    per = prune(m, cfg, calib, batches).provenance.prune_report["masked_sparsity_pct_per_linear"]
     assert per["proj"] == 0 and all(per[f"layers.{i}.{k}"] == 75 for i in (0, 1) for k in ("ih", "hh"))
     (tmp_path / "p.yaml").write_text("method: wanda\nsparsity: 0.5\nprofile: owl\nlayer_sparsity: {proj: 0.25}\n")
     (tmp_path / "p.json").write_text(json.dumps(parse_spec(str(tmp_path / "p.yaml")).to_dict()))
@@ -241,7 +241,7 @@ def test_rnn_layer_removal_keeps_the_width():
     one directly. Layer 0 (embed 24 -> hidden 32) changes the width, so it never goes."""
     m, calib, batches = _calibrated("lstm")
     one = prune(m, parse_spec("layers:1"), calib, batches)
-    assert one.config["num_layers"] == 1 and one.pruned_layers == one.prune_report["removed_layers"] == [1]
+    assert one.config["num_layers"] == 1 and one.provenance.prune_report["removed_layers"] == one.provenance.prune_report["removed_layers"] == [1]
     skipped = tiny_model("lstm")
     skipped.layers = skipped.layers[:1]  # the same weights with layer 1 taken out by hand
     ids = IDS[:64].view(2, 32)
@@ -257,13 +257,13 @@ def test_rnn_layer_removal_can_take_layer_0_when_embed_equals_hidden():
 
     torch.manual_seed(0)
     m = build(TINY["gru"] | {"embed_size": 32, "num_layers": 3}).eval()
-    m.fingerprint = fingerprint(m)
+    m.provenance = m.provenance.derive(fingerprint=fingerprint(m))
     batches = calibration_batches(IDS, 4, 64, 4)
     bi = block_influence(m, batches)
     assert bi.isfinite().all()  # every layer keeps the width 32
     two = prune(m, parse_spec("layers:2"), calibrate(m, IDS, CalibConfig(samples=4, seq_len=64)), batches)
-    left = sorted(set(range(3)) - set(two.pruned_layers))
-    assert two.pruned_layers == sorted(bi.topk(2, largest=False).indices.tolist()) and two.config["num_layers"] == 1
+    left = sorted(set(range(3)) - set(two.provenance.prune_report["removed_layers"]))
+    assert two.provenance.prune_report["removed_layers"] == sorted(bi.topk(2, largest=False).indices.tolist()) and two.config["num_layers"] == 1
     m.layers = torch.nn.ModuleList(m.layers[i] for i in left)
     ids = IDS[:64].view(2, 32)
     assert (two(ids) - m(ids)).abs().max() <= 1e-6
@@ -338,7 +338,7 @@ def test_recalibration_after_pruning_keeps_every_setting():
     from rnnquant.pipeline import TextSource, recalibrated
 
     m = tiny_model("lstm")
-    m.fingerprint = fingerprint(m)
+    m.provenance = m.provenance.derive(fingerprint=fingerprint(m))
     cfg = CalibConfig(samples=3, seq_len=48, state_every=8, outlier_k=3.5, kurtosis_k=7.0, bins=64)
     calib = calibrate(m, IDS, cfg)
     again = recalibrated(m, calib, TextSource(lambda: IDS))

@@ -57,7 +57,7 @@ def test_hadamard_rotation_preserves_function():
 @torch.no_grad()
 def test_smoothquant_preserves_function():
     model = tiny_model("mamba")
-    model.fingerprint = fingerprint(model)
+    model.provenance = model.provenance.derive(fingerprint=fingerprint(model))
     ids = torch.randint(0, 4096, (3000,), generator=torch.Generator().manual_seed(0))
     calib = calibrate(model, ids, CalibConfig(samples=4, seq_len=64))
     x = ids[:96].view(2, 48)

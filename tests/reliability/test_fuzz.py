@@ -103,7 +103,7 @@ def test_fuzz_prune_report_beside_a_checkpoint(tmp_path_factory, report):
     except RnnquantError as e:
         assert "\n" not in str(e)
     else:
-        assert all(v is None or isinstance(v, str) for v in (m.origin, m.origin_fingerprint))
+        assert all(v is None or isinstance(v, str) for v in (m.provenance.origin, m.provenance.origin_fingerprint))
 
 
 @FUZZ
