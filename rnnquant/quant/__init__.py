@@ -1,7 +1,7 @@
 """rnnquant.quant: recipes (dataclasses + presets) and the one verb ``quantize``."""
 from .apply import quantize
-from .presets import DEFAULT_PRESET, PRESETS
-from .recipe import Recipe, Rule, load_recipe
+from .presets import DEFAULT_PRESET, PRESETS, load_recipe
+from .recipe import Recipe, Rule
 
 __all__ = ["DEFAULT_PRESET", "PRESETS", "Recipe", "Rule", "load_recipe", "quantize"]
 from .serialize import save_quantized, size_bytes  # noqa: E402

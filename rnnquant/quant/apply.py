@@ -25,11 +25,6 @@ from .recipe import Recipe, Rule
 SAMPLE_ROWS = 2048  # input rows kept per Linear to choose a clip by output error
 
 
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, leaf, new)
-
-
 @torch.no_grad()
 def smooth(model, calib, alpha: float, targets: set[str]) -> None:
     """SmoothQuant (Xiao et al. 2023): s_j = max|X_j|^a / max|W_j|^(1-a), X <- X / s, W <- W * s."""
@@ -177,14 +172,14 @@ def quantize(model, recipe: Recipe, calib=None, batches=None):
         # a model whose earlier Linears are already quantized, so their errors are compensated
         for name, p in plan.items():
             probe = _data_pass(qm, {name: p}, batches).get(name)
-            _set_module(qm, name, _quantize_linear(qm.get_submodule(name), p, probe))
+            qm.set_submodule(name, _quantize_linear(qm.get_submodule(name), p, probe))
     else:
         probes = _data_pass(qm, plan, batches or [])
         for name, p in plan.items():
-            _set_module(qm, name, _quantize_linear(qm.get_submodule(name), p, probes.get(name)))
+            qm.set_submodule(name, _quantize_linear(qm.get_submodule(name), p, probes.get(name)))
     head = qm.get_submodule(spec.head)
     if qm.tied_head_key() and spec.embedding and QEmbedding.can_tie(head):
-        _set_module(qm, spec.embedding, QEmbedding(head))  # the embedding shares the head's codes
+        qm.set_submodule(spec.embedding, QEmbedding(head))  # the embedding shares the head's codes
     was = model.provenance
     qm.provenance = was.derive(recipe=recipe, quantized_from=was.fingerprint, origin=was.origin_path, origin_fingerprint=was.float_fingerprint,
                                calib_fingerprint=calib.meta["model_fingerprint"] if calib is not None else None)

@@ -1,6 +1,10 @@
 """Named recipes. ``w8a8-outlier`` is the recommended default (see README and docs/RESULTS.md)."""
 from __future__ import annotations
 
+from pathlib import Path
+
+from ..errors import RnnquantError
+from ..io import read_mapping
 from .recipe import Recipe, Rule
 
 # The head stays at 8 bits in the 4-bit presets, with dynamic int8 activations: ONNX Runtime's CPU EP
@@ -41,3 +45,13 @@ def _presets() -> dict[str, Recipe]:
 
 PRESETS = _presets()
 DEFAULT_PRESET = "w8a8-outlier"
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    """A preset name or a .json / .yaml file."""
+    if name_or_path in PRESETS:
+        return PRESETS[name_or_path]
+    p = Path(name_or_path)
+    if not p.is_file():
+        raise RnnquantError(f"unknown recipe {name_or_path!r}: not a preset ({', '.join(PRESETS)}) nor a file")
+    return Recipe.from_dict(read_mapping(p, "recipe"), where=str(p))

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 
 from ..errors import RnnquantError
-from ..io import read_mapping
 
 GRANULARITIES = ("tensor", "channel", "group")
 CLIPS = ("absmax", "p99", "p99.9", "p99.99", "auto")
@@ -133,15 +131,3 @@ def check_keys(d: dict, cls, where: str) -> None:
     if unknown:
         raise RnnquantError(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
 
-
-def load_recipe(name_or_path: str) -> Recipe:
-    """A preset name or a .json / .yaml file."""
-    from .presets import PRESETS
-
-    if name_or_path in PRESETS:
-        return PRESETS[name_or_path]
-    p = Path(name_or_path)
-    if not p.is_file():
-        raise RnnquantError(f"unknown recipe {name_or_path!r}: not a preset ({', '.join(PRESETS)}) nor a file")
-    d = read_mapping(p, "recipe")
-    return Recipe.from_dict(d, where=str(p))

@@ -89,7 +89,6 @@ def load_quantized_into(model, d: Path, state: dict[str, torch.Tensor]):
         recipe = Recipe.from_dict(meta["recipe"], where=str(d / QUANT_META))
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise RnnquantError(f"{d / QUANT_META}: corrupt quantization metadata ({e})") from None
-    from .apply import _set_module
 
     try:
         for n, lay in layout.items():
@@ -105,12 +104,12 @@ def load_quantized_into(model, d: Path, state: dict[str, torch.Tensor]):
             ql = QLinear(lay["in"], lay["out"], state.get(f"{n}.bias", None), qw, state.get(f"{n}.w_float"), state.get(f"{n}.quant_idx"),
                          state.get(f"{n}.float_idx"), hadamard_matrix(lay["in"]) if lay["rotated"] else None, lay["a_bits"], lay["a_mode"],
                          float(a_scale) if a_scale is not None else None)
-            _set_module(model, n, ql)
+            model.set_submodule(n, ql)
     except KeyError as e:
         raise RnnquantError(f"{d / WEIGHTS}: missing quantized tensor {e.args[0]!r}") from None
     if meta.get("tied_embedding"):
         spec = model.arch_spec()
-        _set_module(model, spec.embedding, QEmbedding(model.get_submodule(spec.head)))
+        model.set_submodule(spec.embedding, QEmbedding(model.get_submodule(spec.head)))
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith((".w_deq", ".rotation")) and k != model.tied_head_key()]
     if missing or unexpected:
