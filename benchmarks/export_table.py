@@ -24,7 +24,7 @@ from rnnquant.eval import perplexity_ids
 from rnnquant.exporters.measure import measure_in_process
 from rnnquant.exporters.onnx_export import export_step
 from rnnquant.exporters.runner import OrtLM
-from rnnquant.models import load
+from rnnquant.artifacts import load
 from rnnquant.quant import PRESETS, quantize
 from rnnquant.zoo.corpus import split_text
 

@@ -24,7 +24,7 @@ import onnxruntime as ort
 
 from rnnquant.exporters.onnx_export import export_step
 from rnnquant.exporters.prefill import build_prefill
-from rnnquant.models import load
+from rnnquant.artifacts import load
 from rnnquant.quant import PRESETS, quantize
 from rnnquant.zoo import MODELS_DIR
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 
 from rnnquant.exporters.onnx_export import export_step
-from rnnquant.models import load
+from rnnquant.artifacts import load
 from rnnquant.quant import PRESETS, quantize
 from rnnquant.zoo import MODELS_DIR
 

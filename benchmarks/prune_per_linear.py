@@ -24,7 +24,7 @@ import torch
 
 from rnnquant.calibrate import CalibConfig, calibrate, calibration_batches
 from rnnquant.eval import perplexity_ids
-from rnnquant.models import load
+from rnnquant.artifacts import load
 from rnnquant.prune.apply import _hessians, _rms
 from rnnquant.prune.masks import magnitude_mask, sparsegpt_prune, wanda_mask
 from rnnquant.zoo.corpus import split_text

@@ -26,7 +26,7 @@ from rnnquant.calibrate import CalibConfig, calibrate, calibration_batches
 from rnnquant.eval import perplexity_ids
 from rnnquant.exporters.measure import measure_in_process
 from rnnquant.exporters.onnx_export import export_step
-from rnnquant.models import load
+from rnnquant.artifacts import load
 from rnnquant.prune import parse_spec, prune
 from rnnquant.prune.config import STRUCTURED_GROUPS
 from rnnquant.zoo.corpus import split_text

@@ -18,7 +18,7 @@ import torch
 
 from rnnquant.calibrate import CalibConfig, calibrate, calibration_batches, inject_outliers
 from rnnquant.eval import perplexity_ids
-from rnnquant.models import load
+from rnnquant.artifacts import load
 from rnnquant.quant import PRESETS, quantize, size_bytes
 from rnnquant.zoo.corpus import split_text
 

@@ -16,7 +16,7 @@ import torch
 
 from rnnquant.calibrate import CalibConfig, calibrate, calibration_batches
 from rnnquant.eval import perplexity_ids
-from rnnquant.models import load
+from rnnquant.artifacts import load
 from rnnquant.quant import PRESETS, quantize
 from rnnquant.zoo.corpus import split_text
 

@@ -14,7 +14,7 @@ _ALLOW_PICKLE = False
 
 
 def _model(path_or_name):
-    from .models import load
+    from .artifacts import load
 
     return load(path_or_name, allow_pickle=_ALLOW_PICKLE)
 

@@ -105,7 +105,7 @@ def _check_variant(v: str, float_fp: str) -> None:
 
 
 def compare(float_model, variants: list[str], ids, window: int, tokens: int, threads: int, data_source: str) -> dict:
-    from ..models import load
+    from ..artifacts import load
 
     for v in variants:
         _check_variant(v, float_model.provenance.fingerprint)

@@ -17,7 +17,7 @@ from .rnn import GRULM, LSTMLM
 
 ADAPTERS: dict[str, type[RecurrentLM]] = {cls.model_type: cls for cls in (MambaLM, FalconMambaLM, Mamba2LM, LSTMLM, GRULM)}
 
-__all__ = ["Provenance", "ADAPTERS", "ArchSpec", "RecurrentLM", "State", "StateSpec", "Tap", "build", "check_and_assign", "load", "load_tokenizer", "resolve"]
+__all__ = ["Provenance", "ADAPTERS", "ArchSpec", "RecurrentLM", "State", "StateSpec", "Tap", "build", "check_and_assign", "check_finite", "finish_load", "load_checkpoint", "load_tokenizer", "open_model_dir", "resolve"]
 
 
 def known_roles() -> frozenset[str]:
@@ -131,11 +131,11 @@ def check_and_assign(model: RecurrentLM, state: dict, d: Path) -> None:
             raise RnnquantError(f"{d}: tensor {k!r} has shape {list(v.shape)}, config implies {list(expected[k].shape)}")
         if not v.is_floating_point():
             raise RnnquantError(f"{d}: tensor {k!r} has dtype {v.dtype}, expected a float type")
-    _check_finite(state, d)
+    check_finite(state, d)
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
 
 
-def _check_finite(state: dict[str, torch.Tensor], d: Path) -> None:
+def check_finite(state: dict[str, torch.Tensor], d: Path) -> None:
     for k, v in state.items():
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise RnnquantError(f"{d}: tensor {k!r} contains NaN or Inf")
@@ -150,23 +150,26 @@ def fingerprint(model: RecurrentLM) -> str:
     return h.hexdigest()
 
 
-def load(path_or_name, *, allow_pickle: bool = False) -> RecurrentLM:
-    """Load a model directory or zoo entry; every failure is an ``RnnquantError`` naming the file."""
-    d = resolve(path_or_name)
-    cfg = _read_config(d)
-    model = build(cfg, where=str(d / "config.json"))
-    if (d / "quant.json").is_file():  # a directory written by `rnnquant quantize`
-        from ..quant.serialize import load_quantized_into
+def open_model_dir(d: Path, allow_pickle: bool = False) -> tuple[RecurrentLM, dict[str, torch.Tensor]]:
+    """A randomly initialised model for ``d``'s config.json and ``d``'s tensors, not yet checked or assigned."""
+    model = build(_read_config(d), where=str(d / "config.json"))
+    return model, _read_weights(d, allow_pickle)
 
-        state = _read_weights(d, allow_pickle)
-        _check_finite(state, d)
-        load_quantized_into(model, d, state)
-    else:
-        check_and_assign(model, _read_weights(d, allow_pickle), d)
-        if (d / PRUNE_REPORT).is_file():  # written by `rnnquant prune`: where the model came from
-            report = read_mapping(d / PRUNE_REPORT, "prune report")
-            origin, origin_fp = (v if isinstance(v, str) else None for v in map(report.get, ("origin", "origin_fingerprint")))
-            model.provenance = model.provenance.derive(prune_report=report, origin=origin, origin_fingerprint=origin_fp)
+
+def finish_load(model: RecurrentLM, d: Path) -> RecurrentLM:
+    """The tokenizer beside the weights and the record of where the model came from."""
     model.tokenizer = load_tokenizer(d / "tokenizer.json", model.vocab_size)
     model.provenance = model.provenance.derive(source=str(d), fingerprint=fingerprint(model))
     return model.eval()
+
+
+def load_checkpoint(d: Path, allow_pickle: bool = False) -> RecurrentLM:
+    """A float checkpoint directory (possibly written by `rnnquant prune`); ``rnnquant.artifacts.load``
+    reads every kind of model directory."""
+    model, state = open_model_dir(d, allow_pickle)
+    check_and_assign(model, state, d)
+    if (d / PRUNE_REPORT).is_file():  # written by `rnnquant prune`: where the model came from
+        report = read_mapping(d / PRUNE_REPORT, "prune report")
+        origin, origin_fp = (v if isinstance(v, str) else None for v in map(report.get, ("origin", "origin_fingerprint")))
+        model.provenance = model.provenance.derive(prune_report=report, origin=origin, origin_fingerprint=origin_fp)
+    return finish_load(model, d)

@@ -81,7 +81,16 @@ def save_quantized(qm, out_dir, tokenizer_path=None, force: bool = False) -> Non
             shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
 
 
-def load_quantized_into(model, d: Path, state: dict[str, torch.Tensor]):
+def load_quantized(d: Path, allow_pickle: bool = False):
+    """A directory written by ``save_quantized``: the model with its Linears as the QLinears stored."""
+    from ..models import check_finite, finish_load, open_model_dir
+
+    model, state = open_model_dir(d, allow_pickle)
+    check_finite(state, d)
+    return finish_load(_assign_quantized(model, d, state), d)
+
+
+def _assign_quantized(model, d: Path, state: dict[str, torch.Tensor]):
     """Replace ``model``'s Linears by QLinears rebuilt from ``state``; load the rest. Returns the model."""
     try:
         meta = json.loads((d / QUANT_META).read_text("utf-8"))

@@ -139,7 +139,7 @@ def unigram_perplexity(train: torch.Tensor, test: torch.Tensor, vocab_size: int)
 def write_metrics(model_dir: str, window: int = 512) -> dict:
     from rnnquant.eval import perplexity_ids
     from rnnquant.io import write_json
-    from rnnquant.models import load
+    from rnnquant.artifacts import load
 
     model = load(model_dir)
     train, test = token_stream(model.tokenizer, "train"), token_stream(model.tokenizer, "test")

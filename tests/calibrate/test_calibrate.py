@@ -9,7 +9,7 @@ import torch
 from rnnquant.calibrate import CalibConfig, calibrate, inject_outliers, load_calibration, save_calibration
 from rnnquant.errors import RnnquantError
 from rnnquant.io import save_checkpoint
-from rnnquant.models import load
+from rnnquant.artifacts import load
 from tests.conftest import TOKENIZER, tiny_model
 from tests.helpers import assert_one_line_error, run_cli
 

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from rnnquant.models import load
+from rnnquant.artifacts import load
 from tests.conftest import TOKENIZER, VOCAB
 from tests.helpers import assert_one_line_error, run_cli
 

@@ -5,7 +5,7 @@ import json
 import math
 
 from rnnquant.io import save_checkpoint
-from rnnquant.models import load
+from rnnquant.artifacts import load
 from rnnquant.quant import PRESETS, quantize, save_quantized
 from tests.conftest import TOKENIZER, tiny_model
 from tests.eval.test_perplexity import TEXT

@@ -7,7 +7,7 @@ import torch
 
 from rnnquant.errors import RnnquantError
 from rnnquant.eval import perplexity, perplexity_ids, windows
-from rnnquant.models import load
+from rnnquant.artifacts import load
 from tests.conftest import tiny_model
 from tests.helpers import assert_one_line_error, run_cli
 

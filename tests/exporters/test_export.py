@@ -19,7 +19,8 @@ from rnnquant.exporters.ort_format import convert_to_ort
 from rnnquant.exporters.runner import OrtLM
 from rnnquant.generate import generate
 from rnnquant.io import save_checkpoint
-from rnnquant.models import fingerprint, load
+from rnnquant.artifacts import load
+from rnnquant.models import fingerprint
 from rnnquant.quant import PRESETS, quantize, save_quantized
 from tests.conftest import TOKENIZER, tiny_model
 from tests.helpers import assert_one_line_error, run_cli
@@ -239,7 +240,7 @@ def test_external_data_over_the_limit(monkeypatch, tmp_path, tiny_dir):
 
     from rnnquant.exporters import onnx_export
     from rnnquant.exporters.runner import OrtLM
-    from rnnquant.models import load
+    from rnnquant.artifacts import load
 
     m = load(tiny_dir)
     inline = onnx_export.export_step(m, tmp_path / "a" / "inline.onnx", tiny_dir / "tokenizer.json")

@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from rnnquant.models import load
+from rnnquant.artifacts import load
 from tests.conftest import TOKENIZER
 
 transformers = pytest.importorskip("transformers")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from rnnquant.models import load
+from rnnquant.artifacts import load
 from tests.conftest import tiny_model
 
 T = 64

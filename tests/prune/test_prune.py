@@ -271,7 +271,7 @@ def test_rnn_layer_removal_can_take_layer_0_when_embed_equals_hidden():
 
 def test_cli_prune_then_quantize_and_export(capsys, tmp_path):
     from rnnquant.io import save_checkpoint
-    from rnnquant.models import load
+    from rnnquant.artifacts import load
     from tests.calibrate.test_calibrate import TEXT
     from tests.conftest import TOKENIZER
     from tests.helpers import assert_one_line_error, run_cli

@@ -8,7 +8,7 @@ import torch
 
 from rnnquant.eval import perplexity
 from rnnquant.io import save_checkpoint
-from rnnquant.models import load
+from rnnquant.artifacts import load
 from rnnquant.quant import PRESETS, quantize
 from rnnquant.quant.qlinear import QLinear
 from tests.calibrate.test_calibrate import TEXT

@@ -92,7 +92,7 @@ def test_fuzz_prune_config(tmp_path_factory, doc, as_yaml, spec):
 def test_fuzz_prune_report_beside_a_checkpoint(tmp_path_factory, report):
     """Whatever prune_report.json holds, the model loads (its origin a string or None) or one error line."""
     from rnnquant.io import save_checkpoint
-    from rnnquant.models import load
+    from rnnquant.artifacts import load
     from tests.conftest import TOKENIZER, tiny_model
 
     d = tmp_path_factory.mktemp("m")
