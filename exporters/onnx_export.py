@@ -7,11 +7,13 @@ and ``new_<state>``. ``metadata_props`` carries what a runner needs (see ``METAD
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import types
 import warnings
 from pathlib import Path
 
@@ -175,6 +177,24 @@ def _trace(module, args, inputs: list[str], outputs: list[str], dynamic_axes: di
         return onnx.load(str(tmp))
 
 
+@contextlib.contextmanager
+def _lowered(model):
+    """While tracing, every QLinear / QEmbedding runs its ONNX lowering (``qops``) as its forward:
+    the quantized modules stay ignorant of the exporter."""
+    from rnnquant.quant.qlinear import QEmbedding, QLinear
+
+    from .qops import qembedding_forward, qlinear_forward
+
+    swapped = [m for m in model.modules() if isinstance(m, (QLinear, QEmbedding))]
+    for m in swapped:
+        m.forward = types.MethodType(qlinear_forward if isinstance(m, QLinear) else qembedding_forward, m)
+    try:
+        yield
+    finally:
+        for m in swapped:
+            del m.forward
+
+
 @torch.no_grad()
 def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bool = True, prefill: bool = True,
                 prefill_logits: str = "all") -> Path:
@@ -201,15 +221,17 @@ def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bo
     if out_path.exists() and not force:
         raise RnnquantError(f"{out_path} already exists (use --force to overwrite)")
     inputs = ["input_ids", *names]
-    proto = _trace(_StepGraph(model), (torch.tensor([0]), *state), inputs, outputs,
-                   {k: {0: "batch"} for k in inputs + outputs}, opset, nbits)
+    with _lowered(model):
+        proto = _trace(_StepGraph(model), (torch.tensor([0]), *state), inputs, outputs,
+                       {k: {0: "batch"} for k in inputs + outputs}, opset, nbits)
     _share_tied_embedding(proto)
     prefill_proto = None
     if prefill and model.parallel_prefill:
         inputs = ["prompt_ids", *names]
         last = prefill_logits == "last"
         axes = {k: {0: "batch"} for k in inputs + outputs} | {"prompt_ids": {0: "batch", 1: "seq"}} | ({} if last else {"logits": {0: "batch", 1: "seq"}})
-        prefill_proto = _trace(_PrefillGraph(model, last), (torch.tensor([[0, 0]]), *state), inputs, outputs, axes, opset, nbits)
+        with _lowered(model):
+            prefill_proto = _trace(_PrefillGraph(model, last), (torch.tensor([[0, 0]]), *state), inputs, outputs, axes, opset, nbits)
         _share_tied_embedding(prefill_proto, ids_rank=2)
     return finish_step_graph(proto, model, out_path, tokenizer_path, force=force, prefill=prefill, prefill_proto=prefill_proto,
                              prefill_logits=prefill_logits)

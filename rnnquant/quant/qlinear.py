@@ -4,7 +4,8 @@
 
 Wq is the dequantized integer weight (in the rotated space when Q is set), fq the activation
 fake-quantizer (static per-tensor scale, dynamic per-token, or identity), W_f the float columns
-of outlier channels (mixed precision). The exporter reads the same fields to build ONNX ops.
+of outlier channels (mixed precision). The exporter reads the same fields to build ONNX ops
+(``rnnquant.exporters.qops``, swapped in for ``forward`` while it traces; this module knows nothing of it).
 """
 from __future__ import annotations
 
@@ -47,10 +48,6 @@ class QLinear(nn.Module):
         return fake_quant_static(x, self.a_scale, self.a_bits)
 
     def forward(self, x):
-        if torch.onnx.is_in_onnx_export():
-            from rnnquant.exporters.qops import qlinear_forward
-
-            return qlinear_forward(self, x)
         if self._triton_gemv_ok(x):
             return self._triton_gemv(x)
         if self.rotation is not None:
@@ -103,8 +100,4 @@ class QEmbedding(nn.Module):
         return isinstance(lm_head, QLinear) and lm_head.qweight is not None and lm_head.rotation is None and not len(lm_head.float_idx)
 
     def forward(self, ids):
-        if torch.onnx.is_in_onnx_export():
-            from rnnquant.exporters.qops import qembedding_forward
-
-            return qembedding_forward(self, ids)
         return nn.functional.embedding(ids, self.lm_head.w_deq)
