@@ -53,7 +53,6 @@ def state_metadata(model) -> list[dict]:
             for s in model.arch_spec().states]
 
 
-
 def _prune_spec(model) -> str:
     spec = (model.provenance.prune_report or {}).get("spec")
     return spec if isinstance(spec, str) else ""
@@ -221,18 +220,17 @@ def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bo
     if out_path.exists() and not force:
         raise RnnquantError(f"{out_path} already exists (use --force to overwrite)")
     inputs = ["input_ids", *names]
+    prefill_proto = None
     with _lowered(model):
         proto = _trace(_StepGraph(model), (torch.tensor([0]), *state), inputs, outputs,
                        {k: {0: "batch"} for k in inputs + outputs}, opset, nbits)
-    _share_tied_embedding(proto)
-    prefill_proto = None
-    if prefill and model.parallel_prefill:
-        inputs = ["prompt_ids", *names]
-        last = prefill_logits == "last"
-        axes = {k: {0: "batch"} for k in inputs + outputs} | {"prompt_ids": {0: "batch", 1: "seq"}} | ({} if last else {"logits": {0: "batch", 1: "seq"}})
-        with _lowered(model):
+        if prefill and model.parallel_prefill:
+            inputs = ["prompt_ids", *names]
+            last = prefill_logits == "last"
+            axes = {k: {0: "batch"} for k in inputs + outputs} | {"prompt_ids": {0: "batch", 1: "seq"}} | ({} if last else {"logits": {0: "batch", 1: "seq"}})
             prefill_proto = _trace(_PrefillGraph(model, last), (torch.tensor([[0, 0]]), *state), inputs, outputs, axes, opset, nbits)
-        _share_tied_embedding(prefill_proto, ids_rank=2)
+            _share_tied_embedding(prefill_proto, ids_rank=2)
+    _share_tied_embedding(proto)
     return finish_step_graph(proto, model, out_path, tokenizer_path, force=force, prefill=prefill, prefill_proto=prefill_proto,
                              prefill_logits=prefill_logits)
 

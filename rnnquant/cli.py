@@ -101,14 +101,13 @@ def _quantized(m, recipe, calib, data, samples, seq_len, prune_spec=None):
 
     r = load_recipe(recipe)
     require_calibration(r, calib)
-    seen = {}
     qm = prepare(m, recipe=r, prune=parse_spec(prune_spec) if prune_spec else None, calib=_calibration(calib, m),
-                 text=_text(m, data, samples, seq_len), on_pruned=lambda p: (seen.setdefault("p", p), _echo_prune(p)))
-    p = seen.get("p")
-    if p is not None and p.provenance.prune_report["masked_sparsity_pct"] > 0:
+                 text=_text(m, data, samples, seq_len), on_pruned=_echo_prune)
+    report = qm.provenance.prune_report  # the pruned model's, carried through quantization
+    if prune_spec and report["masked_sparsity_pct"] > 0:
         from .prune.apply import masked_sparsity
 
-        pct = masked_sparsity(qm, list(p.provenance.prune_report["masked_sparsity_pct_per_linear"]))[0]
+        pct = masked_sparsity(qm, list(report["masked_sparsity_pct_per_linear"]))[0]
         click.echo(f"after {r.name}: masked sparsity {pct:.1f}% of pruned Linears"
                    + (" (Hadamard-rotated Linears are stored rotated, so dense)" if r.hadamard else ""))
     return qm

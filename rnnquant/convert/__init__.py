@@ -45,13 +45,9 @@ def read_tensors(src) -> dict[str, torch.Tensor]:
     if not src.is_file():
         raise RnnquantError(f"{src}: no such file or directory")
     if src.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from ..models import read_safetensors
 
-        try:
-            return load_file(str(src))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise RnnquantError(f"{src}: corrupt safetensors file ({str(e).splitlines()[0]})") from None
+        return read_safetensors(src)
     if src.suffix not in TORCH_SUFFIXES:
         raise RnnquantError(f"{src}: expected a .safetensors, .pt, .pth or .bin file")
     return _tensor_dict(_torch_load(src), src)

@@ -58,16 +58,14 @@ def _layers(tensors: dict, rnn: str | None) -> list[dict[str, str]]:
             raise _fail(f"--rnn {rnn!r} names no torch.nn.LSTM/GRU parameters", tensors)
     if len(groups) == 1:
         (layers,) = groups.values()
-        return [layers[k] for k in range(len(layers))] if sorted(layers) == list(range(len(layers))) else _gap(layers, tensors)
+        if sorted(layers) != list(range(len(layers))):
+            raise _fail(f"RNN layers {sorted(layers)} are not numbered 0..{len(layers) - 1}", tensors)
+        return [layers[k] for k in range(len(layers))]
     shape = {re.sub(r"\d+", "#", p) for p in groups}
     if len(shape) == 1 and all(list(g) == [0] for g in groups.values()):  # rnns.0, rnns.1, ...: one layer each
         order = sorted(groups, key=lambda p: [int(n) for n in re.findall(r"\d+", p)])
         return [groups[p][0] for p in order]
     raise _fail(f"several RNN modules ({', '.join(sorted(groups))}); pass --rnn PREFIX", tensors)
-
-
-def _gap(layers, tensors):
-    raise _fail(f"RNN layers {sorted(layers)} are not numbered 0..{len(layers) - 1}", tensors)
 
 
 def _cell(layers: list[dict[str, str]], tensors: dict, rnn_type: str | None) -> dict:

@@ -17,7 +17,7 @@ from .rnn import GRULM, LSTMLM
 
 ADAPTERS: dict[str, type[RecurrentLM]] = {cls.model_type: cls for cls in (MambaLM, FalconMambaLM, Mamba2LM, LSTMLM, GRULM)}
 
-__all__ = ["Provenance", "ADAPTERS", "ArchSpec", "RecurrentLM", "State", "StateSpec", "Tap", "build", "check_and_assign", "check_finite", "finish_load", "load_checkpoint", "load_tokenizer", "open_model_dir", "resolve"]
+__all__ = ["Provenance", "ADAPTERS", "ArchSpec", "RecurrentLM", "State", "StateSpec", "Tap", "build", "check_and_assign", "read_safetensors", "check_finite", "finish_load", "load_checkpoint", "load_tokenizer", "open_model_dir", "resolve"]
 
 
 def known_roles() -> frozenset[str]:
@@ -29,8 +29,7 @@ def build(config: dict, where: str = "config") -> RecurrentLM:
     """A randomly initialised model for ``config`` (validated)."""
     mt = config.get("model_type")
     if mt is None:
-        hint = next((why for cls in ADAPTERS.values() for keys, why in [getattr(cls, "foreign_layout", ((), ""))]
-                     if keys and all(k in config for k in keys)), "")
+        hint = next((why for keys, why in (cls.foreign_layout for cls in ADAPTERS.values()) if keys and all(k in config for k in keys)), "")
         raise RnnquantError(f"{where}: missing field 'model_type'" + (f": this is {hint}" if hint else f" (one of {', '.join(sorted(ADAPTERS))})"))
     if mt not in ADAPTERS:
         raise RnnquantError(f"{where}: unknown model_type {mt!r}; supported: {', '.join(sorted(ADAPTERS))}")
@@ -74,10 +73,18 @@ def _read_config(d: Path) -> dict:
     return cfg
 
 
-def _read_weights(d: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
+def read_safetensors(f: Path) -> dict[str, torch.Tensor]:
+    """One .safetensors file; a damaged one is a one-line error naming it."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    try:
+        return load_file(str(f))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise RnnquantError(f"{f}: corrupt safetensors file ({str(e).splitlines()[0]})") from None
+
+
+def _read_weights(d: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
     files = sorted(d.glob("*.safetensors"))
     if not files:
         pkl = d / "pytorch_model.bin"
@@ -91,10 +98,7 @@ def _read_weights(d: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
         raise RnnquantError(f"{d}: missing weights (no *.safetensors file)")
     state = {}
     for f in files:
-        try:
-            state |= load_file(str(f))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise RnnquantError(f"{f}: corrupt safetensors file ({str(e).splitlines()[0]})") from None
+        state |= read_safetensors(f)
     return state
 
 

@@ -24,6 +24,7 @@ from .provenance import Provenance
 
 State = tuple[torch.Tensor, ...]
 
+
 class Tap(nn.Identity):
     """A named activation point (x after conv, dt, B, C, ...). Identity in the float model;
     calibration hooks it, quantization may replace it with an activation quantizer."""
@@ -142,6 +143,8 @@ class RecurrentLM(nn.Module):
     # graph is an ONNX Loop over the step graph.
     parallel_prefill: bool = False
     prefill_max_tokens: int | None = None  # with parallel_prefill: the most tokens one prefill call is exact for
+    # a foreign config layout to recognise when model_type is missing: (its keys, what to tell the user)
+    foreign_layout: tuple[tuple[str, ...], str] = ((), "")
 
     def __init__(self, config: dict):
         super().__init__()
