@@ -59,8 +59,9 @@ def _torch_load(src: Path):
     try:
         return torch.load(src, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).splitlines()[0] if str(e) else ""
-        what = first.split("Unsupported global: GLOBAL ")[-1].split(" ")[0] if "Unsupported global" in first else "pickled objects"
+        if "Unsupported global" not in str(e):  # not a refused object: a damaged or foreign file
+            raise RnnquantError(f"{src}: not a readable torch checkpoint (damaged, or not written by torch.save)") from None
+        what = str(e).split("Unsupported global: GLOBAL ")[-1].split(" ")[0]
         raise RnnquantError(f"{src}: holds {what}, which needs pickle code to load; rnnquant reads only plain tensor dicts "
                             "(save model.state_dict(), not the model)") from None
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file is bad input, whatever torch raises

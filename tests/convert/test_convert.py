@@ -163,3 +163,10 @@ def test_no_rnn_and_no_tokenizer_are_refused(capsys, tmp_path):
     _refused(capsys, tmp_path, {"w": torch.zeros(3)}, "no converter recognises")
     torch.save(WordLanguageModel().state_dict(), tmp_path / "m.pt")
     assert_one_line_error(capsys, "convert", tmp_path / "m.pt", "--out", tmp_path / "o", match="pass --tokenizer FILE")
+
+
+def test_a_damaged_file_is_not_called_a_pickled_module(capsys, tmp_path):
+    (tmp_path / "m.pt").write_bytes(b"not a checkpoint at all")
+    err = assert_one_line_error(capsys, "convert", tmp_path / "m.pt", "--tokenizer", TOKENIZER, "--out", tmp_path / "o",
+                                match="not a readable torch checkpoint")
+    assert "pickle code" not in err and not (tmp_path / "o").exists()

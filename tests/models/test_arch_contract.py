@@ -102,3 +102,19 @@ def test_calibration_finds_injected_outliers(any_arch):
     calib = calibrate(m, IDS, CalibConfig(samples=4, seq_len=128))
     for point, chans in injected.items():
         assert set(calib.outlier_channels(point)) == set(chans), point
+
+
+def test_a_declared_nonzero_initial_value_reaches_torch_and_the_runtimes(monkeypatch):
+    """No adapter yet starts a state away from 0 (RWKV-4's max will): declare one, and both the torch
+    init_state and the runtimes' initial_state (from the graph's states metadata) must honour it."""
+    from dataclasses import replace
+
+    from rnnquant.exporters.onnx_export import state_metadata
+    from rnnquant.exporters.states import initial_state
+
+    m = tiny_model("lstm")
+    spec = m.arch_spec()
+    odd = replace(spec, states=[replace(s, init=-1e38 if s.name.startswith("c") else 0.5) for s in spec.states])
+    monkeypatch.setattr(m, "arch_spec", lambda: odd)
+    for s, t, a in zip(odd.states, m.init_state(2), initial_state(state_metadata(m), 2), strict=True):
+        assert bool((t == s.init).all()) and (a == s.init).all() and a.dtype.name == "float32"
