@@ -25,7 +25,7 @@ import torch
 from rnnquant.calibrate import CalibConfig, calibrate, calibration_batches
 from rnnquant.eval import perplexity_ids
 from rnnquant.artifacts import load
-from rnnquant.prune.apply import _hessians, _rms
+from rnnquant.prune.apply import _rms, hessians_by_block
 from rnnquant.prune.masks import magnitude_mask, sparsegpt_prune, wanda_mask
 from rnnquant.zoo.corpus import split_text
 
@@ -73,7 +73,7 @@ def main() -> None:
     calib = calibrate(model, train, CalibConfig(samples=64, seq_len=512))
     batches = calibration_batches(train, 16, 512, 8)
     names = args.linears or [n for n, role in model.arch_spec().linears.items() if role != "lm_head"]
-    C = {n: 0.5 * acc.hessian() for n, acc in _hessians(model, names, batches).items()}  # H = 2 C
+    C = {n: 0.5 * h.hessian() for block in hessians_by_block(model, names, batches) for n, h in block.items()}  # H = 2 C
     if args.mean_correct:  # what is left after the bias takes the mean: the centred covariance
         C = {n: c - calib.stat(f"{n}.input", "mean").outer(calib.stat(f"{n}.input", "mean")) for n, c in C.items()}
     base = perplexity_ids(model, test, window=512).ppl

@@ -8,10 +8,9 @@ Points are named ``<module>.input`` (Linear inputs), ``<tap module>`` (taps) and
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import torch
-from tqdm import tqdm
-
 from .stats import ChannelStats
 
 FLUSH_ROWS = 8192
@@ -45,6 +44,7 @@ class CalibrationStats:
     config: CalibConfig
     tokens: int = 0
     meta: dict = field(default_factory=dict)  # model/data fingerprints, model_type
+    memory: dict = field(default_factory=dict)  # peak bytes the run buffered (rows pending, cached stream): not saved
 
 
 def calibration_batches(ids: torch.Tensor, samples: int, seq_len: int, batch_size: int) -> list[torch.Tensor]:
@@ -67,51 +67,70 @@ def _state_channels(x: torch.Tensor, channel_dim: int) -> torch.Tensor:
     return x.movedim(1 + channel_dim, -1).reshape(-1, x.shape[1 + channel_dim])
 
 
+class _Recorder:
+    """Per-point statistics, fed in chunks of at least FLUSH_ROWS rows: recurrent Linears see one
+    small batch per time step, and the histogram update has a fixed cost per call. Only the
+    current block's points have rows pending (``flush`` at its end), so the buffered memory is
+    one block's, whatever the depth."""
+
+    def __init__(self, bins: int):
+        self.bins = bins
+        self.points: dict[str, PointStats] = {}
+        self.pending: dict[str, list[torch.Tensor]] = {}
+        self.pending_bytes = self.peak_pending_bytes = 0
+
+    def record(self, name: str, kind: str, role: str, x: torch.Tensor) -> None:
+        if name not in self.points:
+            self.points[name] = PointStats(kind, role, ChannelStats(x.shape[-1], self.bins))
+            self.pending[name] = []
+        self.pending[name].append(x.detach().clone())
+        self.pending_bytes += x.numel() * x.element_size()
+        self.peak_pending_bytes = max(self.peak_pending_bytes, self.pending_bytes)
+        if sum(len(t) for t in self.pending[name]) >= FLUSH_ROWS:
+            self.flush(name)
+
+    def flush(self, name: str) -> None:
+        rows = self.pending.get(name)
+        if rows:
+            self.points[name].stats.update(torch.cat(rows))
+            self.pending_bytes -= sum(t.numel() * t.element_size() for t in rows)
+            self.pending[name] = []
+
+
 @torch.no_grad()
 def collect(model, batches, config: CalibConfig | None = None, progress: bool = False) -> CalibrationStats:
+    """Statistics at every declared point, one block at a time (``engine.Blockwise``): each
+    block's points are complete and flushed before the next block runs."""
+    from .engine import Blockwise
+
     config = config or CalibConfig()
     spec = model.arch_spec()
+    rec = _Recorder(config.bins)
+    engine = Blockwise(model, list(batches), segment=config.state_every)
+    for stage in engine.stages("calibrate" if progress else None):
+        hooks = {lin: partial(_linear_input, rec, f"{lin}.input", spec.linears[lin]) for lin in stage.select(spec.linears)}
+        hooks |= {tap: partial(_tap, rec, tap, spec.taps[tap]) for tap in stage.select(spec.taps)}
+        states = spec.states[stage.states]
+
+        def on_state(state, states=states):
+            for s, st in zip(states, state, strict=True):
+                rec.record(f"state.{s.name}", "state", "state", _state_channels(st, s.channel_dim))
+
+        engine.run(stage, hooks, on_state if states else None, advance=True)
+        for name in [*(f"{lin}.input" for lin in stage.select(spec.linears)), *stage.select(spec.taps), *(f"state.{s.name}" for s in states)]:
+            rec.flush(name)
     modules = dict(model.named_modules())
-    points: dict[str, PointStats] = {}
-
-    pending: dict[str, list[torch.Tensor]] = {}
-
-    def record(name, kind, role, x):
-        """Buffer rows and update the statistics in chunks: recurrent Linears see one small
-        batch per time step, and the histogram update has a fixed cost per call."""
-        if name not in points:
-            points[name] = PointStats(kind, role, ChannelStats(x.shape[-1], config.bins))
-            pending[name] = []
-        pending[name].append(x.detach().clone())
-        if sum(len(t) for t in pending[name]) >= FLUSH_ROWS:
-            flush(name)
-
-    def flush(name):
-        if pending[name]:
-            points[name].stats.update(torch.cat(pending[name]))
-            pending[name] = []
-
-    handles = []
-    for lin, role in spec.linears.items():
-        handles.append(modules[lin].register_forward_pre_hook(lambda m, a, n=f"{lin}.input", r=role: record(n, "linear_input", r, _channel_last(a[0]))))
-    for tap, role in spec.taps.items():
-        handles.append(modules[tap].register_forward_hook(lambda m, a, out, n=tap, r=role: record(n, "tap", r, _channel_last(out))))
-    tokens = 0
-    try:
-        for batch in tqdm(batches, desc="calibrate", unit="batch", disable=not progress):
-            state = model.init_state(batch.shape[0])
-            for seg in batch.split(config.state_every, dim=1):
-                _, state = model.forward_with_state(seg, state)
-                for s, st in zip(spec.states, state, strict=True):
-                    record(f"state.{s.name}", "state", "state", _state_channels(st, s.channel_dim))
-            tokens += batch.numel()
-        for name in points:
-            flush(name)
-    finally:
-        for h in handles:
-            h.remove()
     weight_absmax = {lin: modules[lin].weight.detach().abs().amax(0).float() for lin in spec.linears}
-    return CalibrationStats(points, weight_absmax, config, tokens)
+    memory = {"peak_pending_bytes": rec.peak_pending_bytes, "peak_cache_bytes": engine.peak_cache_bytes}
+    return CalibrationStats(rec.points, weight_absmax, config, sum(b.numel() for b in batches), memory=memory)
+
+
+def _linear_input(rec: _Recorder, name: str, role: str, x: torch.Tensor) -> None:
+    rec.record(name, "linear_input", role, _channel_last(x))
+
+
+def _tap(rec: _Recorder, name: str, role: str, x: torch.Tensor) -> None:
+    rec.record(name, "tap", role, _channel_last(x))
 
 
 def find_outliers(stats: ChannelStats, outlier_k: float, kurtosis_k: float) -> dict:

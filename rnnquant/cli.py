@@ -88,7 +88,7 @@ def _text(model, data, samples, seq_len):
 def _pruned(m, cfg, calib, data, samples, seq_len):
     from .pipeline import pruned
 
-    return pruned(m, cfg, _calibration(calib, m), _text(m, data, samples, seq_len))
+    return pruned(m, cfg, _calibration(calib, m), _text(m, data, samples, seq_len), inplace=True, progress=True)
 
 
 def _quantized(m, recipe, calib, data, samples, seq_len, prune_spec=None):
@@ -102,7 +102,7 @@ def _quantized(m, recipe, calib, data, samples, seq_len, prune_spec=None):
     r = load_recipe(recipe)
     require_calibration(r, calib)
     qm = prepare(m, recipe=r, prune=parse_spec(prune_spec) if prune_spec else None, calib=_calibration(calib, m),
-                 text=_text(m, data, samples, seq_len), on_pruned=_echo_prune)
+                 text=_text(m, data, samples, seq_len), on_pruned=_echo_prune, inplace=True, progress=True)
     report = qm.provenance.prune_report  # the pruned model's, carried through quantization
     if prune_spec and report["masked_sparsity_pct"] > 0:
         from .prune.apply import masked_sparsity

@@ -28,10 +28,10 @@ class TextSource:
         return calibration_batches(self.ids(), self.samples, self.seq_len, 8)
 
 
-def pruned(model, cfg, calib, text: TextSource):
+def pruned(model, cfg, calib, text: TextSource, *, inplace: bool = False, progress: bool = False):
     from .prune import prune
 
-    return prune(model, cfg, calib, text.batches() if cfg.method in ("sparsegpt", "layers") else None)
+    return prune(model, cfg, calib, text.batches() if cfg.method in ("sparsegpt", "layers") else None, inplace=inplace, progress=progress)
 
 
 def recalibrated(model, calib, text: TextSource):
@@ -40,20 +40,21 @@ def recalibrated(model, calib, text: TextSource):
     return calibrate(model, text.ids(), CalibConfig(**{f.name: s[f.name] for f in fields(CalibConfig) if f.name in s}))
 
 
-def prepare(model, *, recipe=None, prune=None, calib=None, text: TextSource, on_pruned=None):
+def prepare(model, *, recipe=None, prune=None, calib=None, text: TextSource, on_pruned=None, inplace: bool = False, progress: bool = False):
     """Optionally prune (``prune``: a PruneConfig), then quantize with ``recipe`` (a Recipe, or None
-    to stop after pruning). ``on_pruned(model)`` sees the pruned model (the CLI prints its report)."""
+    to stop after pruning). ``on_pruned(model)`` sees the pruned model (the CLI prints its report).
+    ``inplace``: ``model`` is consumed (no second copy of the weights; what a real-size model needs)."""
     from .quant import quantize
     from .quant.apply import require_calibration
 
     if recipe is not None:
         require_calibration(recipe, calib)
     if prune is not None:
-        model = pruned(model, prune, calib, text)
+        model = pruned(model, prune, calib, text, inplace=inplace, progress=progress)
         if on_pruned is not None:
             on_pruned(model)
         if calib is not None and recipe is not None:
             calib = recalibrated(model, calib, text)
     if recipe is None:
         return model
-    return quantize(model, recipe, calib, text.batches() if recipe.needs_data() else None)
+    return quantize(model, recipe, calib, text.batches() if recipe.needs_data() else None, inplace=inplace or prune is not None, progress=progress)

@@ -17,7 +17,7 @@ from .rnn import GRULM, LSTMLM
 
 ADAPTERS: dict[str, type[RecurrentLM]] = {cls.model_type: cls for cls in (MambaLM, FalconMambaLM, Mamba2LM, LSTMLM, GRULM)}
 
-__all__ = ["Provenance", "ADAPTERS", "ArchSpec", "RecurrentLM", "State", "StateSpec", "Tap", "build", "check_and_assign", "read_safetensors", "check_finite", "finish_load", "load_checkpoint", "load_tokenizer", "open_model_dir", "resolve"]
+__all__ = ["Provenance", "ADAPTERS", "ArchSpec", "RecurrentLM", "State", "StateSpec", "Tap", "build", "check_and_assign", "retie", "read_safetensors", "check_finite", "finish_load", "load_checkpoint", "load_tokenizer", "open_model_dir", "resolve"]
 
 
 def known_roles() -> frozenset[str]:
@@ -25,8 +25,9 @@ def known_roles() -> frozenset[str]:
     return frozenset().union(*(cls.roles for cls in ADAPTERS.values()))
 
 
-def build(config: dict, where: str = "config") -> RecurrentLM:
-    """A randomly initialised model for ``config`` (validated)."""
+def build(config: dict, where: str = "config", meta: bool = False) -> RecurrentLM:
+    """A randomly initialised model for ``config`` (validated); ``meta``: parameters without storage,
+    to be assigned from a checkpoint (no random init, no second copy of the weights in memory)."""
     mt = config.get("model_type")
     if mt is None:
         hint = next((why for keys, why in (cls.foreign_layout for cls in ADAPTERS.values()) if keys and all(k in config for k in keys)), "")
@@ -40,6 +41,9 @@ def build(config: dict, where: str = "config") -> RecurrentLM:
             raise RnnquantError(f"{where}: field {key!r} must be a positive integer, got {v!r}")
     cfg = {k: v for k, v in config.items() if k != "model_type"}
     try:
+        if meta:
+            with torch.device("meta"):
+                return cls(cfg)
         return cls(cfg)
     except (ValueError, TypeError, KeyError, RuntimeError) as e:
         raise RnnquantError(f"{where}: invalid {mt} config: {e}") from None
@@ -136,7 +140,16 @@ def check_and_assign(model: RecurrentLM, state: dict, d: Path) -> None:
         if not v.is_floating_point():
             raise RnnquantError(f"{d}: tensor {k!r} has dtype {v.dtype}, expected a float type")
     check_finite(state, d)
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False, assign=True)
+    retie(model)
+
+
+def retie(model: RecurrentLM) -> None:
+    """After ``load_state_dict(assign=True)``: a tied float head reads the embedding's new table."""
+    spec = model.arch_spec()
+    head = model.get_submodule(spec.head)
+    if model.tied_head_key() and isinstance(head, torch.nn.Linear):
+        head.weight = model.get_submodule(spec.embedding).weight
 
 
 def check_finite(state: dict[str, torch.Tensor], d: Path) -> None:
@@ -155,8 +168,9 @@ def fingerprint(model: RecurrentLM) -> str:
 
 
 def open_model_dir(d: Path, allow_pickle: bool = False) -> tuple[RecurrentLM, dict[str, torch.Tensor]]:
-    """A randomly initialised model for ``d``'s config.json and ``d``'s tensors, not yet checked or assigned."""
-    model = build(_read_config(d), where=str(d / "config.json"))
+    """A model for ``d``'s config.json, its parameters on the meta device (no storage), and ``d``'s
+    tensors, not yet checked or assigned (``check_and_assign`` or ``load_state_dict(assign=True)``)."""
+    model = build(_read_config(d), where=str(d / "config.json"), meta=True)
     return model, _read_weights(d, allow_pickle)
 
 

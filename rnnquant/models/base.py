@@ -8,6 +8,13 @@ A model is a pure function of (tokens, state):
     forward_with_state(ids, state)  -> (logits[B,T,V], state')  prefill
     forward_with_state(ids, state, last_only=True) -> (logits[B,V], state')  the head on the last position only
 
+``forward_with_state`` is the composition of three staged pieces, which is also how the
+block-by-block engine (``rnnquant.calibrate.engine``) runs a model one block at a time:
+
+    stem(ids[B,T])               -> x[B,T,D]        the stream before block 0
+    block(i, x, state_i)         -> (x', state_i')  block i (``ArchSpec.layer_stack[i]``) on its own states
+    tail(x)                      -> logits          everything after the last block (final norm, head)
+
 ``step`` is what the ONNX exporter traces, so it never mutates its inputs and has no
 data-dependent branches. Each adapter also declares, as plain data (``ArchSpec``), where
 quantization may act: the Linears with their roles, the norm -> Linear smoothing pairs,
@@ -37,6 +44,10 @@ class StateSpec:
     dtype: torch.dtype = torch.float32
     channel_dim: int = 0  # the axis of ``shape`` that indexes channels (calibration statistics); the others are samples
     init: float = 0.0  # every element's value in ``init_state`` (RWKV-4's running max starts at -1e38, not 0)
+    block: int = 0  # the layer_stack block that owns it (a block's states are contiguous, blocks in order)
+
+    def initial(self, batch_size: int) -> torch.Tensor:
+        return torch.full((batch_size, *self.shape), self.init, dtype=self.dtype)
 
 
 @dataclass(frozen=True)
@@ -90,7 +101,6 @@ class ArchSpec:
     head: str = "lm_head"  # the output Linear (vocabulary projection)
     channel_groups: dict[str, ChannelGroup] = field(default_factory=dict)  # structurally prunable widths
     layer_stack: list[str] = field(default_factory=list)  # the blocks, in order (a block that keeps the width is removable)
-    layer_inputs: list[str] = field(default_factory=list)  # modules whose input is the stream before each block, then after the last
     num_layers_key: str = "num_hidden_layers"  # the config field that counts the blocks of layer_stack
 
     def check(self, model: nn.Module) -> None:
@@ -115,8 +125,8 @@ class ArchSpec:
         need(isinstance(mods.get(self.embedding), nn.Embedding), f"embedding {self.embedding!r} is not an nn.Embedding")
         need(self.head in self.linears, f"head {self.head!r} is not a declared linear")
         need(all(b in mods for b in self.layer_stack), "a layer_stack block does not exist")
-        need(len(self.layer_inputs) == len(self.layer_stack) + 1 and all(n in mods for n in self.layer_inputs),
-             "layer_inputs must name one existing module per block, then one after the last")
+        need([s.block for s in self.states] == sorted(s.block for s in self.states) and all(0 <= s.block < len(self.layer_stack) for s in self.states),
+             "states must be grouped by block, blocks in layer_stack order")
         need(model.config.get(self.num_layers_key) == len(self.layer_stack), f"config[{self.num_layers_key!r}] is not the number of blocks")
         for gname, group in self.channel_groups.items():
             need(isinstance(model.config.get(group.config_key), int), f"channel group {gname!r}: no int config[{group.config_key!r}]")
@@ -130,9 +140,19 @@ class ArchSpec:
                 for lin in layer.compensate:
                     need(lin in self.linears and mods[lin].bias is not None, f"channel group {gname!r}: {lin!r} has no bias to compensate into")
 
+    def state_slices(self) -> list[slice]:
+        """Block i's share of the flat state tuple: ``state[state_slices()[i]]``."""
+        bounds = [0] * (len(self.layer_stack) + 1)
+        for s in self.states:
+            bounds[s.block + 1] += 1
+        for i in range(len(self.layer_stack)):
+            bounds[i + 1] += bounds[i]
+        return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+
 
 class RecurrentLM(nn.Module):
-    """Base class: subclasses set ``model_type`` and implement the four methods below."""
+    """Base class: subclasses set ``model_type`` and implement ``step``, ``arch_spec`` and the staged
+    pieces ``stem`` / ``block`` / ``tail``."""
 
     model_type: str = ""
     # the roles this adapter gives its Linears (ArchSpec.linears values, checked by the contract suite);
@@ -153,13 +173,37 @@ class RecurrentLM(nn.Module):
 
     # --- the contract -------------------------------------------------------
     def init_state(self, batch_size: int) -> State:
-        return tuple(torch.full((batch_size, *s.shape), s.init, dtype=s.dtype) for s in self.arch_spec().states)
+        return tuple(s.initial(batch_size) for s in self.arch_spec().states)
 
     def step(self, input_ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         raise NotImplementedError
 
     def forward_with_state(self, input_ids: torch.Tensor, state: State, last_only: bool = False) -> tuple[torch.Tensor, State]:
+        x = self.stem(input_ids)  # [B,T,D]
+        new_state: list[torch.Tensor] = []
+        for i, part in enumerate(self._state_slices()):
+            x, s = self.block(i, x, state[part])
+            new_state += s
+        x = x[:, -1] if last_only else x  # [B,D]: the head (vocab x d_model per position) only where sampling needs it
+        return self.tail(x), tuple(new_state)
+
+    # --- the staged pieces forward_with_state is made of ---------------------
+    def stem(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """ids [B,T] -> the stream before block 0, x [B,T,D]."""
         raise NotImplementedError
+
+    def block(self, i: int, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """Block i on x [B,T,D] and its own states (``ArchSpec.state_slices()[i]``) -> (x', states')."""
+        raise NotImplementedError
+
+    def tail(self, x: torch.Tensor) -> torch.Tensor:
+        """The stream after the last block, x [..., D] -> logits [..., V]."""
+        raise NotImplementedError
+
+    def _state_slices(self) -> list[slice]:
+        if "_slices" not in self.__dict__:  # the spec is fixed once the model is built
+            self.__dict__["_slices"] = self.arch_spec().state_slices()
+        return self.__dict__["_slices"]
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.forward_with_state(input_ids, self.init_state(input_ids.shape[0]))[0]

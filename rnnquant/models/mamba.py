@@ -139,15 +139,16 @@ class MambaLM(RecurrentLM):
     def make_mixer(cfg: dict) -> nn.Module:
         return MambaMixer(cfg)
 
-    def forward_with_state(self, input_ids, state, last_only: bool = False):
-        x = self.backbone.embeddings(input_ids)  # [B,T,D]
-        new_state = []
-        for i, layer in enumerate(self.backbone.layers):
-            out, conv, h = layer.mixer(layer.norm(x), state[2 * i], state[2 * i + 1])
-            x = x + out
-            new_state += [conv, h]
-        x = x[:, -1] if last_only else x  # [B,D]: the head (vocab x d_model per position) only where sampling needs it
-        return self.lm_head(self.backbone.norm_f(x)), tuple(new_state)
+    def stem(self, input_ids):
+        return self.backbone.embeddings(input_ids)
+
+    def block(self, i, x, state):
+        layer = self.backbone.layers[i]
+        out, conv, h = layer.mixer(layer.norm(x), *state)
+        return x + out, (conv, h)
+
+    def tail(self, x):
+        return self.lm_head(self.backbone.norm_f(x))
 
     def step(self, input_ids, state):
         x = self.backbone.embeddings(input_ids)  # [B,D]
@@ -172,14 +173,14 @@ class MambaLM(RecurrentLM):
             taps |= {f"{m}.tap_{k}": f"ssm_{k}" for k in ("x", "dt", "B", "C", "y", "z")}
             floats += [f"{m}.A_log", f"{m}.D", f"{m}.dt_proj.bias", f"{m}.conv1d.weight", f"{p}.norm.weight"]
             floats += [f"{m}.conv1d.bias"] if c["use_conv_bias"] else []
-            states += [StateSpec(f"conv_{i}", (K - 1, E), channel_dim=1), StateSpec(f"ssm_{i}", (N, E), channel_dim=1)]
+            states += [StateSpec(f"conv_{i}", (K - 1, E), channel_dim=1, block=i), StateSpec(f"ssm_{i}", (N, E), channel_dim=1, block=i)]
         linears["lm_head"] = "lm_head"
         layers = [f"backbone.layers.{i}" for i in range(c["num_hidden_layers"])]
         d_inner = ChannelGroup("intermediate_size", [self._d_inner_slices(f"{p}.mixer") for p in layers])
         d_state = ChannelGroup("state_size", [self._d_state_slices(f"{p}.mixer") for p in layers])
         return ArchSpec(linears, pairs, rot, taps, floats, states, embedding="backbone.embeddings",
                         channel_groups={"d_inner": d_inner, "d_state": d_state},
-                        layer_stack=layers, layer_inputs=[f"{p}.norm" for p in layers] + ["backbone.norm_f"])
+                        layer_stack=layers)
 
     def _d_inner_slices(self, m: str) -> ChannelLayer:
         """A d_inner channel e: in_proj rows e (x) and E+e (z), its conv filter, x_proj column,

@@ -146,8 +146,8 @@ class Mamba2LM(MambaLM):
             taps |= {f"{m}.tap_{k}": f"ssm_{k}" for k in ("x", "dt", "B", "C", "y", "z")}
             floats += [f"{m}.{n}" for n in ("A_log", "D", "dt_bias", "conv1d.weight", "norm.weight")] + [f"{p}.norm.weight"]
             floats += [f"{m}.conv1d.bias"] if c["use_conv_bias"] else []
-            states += [StateSpec(f"conv_{i}", (c["conv_kernel"] - 1, conv_dim), channel_dim=1),
-                       StateSpec(f"ssm_{i}", (c["num_heads"], c["state_size"], c["head_dim"]), channel_dim=0)]
+            states += [StateSpec(f"conv_{i}", (c["conv_kernel"] - 1, conv_dim), channel_dim=1, block=i),
+                       StateSpec(f"ssm_{i}", (c["num_heads"], c["state_size"], c["head_dim"]), channel_dim=0, block=i)]
         linears["lm_head"] = "lm_head"
         layers = [f"backbone.layers.{i}" for i in range(c["num_hidden_layers"])]
         # heads are removable when one group holds them all: with n_groups > 1 each group would have
@@ -155,7 +155,7 @@ class Mamba2LM(MambaLM):
         groups = {"heads": ChannelGroup("num_heads", [self._head_slices(f"{p}.mixer") for p in layers],
                                         scaled_keys=(("intermediate_size", c["head_dim"]),))} if c["n_groups"] == 1 else {}
         return ArchSpec(linears, pairs, rot, taps, floats, states, embedding="backbone.embeddings", channel_groups=groups,
-                        layer_stack=layers, layer_inputs=[f"{p}.norm" for p in layers] + ["backbone.norm_f"])
+                        layer_stack=layers)
 
     def _head_slices(self, m: str) -> ChannelLayer:
         """Head h: its head_dim rows of in_proj's z and x parts and one row of its dt part, its x

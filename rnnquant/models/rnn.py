@@ -89,23 +89,20 @@ class _RNNLM(RecurrentLM):
                 raise ValueError(f"tie_word_embeddings needs the head's input ({head_in}) to equal embed_size ({Ei})")
             self.lm_head.weight = self.embed.weight
 
-    def _head(self, h):
-        return self.lm_head(h if self.proj is None else self.proj(h))
+    def stem(self, input_ids):
+        return self.embed(input_ids)
 
-    def forward_with_state(self, input_ids, state, last_only: bool = False):
-        x = self.embed(input_ids)  # [B,T,Ei]
-        k = len(self.state_names)
-        new_state = []
-        for i, cell in enumerate(self.layers):
-            gi = cell.ih(x)  # [B,T,G*H]: the input matmul for all positions at once
-            s = state[k * i : k * (i + 1)]
-            outs = []
-            for g in gi.unbind(1):  # unbind, not gi[:, t]: one stack in backward instead of T zero-fills
-                s = cell.update(g, *s)
-                outs.append(s[0])
-            x = torch.stack(outs, 1)  # [B,T,Ho]
-            new_state += s
-        return self._head(x[:, -1] if last_only else x), tuple(new_state)
+    def block(self, i, x, state):
+        cell = self.layers[i]
+        gi = cell.ih(x)  # [B,T,G*H]: the input matmul for all positions at once
+        outs = []
+        for g in gi.unbind(1):  # unbind, not gi[:, t]: one stack in backward instead of T zero-fills
+            state = cell.update(g, *state)
+            outs.append(state[0])
+        return torch.stack(outs, 1), state  # [B,T,Ho]
+
+    def tail(self, h):
+        return self.lm_head(h if self.proj is None else self.proj(h))
 
     def step(self, input_ids, state):
         x = self.embed(input_ids)  # [B,Ei]
@@ -115,7 +112,7 @@ class _RNNLM(RecurrentLM):
             s = cell.update(cell.ih(x), *state[k * i : k * (i + 1)])
             x = s[0]
             new_state += s
-        return self._head(x), tuple(new_state)
+        return self.tail(x), tuple(new_state)
 
     def arch_spec(self) -> ArchSpec:
         H = self.config["hidden_size"]
@@ -124,14 +121,14 @@ class _RNNLM(RecurrentLM):
         for i, cell in enumerate(self.layers):
             linears |= {f"layers.{i}.ih": "rnn_ih", f"layers.{i}.hh": "rnn_hh"}
             linears |= {f"layers.{i}.hr": "rnn_hr"} if hasattr(cell, "hr") else {}
-            states += [StateSpec(f"{n}_{i}", shapes[n]) for n in self.state_names]
+            states += [StateSpec(f"{n}_{i}", shapes[n], block=i) for n in self.state_names]
         linears |= ({"proj": "proj"} if self.proj is not None else {}) | {"lm_head": "lm_head"}
         # a hidden unit of the last layer read by a tied head is a column of the embedding too: not removable
         removable = self.proj is not None or not self.config["tie_word_embeddings"]
         groups = {"hidden": ChannelGroup("hidden_size", [self._hidden_slices(i) for i in range(len(self.layers))])} if removable else {}
         stack = [f"layers.{i}" for i in range(len(self.layers))]
         return ArchSpec(linears, [], [], {}, ["embed.weight"], states, embedding="embed", channel_groups=groups,
-                        layer_stack=stack, layer_inputs=[f"{b}.ih" for b in stack] + [self._reader(len(stack) - 1)],
+                        layer_stack=stack,
                         num_layers_key="num_layers")
 
     def _reader(self, i: int) -> str:

@@ -11,6 +11,7 @@ from fnmatch import fnmatch
 
 import torch
 
+from ..calibrate.engine import Blockwise
 from ..errors import RnnquantError
 from ..models import build, fingerprint
 from ..models.base import slice_blocks
@@ -27,26 +28,6 @@ def _rms(calib, point: str) -> torch.Tensor:
 def _targets(model, cfg: PruneConfig) -> list[str]:
     spec = model.arch_spec()
     return [n for n in spec.linears if cfg.include_lm_head or n != spec.head]
-
-
-@torch.no_grad()
-def run_with_input_hooks(model, hooks: dict[str, callable], batches) -> None:
-    """Run ``model`` over ``batches`` calling ``hooks[name](x)`` with each input of module ``name``."""
-    mods = dict(model.named_modules())
-    handles = [mods[n].register_forward_pre_hook(lambda m, a, fn=fn: fn(a[0])) for n, fn in hooks.items()]
-    try:
-        for b in batches:
-            model(b)
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def _hessians(model, names, batches) -> dict[str, HessianAccumulator]:
-    mods = dict(model.named_modules())
-    acc = {n: HessianAccumulator(mods[n].in_features) for n in names}
-    run_with_input_hooks(model, {n: acc[n].add for n in names}, batches)
-    return acc
 
 
 def layer_sparsities(model, cfg: PruneConfig, calib, names: list[str]) -> dict[str, float]:
@@ -74,7 +55,7 @@ def layer_sparsities(model, cfg: PruneConfig, calib, names: list[str]) -> dict[s
 
 
 @torch.no_grad()
-def _unstructured(model, cfg: PruneConfig, calib, batches):
+def _unstructured(model, cfg: PruneConfig, calib, batches, progress: bool = False):
     mods = dict(model.named_modules())
     names = _targets(model, cfg)
     if cfg.nm is not None:
@@ -83,9 +64,9 @@ def _unstructured(model, cfg: PruneConfig, calib, batches):
                 raise RnnquantError(f"N:M {cfg.nm[0]}:{cfg.nm[1]}: M does not divide {n}'s {mods[n].in_features} input features")
     sparsity = layer_sparsities(model, cfg, calib, names)
     names = [n for n in names if sparsity[n] > 0 or cfg.nm is not None]
-    hess = _hessians(model, names, batches) if cfg.method == "sparsegpt" else {}
     corrects = _corrects(cfg, calib)
-    for n in names:
+
+    def prune_one(n: str, hessian: HessianAccumulator | None) -> None:
         w, s = mods[n].weight, sparsity[n]
         before = w.clone() if corrects and mods[n].bias is not None else None
         if cfg.method == "magnitude":
@@ -93,10 +74,31 @@ def _unstructured(model, cfg: PruneConfig, calib, batches):
         elif cfg.method == "wanda":
             w.mul_(wanda_mask(w, _rms(calib, f"{n}.input"), s, cfg.nm))
         else:
-            w.copy_(sparsegpt_prune(w, hess[n].hessian(), s, cfg.nm)[0])
+            w.copy_(sparsegpt_prune(w, hessian.hessian(), s, cfg.nm)[0])
         if before is not None:  # the removed part's mean output, kept
             mods[n].bias += (before - w) @ calib.stat(f"{n}.input", "mean")
+
+    if cfg.method != "sparsegpt":
+        for n in names:
+            prune_one(n, None)
+        return model
+    for acc in hessians_by_block(model, names, batches, "sparsegpt" if progress else None):
+        for n, h in acc.items():
+            prune_one(n, h)
     return model
+
+
+@torch.no_grad()
+def hessians_by_block(model, names: list[str], batches, desc: str | None = None):
+    """Yield each block's {Linear: Hessian accumulator} for the named Linears, block by block. Every
+    Hessian comes from the model as it was (a block's outputs are taken before the consumer
+    changes its weights), as one whole-model pass would give; one block's Hessians live at a time."""
+    engine = Blockwise(model, batches)
+    for stage in engine.stages(desc):
+        here = stage.select(names)
+        acc = {n: HessianAccumulator(model.get_submodule(n).in_features) for n in here}
+        engine.run(stage, {n: acc[n].add for n in here}, advance=True)
+        yield acc
 
 
 def _corrects(cfg: PruneConfig, calib) -> bool:
@@ -160,13 +162,22 @@ def _channels(model, cfg: PruneConfig, calib):
 @torch.no_grad()
 def block_influence(model, batches) -> torch.Tensor:
     """ShortGPT's BI_i = 1 - mean cos(x_i, x_{i+1}) over tokens: how much block i changes the stream
-    (residual or not). A block that changes the width has no BI (inf): it cannot be removed."""
-    names = model.arch_spec().layer_inputs
-    seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    run_with_input_hooks(model, {n: (lambda x, n=n: seen[n].append(x.reshape(-1, x.shape[-1]))) for n in names}, batches)
-    xs = [torch.cat(seen[n]) for n in names]
+    (residual or not), x_i the stream entering block i. A block that changes the width has no BI
+    (inf): it cannot be removed. Block by block: only two blocks' streams are held at once."""
+    engine = Blockwise(model, batches)
     cos = torch.nn.functional.cosine_similarity
-    return torch.tensor([1 - cos(a, b, dim=-1).mean().item() if a.shape == b.shape else float("inf") for a, b in zip(xs, xs[1:])])
+    bi = []
+    for stage in engine.stages():
+        if stage.is_tail:
+            break
+        before = list(engine.cache)
+        engine.run(stage, advance=True)
+        if any(a.shape != b.shape for a, b in zip(before, engine.cache)):
+            bi.append(float("inf"))
+            continue
+        sims = [cos(a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1]), dim=-1) for a, b in zip(before, engine.cache)]
+        bi.append(1 - torch.cat(sims).mean().item())
+    return torch.tensor(bi)
 
 
 def _layers(model, cfg: PruneConfig, batches):
@@ -193,26 +204,29 @@ def _layers(model, cfg: PruneConfig, batches):
     return new, sorted(drop)
 
 
-def prune(model, cfg: PruneConfig, calib=None, batches=None):
-    """A pruned copy of ``model``. Wanda and structured pruning read ``calib``; SparseGPT and layer
-    removal need ``batches`` (token id tensors [B, T])."""
+def prune(model, cfg: PruneConfig, calib=None, batches=None, *, inplace: bool = False, progress: bool = False):
+    """A pruned copy of ``model`` (``inplace``: masked pruning zeroes ``model``'s own weights, no
+    second copy in memory; structured pruning always builds a new, smaller model). Wanda and
+    structured pruning read ``calib``; SparseGPT and layer removal need ``batches`` (token id
+    tensors [B, T])."""
     cfg.validate()
     if (cfg.method in ("wanda", *STRUCTURED_GROUPS) or cfg.profile == "owl") and calib is None:
         raise RnnquantError(f"pruning {cfg.label} needs calibration statistics (--calib DIR)")
     if cfg.method in ("sparsegpt", "layers") and not batches:
         raise RnnquantError(f"pruning method {cfg.method!r} needs calibration text")
-    src = copy.deepcopy(model)
+    was = model.provenance
+    params_before = model.num_parameters()
+    src = copy.deepcopy(model) if cfg.method in UNSTRUCTURED and not inplace else model  # structured pruning only reads it
     removed = None
     if cfg.method in UNSTRUCTURED:
-        new = _unstructured(src, cfg, calib, batches)
+        new = _unstructured(src, cfg, calib, batches, progress)
     elif cfg.method in STRUCTURED_GROUPS:
         new = _channels(src, cfg, calib)
     else:
         new, removed = _layers(src, cfg, batches)
     new.eval()
     new.tokenizer = getattr(model, "tokenizer", None)
-    was = model.provenance
-    report = accounting(model, new, cfg) | {"origin": was.origin_path, "origin_fingerprint": was.float_fingerprint,
+    report = accounting(params_before, new, cfg) | {"origin": was.origin_path, "origin_fingerprint": was.float_fingerprint,
                                             "bias_corrected": cfg.method != "layers" and _corrects(cfg, calib)}
     if removed is not None:
         report["removed_layers"] = removed
@@ -232,14 +246,11 @@ def masked_sparsity(model, names: list[str]) -> tuple[float, dict[str, float]]:
     return overall, {n: round(100 * float((w == 0).float().mean()), 2) for n, w in ws.items()}
 
 
-def accounting(before, after, cfg: PruneConfig) -> dict:
+def accounting(params_before: int, after, cfg: PruneConfig) -> dict:
     """Masked sparsity and structural savings, reported separately."""
-    def params(m):
-        return {id(p): p for p in m.parameters()}.values()
-
-    total_b = sum(p.numel() for p in params(before))
-    total_a = sum(p.numel() for p in params(after))
-    nonzero = sum(int((p != 0).sum()) for p in params(after))
+    unique = {id(p): p for p in after.parameters()}.values()
+    total_b, total_a = params_before, after.num_parameters()
+    nonzero = sum(int((p != 0).sum()) for p in unique)
     overall, per_linear = masked_sparsity(after, _targets(after, cfg))
     return {
         "spec": cfg.label,

@@ -1,10 +1,11 @@
 """``quantize(model, recipe, calib, ids)``: the one verb that applies a recipe.
 
 Order: (1) SmoothQuant folds into the norms (uses calibration absmax, float function unchanged);
-(2) a data pass over the transformed model collects what the rules need at each target Linear's
-input (per-tensor |x| histogram for static scales and clipping, Hessians for GPTQ, a row sample
-for choosing the clip); (3) each target Linear becomes a QLinear. With GPTQ in the recipe, (2)
-and (3) run Linear by Linear in model order, each pass seeing the earlier Linears quantized.
+(2) block by block (``calibrate.engine``), a data pass collects what the rules need at each
+target Linear's input (per-tensor |x| histogram for static scales and clipping, Hessians for
+GPTQ, a row sample for choosing the clip); (3) each target Linear becomes a QLinear. With GPTQ in
+the recipe, (2) and (3) run Linear by Linear in model order, each seeing the earlier Linears
+quantized: O(layers) block passes, never a whole-model pass per Linear.
 """
 from __future__ import annotations
 
@@ -78,31 +79,48 @@ def _plan(model, recipe: Recipe, calib) -> dict[str, dict]:
     return plan
 
 
+def _probe_for(p: dict) -> _InputProbe | None:
+    """What a Linear's rule needs from its inputs (None: nothing, e.g. RTN weights, dynamic scales)."""
+    r: Rule = p["rule"]
+    static = r.a_bits is not None and r.a_mode == "static"
+    gptq = r.w_bits is not None and r.w_method == "gptq"
+    return _InputProbe(len(p["quant_idx"]), gptq, static) if static or gptq else None
+
+
+def _feeder(p: dict, probe: _InputProbe):
+    """The hook that gives ``probe`` a Linear's input, rotated and restricted to its integer columns."""
+    def feed(x):
+        x = x @ p["rotation"] if p["rotation"] is not None else x
+        probe.add(x[..., p["quant_idx"]])
+    return feed
+
+
 @torch.no_grad()
-def _data_pass(model, plan, batches) -> dict[str, _InputProbe]:
-    modules = dict(model.named_modules())
-    probes, handles = {}, []
-    for name, p in plan.items():
-        r: Rule = p["rule"]
-        static = r.a_bits is not None and r.a_mode == "static"
-        gptq = r.w_bits is not None and r.w_method == "gptq"
-        if not (static or gptq):
-            continue
-        probes[name] = probe = _InputProbe(len(p["quant_idx"]), gptq, static)
+def _apply_blockwise(qm, plan: dict[str, dict], batches, sequential: bool, progress: bool) -> None:
+    """Replace every planned Linear, one block at a time (``calibrate.engine``). ``sequential``
+    (GPTQ in the recipe): each Linear's probe sees the block with its earlier Linears already
+    quantized, and every block's inputs come from the quantized blocks before it, as in the GPTQ
+    paper. Otherwise every probe sees the float model, as a single whole-model pass would."""
+    from ..calibrate.engine import Blockwise
 
-        def hook(mod, args, p=p, probe=probe):
-            x = args[0] @ p["rotation"] if p["rotation"] is not None else args[0]
-            probe.add(x[..., p["quant_idx"]])
-
-        handles.append(modules[name].register_forward_pre_hook(hook))
-    try:
-        if probes:
-            for batch in batches:
-                model(batch)
-    finally:
-        for h in handles:
-            h.remove()
-    return probes
+    probes = {n: _probe_for(p) for n, p in plan.items()}
+    if not any(probes.values()):
+        for name, p in plan.items():
+            qm.set_submodule(name, _quantize_linear(qm.get_submodule(name), p, None))
+        return
+    engine = Blockwise(qm, batches, segment=None)
+    for stage in engine.stages("quantize" if progress else None):
+        names = stage.select(plan)
+        if sequential:
+            for name in names:
+                if probes[name] is not None:
+                    engine.run(stage, {name: _feeder(plan[name], probes[name])}, until=name)
+                qm.set_submodule(name, _quantize_linear(qm.get_submodule(name), plan[name], probes.pop(name)))
+            engine.run(stage, advance=True)
+        else:
+            engine.run(stage, {n: _feeder(plan[n], probes[n]) for n in names if probes[n] is not None}, advance=True)
+            for name in names:
+                qm.set_submodule(name, _quantize_linear(qm.get_submodule(name), plan[name], probes.pop(name)))
 
 
 def _choose_clip(probe: _InputProbe, w: torch.Tensor, clip: str, bits: int) -> float:
@@ -147,8 +165,9 @@ def require_calibration(recipe: Recipe, calib) -> None:
         raise RnnquantError(f"recipe {recipe.name!r} needs calibration statistics: run `rnnquant calibrate` and pass --calib DIR")
 
 
-def quantize(model, recipe: Recipe, calib=None, batches=None):
-    """Return a quantized copy of ``model``: the adapter's Linears replaced by QLinear per ``recipe``.
+def quantize(model, recipe: Recipe, calib=None, batches=None, *, inplace: bool = False, progress: bool = False):
+    """Return a quantized copy of ``model`` (``inplace``: ``model`` itself, no second copy of the
+    weights in memory): the adapter's Linears replaced by QLinear per ``recipe``.
 
     ``calib`` (from ``load_calibration``) is required for SmoothQuant, float outlier channels and
     static activation scales; ``batches`` (token id tensors [B, T]) for static scales and GPTQ.
@@ -163,20 +182,12 @@ def quantize(model, recipe: Recipe, calib=None, batches=None):
     if recipe.needs_data() and not batches:
         raise RnnquantError(f"recipe {recipe.name!r} needs calibration text (static activation scales or GPTQ)")
 
-    qm = copy.deepcopy(model)
+    qm = model if inplace else copy.deepcopy(model)
     plan = _plan(qm, recipe, calib)
     if recipe.smooth_alpha is not None:
         smooth(qm, calib, recipe.smooth_alpha, {n for n, p in plan.items() if p["rule"].a_bits is not None and p["rotation"] is None})
-    if any(p["rule"].w_bits and p["rule"].w_method == "gptq" for p in plan.values()):
-        # sequential, as in the GPTQ paper: each Linear's Hessian and input statistics come from
-        # a model whose earlier Linears are already quantized, so their errors are compensated
-        for name, p in plan.items():
-            probe = _data_pass(qm, {name: p}, batches).get(name)
-            qm.set_submodule(name, _quantize_linear(qm.get_submodule(name), p, probe))
-    else:
-        probes = _data_pass(qm, plan, batches or [])
-        for name, p in plan.items():
-            qm.set_submodule(name, _quantize_linear(qm.get_submodule(name), p, probes.get(name)))
+    sequential = any(p["rule"].w_bits and p["rule"].w_method == "gptq" for p in plan.values())
+    _apply_blockwise(qm, plan, batches or [], sequential, progress)
     head = qm.get_submodule(spec.head)
     if qm.tied_head_key() and spec.embedding and QEmbedding.can_tie(head):
         qm.set_submodule(spec.embedding, QEmbedding(head))  # the embedding shares the head's codes

@@ -92,6 +92,8 @@ def load_quantized(d: Path, allow_pickle: bool = False):
 
 def _assign_quantized(model, d: Path, state: dict[str, torch.Tensor]):
     """Replace ``model``'s Linears by QLinears rebuilt from ``state``; load the rest. Returns the model."""
+    from ..models import retie
+
     try:
         meta = json.loads((d / QUANT_META).read_text("utf-8"))
         layout = meta["linears"]
@@ -119,10 +121,11 @@ def _assign_quantized(model, d: Path, state: dict[str, torch.Tensor]):
     if meta.get("tied_embedding"):
         spec = model.arch_spec()
         model.set_submodule(spec.embedding, QEmbedding(model.get_submodule(spec.head)))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     missing = [k for k in missing if not k.endswith((".w_deq", ".rotation")) and k != model.tied_head_key()]
     if missing or unexpected:
         raise RnnquantError(f"{d / WEIGHTS}: {'missing' if missing else 'unexpected'} tensor {(missing or unexpected)[0]!r}")
+    retie(model)
     model.provenance = model.provenance.derive(
         recipe=recipe, origin=meta.get("origin"), quantized_from=meta.get("source_fingerprint"), origin_fingerprint=meta.get("origin_fingerprint"),
         prune_report=meta.get("prune_report") or None, calib_fingerprint=meta.get("calib_fingerprint"))

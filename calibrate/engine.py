@@ -1,0 +1,127 @@
+"""Block-sequential execution: every stage that needs activations runs the model one block at a time.
+
+As in the GPTQ paper (section 4, "layer-wise") and llm-compressor's sequential pipeline: the
+stream entering block i is cached for every calibration batch, block i alone is replayed over
+that cache as often as the stage needs (GPTQ: once per Linear, each after the previous one was
+quantized), and the *processed* block's outputs become block i+1's cache. The cost is O(layers)
+block passes instead of one whole-model pass per Linear, and the memory is the cache plus one
+block's work, whatever the depth.
+
+The stages come from the model's staged contract (``stem`` / ``block`` / ``tail``, with
+``ArchSpec.layer_stack`` and ``state_slices``), never from a per-architecture branch. The tail
+stage stops at the head's input: no stage needs the [tokens, vocab] logits.
+
+Glossary: stage = one layer_stack block, or the tail; cache = the stream x [B,T,D] entering the
+current stage, one tensor per batch; hooks = functions called with the input of named modules
+(Linears, taps) while a stage runs; segment = how many positions one call of the block sees,
+its state carried between calls (calibration samples the state every ``state_every``).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+
+@dataclass(frozen=True)
+class Stage:
+    index: int  # the block number; len(layer_stack) for the tail
+    prefix: str  # the block's module path; "" for the tail
+    states: slice  # its share of the state tuple (empty for the tail)
+    others: tuple[str, ...] = ()  # every block's prefix (the tail owns what none of them does)
+
+    @property
+    def is_tail(self) -> bool:
+        return not self.prefix
+
+    def owns(self, name: str) -> bool:
+        """Whether module ``name`` runs inside this stage."""
+        if self.is_tail:
+            return not any(name.startswith(p + ".") for p in self.others)
+        return name.startswith(self.prefix + ".")
+
+    def select(self, names) -> list[str]:
+        return [n for n in names if self.owns(n)]
+
+
+class _Reached(Exception):
+    """Raised once a stage has run as far as its caller needs: the tail stage never computes
+    logits, and a probe of one Linear need not run the rest of the block."""
+
+
+class Blockwise:
+    """The calibration batches' stream, advanced one stage at a time.
+
+    ``segment``: positions per block call (None: the whole sequence at once).
+    """
+
+    def __init__(self, model, batches: list[torch.Tensor], segment: int | None = None):
+        self.model, self.segment = model, segment
+        self.spec = model.arch_spec()
+        with torch.no_grad():
+            self.cache = [model.stem(b) for b in batches]  # [B,T,D] per batch
+        self.peak_cache_bytes = self.cache_bytes()
+
+    def cache_bytes(self) -> int:
+        return sum(x.numel() * x.element_size() for x in self.cache)
+
+    def stages(self, desc: str | None = None) -> Iterator[Stage]:
+        """The blocks in order, then the tail (with a tqdm bar and ETA per block when ``desc``)."""
+        stack = tuple(self.spec.layer_stack)
+        all_stages = [Stage(i, p, s, stack) for i, (p, s) in enumerate(zip(stack, self.spec.state_slices(), strict=True))]
+        all_stages.append(Stage(len(stack), "", slice(0, 0), stack))
+        yield from tqdm(all_stages, desc=desc, unit="block", disable=desc is None)
+
+    @torch.no_grad()
+    def run(self, stage: Stage, hooks: dict[str, Callable[[torch.Tensor], None]] | None = None,
+            on_state: Callable[[tuple], None] | None = None, advance: bool = False, until: str | None = None) -> None:
+        """Replay ``stage`` over every cached batch. ``hooks[name](x)`` gets each input of module
+        ``name``; ``on_state(states)`` the stage's states after each segment; with ``advance`` the
+        outputs replace the cache (the next stage's inputs). ``until``: a hooked module after whose
+        input nothing is needed; the block call stops there when the model runs each module once
+        per call (``parallel_prefill``: no loop over time), else it runs to the end."""
+        assert not (until and (advance or self.segment)), "a stage cut short has no outputs, and carries no state to a next segment"
+        hooks = hooks or {}
+        fired = dict.fromkeys(hooks, False)
+        handles = []
+        stop_at = until if self.model.parallel_prefill else None
+        for name, fn in hooks.items():
+            def pre(mod, args, name=name, fn=fn):
+                fired[name] = True
+                fn(args[0])
+                if name == stop_at:
+                    raise _Reached
+            handles.append(self.model.get_submodule(name).register_forward_pre_hook(pre))
+        if stage.is_tail:
+            handles.append(self.model.get_submodule(self.spec.head).register_forward_pre_hook(self._stop))
+        try:
+            for k, x in enumerate(self.cache):
+                try:
+                    out = self.model.tail(x) if stage.is_tail else self._block(stage, x, on_state)
+                except _Reached:
+                    continue
+                if advance and not stage.is_tail:
+                    self.cache[k] = out
+            self.peak_cache_bytes = max(self.peak_cache_bytes, self.cache_bytes())
+        finally:
+            for h in handles:
+                h.remove()
+        silent = [n for n, f in fired.items() if not f]
+        if silent and self.cache:
+            raise RuntimeError(f"{silent[0]} did not run in stage {stage.prefix or 'tail'}: the adapter's layer_stack or staged pieces disagree with its ArchSpec")
+
+    @staticmethod
+    def _stop(mod, args):
+        raise _Reached
+
+    def _block(self, stage: Stage, x: torch.Tensor, on_state) -> torch.Tensor:
+        state = tuple(s.initial(x.shape[0]) for s in self.spec.states[stage.states])
+        outs = []
+        for seg in x.split(self.segment, dim=1) if self.segment else (x,):
+            y, state = self.model.block(stage.index, seg, state)
+            outs.append(y)
+            if on_state is not None:
+                on_state(state)
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
