@@ -2,7 +2,7 @@
 
     python benchmarks/scale.py [--shapes 130m 1.4b 2.8b] [--samples 128] [--seq-len 512] [--work DIR]
 
-For each shape it builds a random-initialised Mamba in the Hugging Face layout (config.json +
+For each shape it builds a Mamba with the reference random initialisation, in the Hugging Face layout (config.json +
 model.safetensors + the zoo tokenizer; the zoo tokenizer's 4,096 ids index a 50,280-row
 embedding), writes the zoo's train split as the calibration text, and runs, each in a fresh
 process: calibrate (--samples x --seq-len tokens), quantize w8a8-outlier and w4a16-gptq,
@@ -36,20 +36,23 @@ import sys, torch
 from rnnquant.io import save_checkpoint
 from rnnquant.models import build
 from rnnquant.zoo import MODELS_DIR
+from rnnquant.zoo.train import init_mamba
 d, layers, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 torch.manual_seed(0)
 m = build({"model_type": "mamba", "vocab_size": 50280, "hidden_size": d, "num_hidden_layers": layers})
+init_mamba(m, layers)  # the reference (and transformers') initialisation: sane logits, as a real checkpoint has
 save_checkpoint(m.eval(), out, tokenizer_path=MODELS_DIR / "tokenizer.json")
 print(m.num_parameters())
 """
 
 FORWARD = r"""
 import sys, time, torch
+from pathlib import Path
 from rnnquant.artifacts import load
 from rnnquant.calibrate import calibration_batches
 from rnnquant.text import token_ids
 m = load(sys.argv[1])
-ids = torch.from_numpy(token_ids(m.tokenizer, sys.argv[2])[0]).long()
+ids = torch.from_numpy(token_ids(m.tokenizer, Path(sys.argv[2]))[0]).long()
 batches = calibration_batches(ids, int(sys.argv[3]), int(sys.argv[4]), 8)
 t0 = time.perf_counter()
 with torch.no_grad():

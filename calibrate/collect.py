@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 
 import torch
-from .stats import ChannelStats
+from .stats import ChannelStats, ChannelSummary
 
 FLUSH_ROWS = 8192
 
@@ -34,7 +34,7 @@ class CalibConfig:
 class PointStats:
     kind: str  # "linear_input" | "tap" | "state"
     role: str
-    stats: ChannelStats
+    stats: ChannelStats | ChannelSummary
 
 
 @dataclass
@@ -44,7 +44,7 @@ class CalibrationStats:
     config: CalibConfig
     tokens: int = 0
     meta: dict = field(default_factory=dict)  # model/data fingerprints, model_type
-    memory: dict = field(default_factory=dict)  # peak bytes the run buffered (rows pending, cached stream): not saved
+    memory: dict = field(default_factory=dict)  # peak bytes held (rows pending + open histograms; the cached stream): not saved
 
 
 def calibration_batches(ids: torch.Tensor, samples: int, seq_len: int, batch_size: int) -> list[torch.Tensor]:
@@ -77,15 +77,16 @@ class _Recorder:
         self.bins = bins
         self.points: dict[str, PointStats] = {}
         self.pending: dict[str, list[torch.Tensor]] = {}
-        self.pending_bytes = self.peak_pending_bytes = 0
+        self.pending_bytes = self.open_bytes = self.peak_bytes = 0  # rows buffered; histograms of unfinished points
 
     def record(self, name: str, kind: str, role: str, x: torch.Tensor) -> None:
         if name not in self.points:
             self.points[name] = PointStats(kind, role, ChannelStats(x.shape[-1], self.bins))
             self.pending[name] = []
+            self.open_bytes += _hist_bytes(self.points[name].stats)
         self.pending[name].append(x.detach().clone())
         self.pending_bytes += x.numel() * x.element_size()
-        self.peak_pending_bytes = max(self.peak_pending_bytes, self.pending_bytes)
+        self.peak_bytes = max(self.peak_bytes, self.pending_bytes + self.open_bytes)
         if sum(len(t) for t in self.pending[name]) >= FLUSH_ROWS:
             self.flush(name)
 
@@ -95,6 +96,19 @@ class _Recorder:
             self.points[name].stats.update(torch.cat(rows))
             self.pending_bytes -= sum(t.numel() * t.element_size() for t in rows)
             self.pending[name] = []
+
+    def finish(self, name: str) -> None:
+        """The point has seen all its rows: keep its summary, drop the histogram."""
+        self.flush(name)
+        if name in self.points:
+            p = self.points[name]
+            self.open_bytes -= _hist_bytes(p.stats)
+            self.points[name] = PointStats(p.kind, p.role, ChannelSummary(p.stats))
+            del self.pending[name]
+
+
+def _hist_bytes(stats: ChannelStats) -> int:
+    return stats.hist.numel() * stats.hist.element_size()
 
 
 @torch.no_grad()
@@ -118,10 +132,10 @@ def collect(model, batches, config: CalibConfig | None = None, progress: bool = 
 
         engine.run(stage, hooks, on_state if states else None, advance=True)
         for name in [*(f"{lin}.input" for lin in stage.select(spec.linears)), *stage.select(spec.taps), *(f"state.{s.name}" for s in states)]:
-            rec.flush(name)
+            rec.finish(name)
     modules = dict(model.named_modules())
     weight_absmax = {lin: modules[lin].weight.detach().abs().amax(0).float() for lin in spec.linears}
-    memory = {"peak_pending_bytes": rec.peak_pending_bytes, "peak_cache_bytes": engine.peak_cache_bytes}
+    memory = {"peak_buffer_bytes": rec.peak_bytes, "peak_cache_bytes": engine.peak_cache_bytes}
     return CalibrationStats(rec.points, weight_absmax, config, sum(b.numel() for b in batches), memory=memory)
 
 

@@ -89,3 +89,17 @@ class ChannelStats:
         out = {"absmax": self.absmax, "min": self.min, "max": self.max, "mean": self.mean, "std": self.std, "kurtosis": self.kurtosis}
         out |= {f"p{q}".replace(".", "_"): self.abs_percentile(q) for q in (99, 99.9, 99.99)}
         return {k: v.float() for k, v in out.items()}
+
+
+class ChannelSummary:
+    """A finished ``ChannelStats`` without its histogram (channels x bins counts, the bulk of its
+    memory): what the calibration artifact and outlier search read. Calibration keeps one block's
+    histograms at a time and these for the rest."""
+
+    def __init__(self, stats: ChannelStats):
+        self.channels, self.count = stats.channels, stats.count
+        self.absmax, self.kurtosis = stats.absmax, stats.kurtosis
+        self._summary = stats.summary()
+
+    def summary(self) -> dict[str, torch.Tensor]:
+        return self._summary

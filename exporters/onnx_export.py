@@ -187,11 +187,14 @@ def _lowered(model):
     swapped = [m for m in model.modules() if isinstance(m, (QLinear, QEmbedding))]
     for m in swapped:
         m.forward = types.MethodType(qlinear_forward if isinstance(m, QLinear) else qembedding_forward, m)
+        if isinstance(m, QEmbedding):
+            m._table = m.lm_head.w_deq
     try:
         yield
     finally:
         for m in swapped:
             del m.forward
+            m.__dict__.pop("_table", None)
 
 
 @torch.no_grad()

@@ -158,4 +158,4 @@ def qembedding_forward(e, ids):
         b, scales = t[0], t[1]
         rows = torch.index_select(b, 0, ids).reshape(ids.shape[0], -1)  # [B, K] uint8 codes + 128
         return (rows.float() - 128) * torch.index_select(scales, 0, ids).unsqueeze(-1)
-    return torch.nn.functional.embedding(ids, m.w_deq)
+    return torch.nn.functional.embedding(ids, e._table)  # the dequantized table, made before tracing: an initializer

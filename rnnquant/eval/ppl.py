@@ -65,7 +65,8 @@ def perplexity_ids(model, ids: torch.Tensor, window: int = 512, batch_size: int 
             count += batch.numel() - batch.shape[0]
             bar.update(batch.shape[0])
     bar.close()
-    return PerplexityResult(math.exp(total / count), total, count)
+    nll = total / count
+    return PerplexityResult(math.exp(nll) if nll < 709 else math.inf, total, count)  # exp(709) is near float's max
 
 
 def perplexity(model, text: str, window: int = 512, **kw) -> PerplexityResult:

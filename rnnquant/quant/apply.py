@@ -19,7 +19,7 @@ from ..errors import RnnquantError
 from ..models.transforms import scale_norm_channels
 from .gptq import HessianAccumulator, gptq_quantize
 from .hadamard import hadamard_matrix
-from .primitives import fake_quant_static, quantize_weight_rtn
+from .primitives import QuantizedWeight, fake_quant_static, quantize_weight_rtn
 from .qlinear import QEmbedding, QLinear
 from .recipe import Recipe, Rule
 
@@ -79,11 +79,19 @@ def _plan(model, recipe: Recipe, calib) -> dict[str, dict]:
     return plan
 
 
-def _probe_for(p: dict) -> _InputProbe | None:
-    """What a Linear's rule needs from its inputs (None: nothing, e.g. RTN weights, dynamic scales)."""
+def _data_needs(p: dict) -> tuple[bool, bool]:
+    """(static activation scale, GPTQ): what a Linear's rule needs from its inputs."""
     r: Rule = p["rule"]
-    static = r.a_bits is not None and r.a_mode == "static"
-    gptq = r.w_bits is not None and r.w_method == "gptq"
+    return r.a_bits is not None and r.a_mode == "static", r.w_bits is not None and r.w_method == "gptq"
+
+
+def _needs_data(p: dict) -> bool:
+    return any(_data_needs(p))
+
+
+def _probe_for(p: dict) -> _InputProbe | None:
+    """The recorder for a Linear's inputs (None: its rule needs none, e.g. RTN weights, dynamic scales)."""
+    static, gptq = _data_needs(p)
     return _InputProbe(len(p["quant_idx"]), gptq, static) if static or gptq else None
 
 
@@ -103,8 +111,7 @@ def _apply_blockwise(qm, plan: dict[str, dict], batches, sequential: bool, progr
     paper. Otherwise every probe sees the float model, as a single whole-model pass would."""
     from ..calibrate.engine import Blockwise
 
-    probes = {n: _probe_for(p) for n, p in plan.items()}
-    if not any(probes.values()):
+    if not any(_needs_data(p) for p in plan.values()):
         for name, p in plan.items():
             qm.set_submodule(name, _quantize_linear(qm.get_submodule(name), p, None))
         return
@@ -113,27 +120,40 @@ def _apply_blockwise(qm, plan: dict[str, dict], batches, sequential: bool, progr
         names = stage.select(plan)
         if sequential:
             for name in names:
-                if probes[name] is not None:
-                    engine.run(stage, {name: _feeder(plan[name], probes[name])}, until=name)
-                qm.set_submodule(name, _quantize_linear(qm.get_submodule(name), plan[name], probes.pop(name)))
+                probe = _probe_for(plan[name])  # made here: one Hessian [in, in] alive at a time
+                if probe is not None:
+                    engine.run(stage, {name: _feeder(plan[name], probe)}, until=name)
+                qm.set_submodule(name, _quantize_linear(qm.get_submodule(name), plan[name], probe))
             engine.run(stage, advance=True)
         else:
-            engine.run(stage, {n: _feeder(plan[n], probes[n]) for n in names if probes[n] is not None}, advance=True)
+            probes = {n: _probe_for(plan[n]) for n in names}
+            engine.run(stage, {n: _feeder(plan[n], pr) for n, pr in probes.items() if pr is not None}, advance=True)
             for name in names:
                 qm.set_submodule(name, _quantize_linear(qm.get_submodule(name), plan[name], probes.pop(name)))
 
 
-def _choose_clip(probe: _InputProbe, w: torch.Tensor, clip: str, bits: int) -> float:
-    """Static clip value: a fixed statistic, or (auto) the candidate with least layer output error."""
+def _choose_clip(probe: _InputProbe, w, clip: str, bits: int) -> float:
+    """``w``: the layer's effective weight, a tensor or a QuantizedWeight (read in row chunks)."""
     h = probe.hist
     cands = {"absmax": float(h.absmax[0]), **{f"p{q}": float(h.abs_percentile(q)[0]) for q in (99, 99.9, 99.99)}}
     if clip != "auto":
         return cands[clip]
     x = torch.cat(probe.rows)
     qmax = 2 ** (bits - 1) - 1
-    errs = {k: float(((fake_quant_static(x, torch.tensor(c / qmax), bits) - x) @ w.T).pow(2).mean()) for k, c in cands.items() if c > 0}
+    errs = {k: _output_mse(fake_quant_static(x, torch.tensor(c / qmax), bits) - x, w) for k, c in cands.items() if c > 0}
     best = min(errs, key=errs.get) if errs else "absmax"
     return cands[best]
+
+
+def _output_mse(dx: torch.Tensor, w, rows: int = 4096) -> float:
+    """mean((dx @ w.T)^2), over ``rows`` output channels at a time: a vocabulary head's error
+    [2048 rows, 50k outputs] would be 400 MB at once, its dequantized weight 150 MB more."""
+    n_out = w.q.shape[0] if isinstance(w, QuantizedWeight) else w.shape[0]
+    total = 0.0
+    for i in range(0, n_out, rows):
+        part = w.dequantize_rows(slice(i, i + rows)) if isinstance(w, QuantizedWeight) else w[i : i + rows]
+        total += float((dx @ part.T).pow(2).sum())
+    return total / (dx.shape[0] * n_out)
 
 
 def _quantize_linear(lin: nn.Linear, p: dict, probe: _InputProbe | None) -> QLinear:
@@ -141,7 +161,8 @@ def _quantize_linear(lin: nn.Linear, p: dict, probe: _InputProbe | None) -> QLin
     w = lin.weight.detach().float()
     if p["rotation"] is not None:
         w = w @ p["rotation"]
-    wq_cols, wf = w[:, p["quant_idx"]], w[:, p["float_idx"]]
+    every = len(p["quant_idx"]) == w.shape[1]  # no float columns: no column-gathered copy of w
+    wq_cols, wf = (w if every else w[:, p["quant_idx"]]), w[:, p["float_idx"]]
     qweight = None
     if r.w_bits is not None:
         if r.w_method == "gptq":
@@ -154,7 +175,7 @@ def _quantize_linear(lin: nn.Linear, p: dict, probe: _InputProbe | None) -> QLin
         wf, p = w, p | {"float_idx": torch.arange(w.shape[1]), "quant_idx": torch.zeros(0, dtype=torch.long)}
     a_scale = None
     if r.a_bits is not None and r.a_mode == "static":
-        a_scale = max(_choose_clip(probe, qweight.dequantize() if qweight else wq_cols, r.a_clip, r.a_bits), 1e-8) / (2 ** (r.a_bits - 1) - 1)
+        a_scale = max(_choose_clip(probe, qweight or wq_cols, r.a_clip, r.a_bits), 1e-8) / (2 ** (r.a_bits - 1) - 1)
     bias = lin.bias.detach().clone() if lin.bias is not None else None
     return QLinear(lin.in_features, lin.out_features, bias, qweight, wf.contiguous(), p["quant_idx"], p["float_idx"],
                    p["rotation"], r.a_bits, r.a_mode, a_scale)

@@ -31,6 +31,13 @@ class QuantizedWeight:
         z = self.zero.repeat_interleave(self.group_size, dim=1)[:, :cols]
         return (self.q - z).float() * s
 
+    def dequantize_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """``dequantize()[rows]`` without dequantizing the other rows (a tied embedding's lookup)."""
+        cols = self.q.shape[1]
+        s = self.scale[rows].repeat_interleave(self.group_size, dim=-1)[..., :cols]
+        z = self.zero[rows].repeat_interleave(self.group_size, dim=-1)[..., :cols]
+        return (self.q[rows] - z).float() * s
+
     def nbytes(self) -> int:
         """Bytes of the packed integer form: codes at ``bits`` each, fp32 scales, packed zero points."""
         codes = self.q.numel() * self.bits // 8
@@ -69,7 +76,8 @@ def quantize_weight_rtn(w: torch.Tensor, bits: int, granularity: str, group_size
     gs = cols if granularity == "channel" else group_size
     wg = w.reshape(out, -(-cols // gs), min(gs, cols))  # a Linear narrower than a group: one partial group
     s, z = scale_zero(wg, bits, symmetric)  # [out, G, 1]
-    q = quantize_codes(wg, s, z, bits, symmetric).reshape(out, cols)
+    rows = 4096  # rows are independent: in chunks, a vocabulary head's temporaries stay small
+    q = torch.cat([quantize_codes(wg[i : i + rows], s[i : i + rows], z[i : i + rows], bits, symmetric) for i in range(0, out, rows)]).reshape(out, cols)
     return QuantizedWeight(q, s.squeeze(-1).float(), z.squeeze(-1), bits, gs, symmetric)
 
 

@@ -2,7 +2,8 @@
 
     y = Wq[:, keep] @ fq(x' [keep]) + W_f[:, float] @ x' [float] + b,   x' = x @ Q (if rotated)
 
-Wq is the dequantized integer weight (in the rotated space when Q is set), fq the activation
+Wq is the dequantized integer weight (in the rotated space when Q is set; computed from the codes
+when used, so a quantized model in memory is its codes, not a float copy), fq the activation
 fake-quantizer (static per-tensor scale, dynamic per-token, or identity), W_f the float columns
 of outlier channels (mixed precision). The exporter reads the same fields to build ONNX ops
 (``rnnquant.exporters.qops``, swapped in for ``forward`` while it traces; this module knows nothing of it).
@@ -28,9 +29,16 @@ class QLinear(nn.Module):
         self.register_buffer("quant_idx", quant_idx)  # input columns on the integer path
         self.register_buffer("float_idx", float_idx)  # input columns kept float
         self.register_buffer("w_float", w_float)  # [out, len(float_idx)]
-        self.register_buffer("w_deq", qweight.dequantize() if qweight is not None else torch.zeros(out_features, 0))
         self.register_buffer("a_scale", torch.tensor(a_scale) if a_scale is not None else None)
         self.mixed = len(float_idx) > 0 and qweight is not None
+
+    @property
+    def w_deq(self) -> torch.Tensor:
+        """The dequantized integer weight [out, len(quant_idx)], computed when used, never stored:
+        a quantized model holds its codes (what it is), not a float copy beside them."""
+        if self.qweight is None:
+            return torch.zeros(self.out_features, 0)
+        return self.qweight.dequantize()
 
     @property
     def weight(self) -> torch.Tensor:
@@ -100,4 +108,4 @@ class QEmbedding(nn.Module):
         return isinstance(lm_head, QLinear) and lm_head.qweight is not None and lm_head.rotation is None and not len(lm_head.float_idx)
 
     def forward(self, ids):
-        return nn.functional.embedding(ids, self.lm_head.w_deq)
+        return self.lm_head.qweight.dequantize_rows(ids)

@@ -53,7 +53,7 @@ def quantized_linears(model) -> dict[str, QLinear]:
 def save_quantized(qm, out_dir, tokenizer_path=None, force: bool = False) -> None:
     qlins = quantized_linears(qm)
     tensors, layout = {}, {}
-    skip = {f"{n}.{b}" for n in qlins for b in ("w_deq", "rotation")}
+    skip = {f"{n}.rotation" for n in qlins}
     for k, v in qm.state_dict().items():
         if k in skip or k == qm.tied_head_key():
             continue
@@ -122,7 +122,7 @@ def _assign_quantized(model, d: Path, state: dict[str, torch.Tensor]):
         spec = model.arch_spec()
         model.set_submodule(spec.embedding, QEmbedding(model.get_submodule(spec.head)))
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    missing = [k for k in missing if not k.endswith((".w_deq", ".rotation")) and k != model.tied_head_key()]
+    missing = [k for k in missing if not k.endswith(".rotation") and k != model.tied_head_key()]
     if missing or unexpected:
         raise RnnquantError(f"{d / WEIGHTS}: {'missing' if missing else 'unexpected'} tensor {(missing or unexpected)[0]!r}")
     retie(model)

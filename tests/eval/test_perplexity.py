@@ -76,3 +76,11 @@ def test_cli_ppl(capsys, tmp_path, tiny_dir):
     code, out, _ = run_cli(capsys, "ppl", tiny_dir, "--data", f, "--window", 32)
     assert code == 0 and out.startswith("perplexity ")
     assert math.isclose(float(out.split()[1]), perplexity(load(tiny_dir), TEXT, window=32).ppl, rel_tol=1e-4)
+
+
+def test_a_model_far_from_the_text_has_infinite_perplexity_not_an_overflow():
+    model = tiny_model("lstm")
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1e4)  # logits ~1e4 apart: mean NLL far past exp's range
+    ids = torch.randint(0, model.vocab_size, (300,), generator=torch.Generator().manual_seed(0))
+    assert perplexity_ids(model, ids, window=100).ppl == math.inf
