@@ -7,7 +7,7 @@ model.safetensors + the zoo tokenizer; the zoo tokenizer's 4,096 ids index a 50,
 embedding), writes the zoo's train split as the calibration text, and runs, each in a fresh
 process: calibrate (--samples x --seq-len tokens), quantize w8a8-outlier and w4a16-gptq,
 prune sparsegpt:0.5 (Hessians over the same tokens), export the w8a8-outlier model, and ppl on
-16k tokens. Peak RSS is the child's own ru_maxrss (os.wait4). The reference is one plain float
+as many tokens. Peak RSS is the child's own ru_maxrss (os.wait4). The reference is one plain float
 forward of the same tokens (the model's ``forward``, head included) timed in its own process:
 the issue's targets are ratios to it (calibration <= 2x, GPTQ / SparseGPT <= 3x) and peak RSS
 <= 1.3 x fp32 weight bytes + 1 GB. Absolute times on a shared 2-core machine are noise; the
@@ -99,7 +99,7 @@ def run_shape(name: str, args, work: Path) -> dict:
         "prune sparsegpt:0.5": [*cli, "prune", str(model), "--method", "sparsegpt", "--sparsity", "0.5", "--data", str(text),
                                 "--samples", S, "--seq-len", L, "--out", str(root / "sp"), "--force"],
         "export w8a8-outlier": [*cli, "export", str(root / "w8"), "--out", str(root / "onnx" / "model.onnx"), "--force"],
-        "ppl float 16k": [*cli, "ppl", str(model), "--data", str(text), "--max-tokens", "16384"],
+        "ppl float": [*cli, "ppl", str(model), "--data", str(text), "--max-tokens", str(args.samples * args.seq_len)],
     }
     results = {}
     for stage, cmd in stages.items():

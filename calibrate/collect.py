@@ -13,7 +13,7 @@ from functools import partial
 import torch
 from .stats import ChannelStats, ChannelSummary
 
-FLUSH_ROWS = 8192
+FLUSH_ROWS = 2048  # rows a point buffers before its statistics update: bounds the buffers (one block's points x this x channels)
 
 
 @dataclass

@@ -195,18 +195,26 @@ def convert(src, out, tokenizer, rnn_type, embedding, rnn, head, force):
 @click.option("--window", default=512, show_default=True, help="Tokens per window; each window starts from a fresh state.")
 @click.option("--mode", type=click.Choice(["forward", "step"]), default="forward", show_default=True, help="Parallel forward or the O(1) step form.")
 @click.option("--batch-size", default=8, show_default=True)
+@click.option("--by-position", is_flag=True, help="One stream with the state carried across the whole text: perplexity per position "
+              "bucket (0-256, 256-1k, 1k-4k, 4k-16k, 16k+), to see error accumulate in the state.")
 @_max_tokens
-def ppl(model, data, window, mode, batch_size, max_tokens):
+def ppl(model, data, window, mode, batch_size, by_position, max_tokens):
     """Token-level perplexity of MODEL on a text.
 
     \b
     Example:
       rnnquant ppl mamba-pydoc
       rnnquant ppl ./my-mamba --data valid.txt --window 1024
+      rnnquant ppl mamba-w8/ --by-position
     """
-    from .eval import perplexity_ids
+    from .eval import perplexity_by_position, perplexity_ids
 
     m = _model(model)
+    if by_position:
+        for b in perplexity_by_position(m, _ids(m, data, "test", max_tokens), progress=True):
+            span = f"{b['from']}-{b['to']}" if b["to"] is not None else f"{b['from']}+"
+            click.echo(f"positions {span:>12}: perplexity {b['ppl']:.4f} over {b['tokens']} tokens")
+        return
     r = perplexity_ids(m, _ids(m, data, "test", max_tokens), window=window, batch_size=batch_size, mode=mode, progress=True)
     click.echo(f"perplexity {r.ppl:.4f} over {r.tokens} tokens (window {window}, {mode})")
 

@@ -2,11 +2,11 @@
 with the torch-free ONNX runner). Imports are lazy so ``rnnquant.eval.windows`` needs no torch."""
 from .windows import windows
 
-__all__ = ["PerplexityResult", "perplexity", "perplexity_ids", "tokenize", "windows"]
+__all__ = ["PerplexityResult", "perplexity", "perplexity_by_position", "perplexity_ids", "tokenize", "windows"]
 
 
 def __getattr__(name):
-    if name in ("PerplexityResult", "perplexity", "perplexity_ids", "tokenize"):
+    if name in ("PerplexityResult", "perplexity", "perplexity_by_position", "perplexity_ids", "tokenize"):
         from . import ppl as _p
 
         return getattr(_p, name)

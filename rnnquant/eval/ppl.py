@@ -1,8 +1,13 @@
-"""Token-level perplexity over non-overlapping windows.
+"""Token-level perplexity over non-overlapping windows, and by position in one long stream.
 
 The token stream is cut into windows of ``window + 1`` tokens that overlap by one, so every
 token but the first is predicted exactly once; each window starts from a fresh state.
 PPL = exp(sum of NLL / number of predicted tokens).
+
+``perplexity_by_position`` instead reads the whole text as one stream, the state carried from
+the first token to the last (how a recurrent LM is deployed), and reports the perplexity of the
+tokens in each position bucket: quantization error that accumulates in the state shows as a
+bucket that degrades more than the first.
 """
 from __future__ import annotations
 
@@ -65,8 +70,37 @@ def perplexity_ids(model, ids: torch.Tensor, window: int = 512, batch_size: int 
             count += batch.numel() - batch.shape[0]
             bar.update(batch.shape[0])
     bar.close()
-    nll = total / count
-    return PerplexityResult(math.exp(nll) if nll < 709 else math.inf, total, count)  # exp(709) is near float's max
+    return PerplexityResult(_ppl(total, count), total, count)  # exp(709) is near float's max: beyond it, inf
+
+
+POSITION_EDGES = (0, 256, 1024, 4096, 16384)
+
+
+def _ppl(nll: float, count: int) -> float:
+    return math.exp(nll / count) if nll / count < 709 else math.inf
+
+
+@torch.no_grad()
+def perplexity_by_position(model, ids: torch.Tensor, edges=POSITION_EDGES, chunk: int = 1024, progress: bool = False) -> list[dict]:
+    """One stream, batch 1, the state carried across the whole text through ``forward_with_state``
+    (the prefill path) ``chunk`` positions at a time. Bucket [a, b) holds the predictions of the
+    tokens at positions a..b-1 (position 0 is never predicted); the last bucket is open-ended.
+    Buckets the text does not reach are left out."""
+    chunk = min(chunk, model.prefill_max_tokens or chunk)
+    bounds = [*edges, math.inf]
+    nll = torch.zeros(len(edges), dtype=torch.float64)
+    count = torch.zeros(len(edges), dtype=torch.long)
+    state = model.init_state(1)
+    for s in tqdm(range(0, len(ids) - 1, chunk), desc="ppl by position", unit="chunk", disable=not progress, leave=False):
+        x, y = ids[s : min(s + chunk, len(ids) - 1)], ids[s + 1 : s + chunk + 1]
+        logits, state = model.forward_with_state(x[None], state)
+        token_nll = F.cross_entropy(logits[0].float(), y, reduction="none").double()  # [len(x)]
+        positions = torch.arange(s + 1, s + 1 + len(y))
+        bucket = torch.bucketize(positions, torch.tensor(edges[1:]), right=True)  # index into edges
+        nll.index_add_(0, bucket, token_nll)
+        count.index_add_(0, bucket, torch.ones_like(bucket))
+    return [{"from": a, "to": None if b == math.inf else b, "tokens": int(n), "ppl": _ppl(float(l), int(n))}
+            for a, b, l, n in zip(bounds, bounds[1:], nll.tolist(), count.tolist()) if n]
 
 
 def perplexity(model, text: str, window: int = 512, **kw) -> PerplexityResult:

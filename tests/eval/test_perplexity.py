@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rnnquant.errors import RnnquantError
-from rnnquant.eval import perplexity, perplexity_ids, windows
+from rnnquant.eval import perplexity, perplexity_by_position, perplexity_ids, windows
 from rnnquant.artifacts import load
 from tests.conftest import tiny_model
 from tests.helpers import assert_one_line_error, run_cli
@@ -84,3 +84,21 @@ def test_a_model_far_from_the_text_has_infinite_perplexity_not_an_overflow():
         model.lm_head.weight.mul_(1e4)  # logits ~1e4 apart: mean NLL far past exp's range
     ids = torch.randint(0, model.vocab_size, (300,), generator=torch.Generator().manual_seed(0))
     assert perplexity_ids(model, ids, window=100).ppl == math.inf
+
+
+def test_by_position_carries_the_state_across_the_whole_text(arch):
+    """Chunked with the state carried, the buckets together are the perplexity of one forward over
+    the whole stream (one window, nothing reset)."""
+    model = tiny_model(arch)
+    ids = torch.randint(0, model.vocab_size, (301,), generator=torch.Generator().manual_seed(0))
+    buckets = perplexity_by_position(model, ids, edges=(0, 50, 120), chunk=32)
+    whole = perplexity_ids(model, ids, window=300)
+    nll = sum(b["tokens"] * math.log(b["ppl"]) for b in buckets)
+    assert math.isclose(nll, whole.nll, rel_tol=1e-4)
+
+
+def test_by_position_buckets_hold_the_tokens_at_their_positions():
+    model = tiny_model("gru")
+    ids = torch.randint(0, model.vocab_size, (21,), generator=torch.Generator().manual_seed(0))
+    buckets = perplexity_by_position(model, ids, edges=(0, 4, 10, 100), chunk=7)
+    assert [(b["from"], b["to"], b["tokens"]) for b in buckets] == [(0, 4, 3), (4, 10, 6), (10, 100, 11)]  # 100+ is empty: left out
