@@ -16,6 +16,9 @@ from torch import nn
 from .primitives import QuantizedWeight, fake_quant_dynamic, fake_quant_static
 
 
+CACHE_ELEMENTS = 1 << 20  # 4 MB of fp32: at mamba-130m shape x_proj and dt_proj (5 % of the weights), not in_proj/out_proj/the head
+
+
 class QLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: torch.Tensor | None, qweight: QuantizedWeight | None,
                  w_float: torch.Tensor, quant_idx: torch.Tensor, float_idx: torch.Tensor, rotation: torch.Tensor | None,
@@ -34,11 +37,19 @@ class QLinear(nn.Module):
 
     @property
     def w_deq(self) -> torch.Tensor:
-        """The dequantized integer weight [out, len(quant_idx)], computed when used, never stored:
-        a quantized model holds its codes (what it is), not a float copy beside them."""
+        """The dequantized integer weight [out, len(quant_idx)], computed when used: a quantized model
+        holds its codes (what it is), not a float copy beside them. Small weights (at most
+        CACHE_ELEMENTS) keep theirs once made: an RNN's recurrent Linear runs once per time step, and
+        redoing its dequantization each step made the PyTorch simulation of an LSTM 2.5x slower."""
         if self.qweight is None:
             return torch.zeros(self.out_features, 0)
-        return self.qweight.dequantize()
+        cached = self.__dict__.get("_w_deq_cache")
+        if cached is not None:
+            return cached
+        w = self.qweight.dequantize()
+        if w.numel() <= CACHE_ELEMENTS:
+            self.__dict__["_w_deq_cache"] = w
+        return w
 
     @property
     def weight(self) -> torch.Tensor:
