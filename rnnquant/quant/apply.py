@@ -203,6 +203,7 @@ def quantize(model, recipe: Recipe, calib=None, batches=None, *, inplace: bool =
     if recipe.needs_data() and not batches:
         raise RnnquantError(f"recipe {recipe.name!r} needs calibration text (static activation scales or GPTQ)")
 
+    was = model.provenance  # before any transform: SmoothQuant re-fingerprints the model it scales
     qm = model if inplace else copy.deepcopy(model)
     plan = _plan(qm, recipe, calib)
     if recipe.smooth_alpha is not None:
@@ -212,7 +213,6 @@ def quantize(model, recipe: Recipe, calib=None, batches=None, *, inplace: bool =
     head = qm.get_submodule(spec.head)
     if qm.tied_head_key() and spec.embedding and QEmbedding.can_tie(head):
         qm.set_submodule(spec.embedding, QEmbedding(head))  # the embedding shares the head's codes
-    was = model.provenance
     qm.provenance = was.derive(recipe=recipe, quantized_from=was.fingerprint, origin=was.origin_path, origin_fingerprint=was.float_fingerprint,
                                calib_fingerprint=calib.meta["model_fingerprint"] if calib is not None else None)
     return qm.eval()

@@ -150,3 +150,11 @@ def test_calibration_memory_does_not_grow_with_depth():
     mem = {n: collect(_mamba(n), batches, CalibConfig(state_every=64)).memory for n in (1, 8)}
     assert mem[8]["peak_buffer_bytes"] == mem[1]["peak_buffer_bytes"] > 0
     assert mem[8]["peak_cache_bytes"] == mem[1]["peak_cache_bytes"] > 0
+
+
+def test_inplace_quantization_records_the_float_model_it_started_from():
+    """SmoothQuant re-fingerprints the model it scales; in place, the record must still name the
+    float original (compare matches exported variants against it)."""
+    model, calib, batches = _setup("mamba")
+    q = quantize(model, PRESETS["w8a8-outlier"], calib, batches, inplace=True)
+    assert q is model and q.provenance.quantized_from == "test" and q.provenance.float_fingerprint == "test"
