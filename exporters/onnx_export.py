@@ -22,6 +22,7 @@ import torch
 from rnnquant import __version__
 from rnnquant.errors import RnnquantError
 from rnnquant.io import atomic_path
+from rnnquant.tokenizer import stored_name
 
 METADATA_KEYS = ("rnnquant_version", "graph", "architecture", "config", "recipe", "prune", "calib_fingerprint", "model_fingerprint",
                  "origin_fingerprint", "states", "vocab_size", "bos_token_id", "eos_token_id", "tokenizer_sha256")
@@ -266,7 +267,7 @@ def finish_step_graph(proto, model, out_path: Path, tokenizer_path=None, force: 
         if prefill_proto is not None:
             save_graph(prefill_proto, prefill_path(out_path), "prefill graph", force=True)
         if tokenizer_path is not None:
-            with atomic_path(out_path.parent / "tokenizer.json") as tmp_tok:
+            with atomic_path(out_path.parent / stored_name(tokenizer_path)) as tmp_tok:
                 shutil.copyfile(tokenizer_path, tmp_tok)
         save_graph(proto, out_path, "exported graph", force=True)
     except BaseException:

@@ -18,6 +18,7 @@ from rnnquant.eval.windows import windows
 from rnnquant.exporters.prefill import PREFILL_WINDOW, prefill_path
 from rnnquant.exporters.states import initial_state
 from rnnquant.text import encode_prompt
+from rnnquant.tokenizer import HF_FILE, find_tokenizer, load_tokenizer
 
 REQUIRED_META = ("graph", "architecture", "states", "vocab_size", "tokenizer_sha256")
 
@@ -105,17 +106,12 @@ class OrtLM:
         return read_metadata(side)
 
     def _tokenizer(self, path):
-        from tokenizers import Tokenizer
-
-        f = Path(path) if path else self.path.parent / "tokenizer.json"
-        if not f.is_file():
-            raise RnnquantError(f"{f}: missing tokenizer.json beside the model")
+        f = Path(path) if path else find_tokenizer(self.path.parent)
+        if f is None or not f.is_file():
+            raise RnnquantError(f"{f or self.path.parent / HF_FILE}: missing tokenizer.json beside the model")
         if hashlib.sha256(f.read_bytes()).hexdigest() != self.meta["tokenizer_sha256"]:
             raise RnnquantError(f"{f}: tokenizer does not match the one the model was exported with")
-        try:
-            return Tokenizer.from_file(str(f))
-        except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception on bad files
-            raise RnnquantError(f"{f}: corrupt tokenizer ({str(e).splitlines()[0][:120]})") from None
+        return load_tokenizer(f, int(self.meta["vocab_size"]))
 
     # --- the step contract, in numpy ------------------------------------------------
     def init_state(self, batch: int) -> list[np.ndarray]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from .errors import RnnquantError
+from .tokenizer import stored_name, tokenizer_file
 
 
 _ALLOW_PICKLE = False
@@ -163,7 +164,7 @@ def zoo(as_json):
 @cli.command()
 @click.argument("src", type=click.Path())
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output model directory (written atomically).")
-@click.option("--tokenizer", type=click.Path(dir_okay=False), help="tokenizer.json to copy (default: the one beside SRC).")
+@click.option("--tokenizer", type=click.Path(dir_okay=False), help="tokenizer.json or RWKV World vocabulary (.txt) to copy (default: the one beside SRC).")
 @click.option("--type", "rnn_type", type=click.Choice(["lstm", "gru"]), help="Check the RNN type (default: from the shapes).")
 @click.option("--embedding", help="Name of the embedding (default: the bias-free [V, E] weight feeding layer 0).")
 @click.option("--rnn", help="Module prefix of the nn.LSTM/nn.GRU (default: the only one, or a numbered list of one-layer RNNs).")
@@ -289,7 +290,7 @@ def quantize(model, recipe, calib, data, samples, seq_len, prune_spec, out, forc
         raise RnnquantError(f"{out} already exists (use --force to overwrite)")
     m = _model(model)
     qm = _quantized(m, recipe, calib, _text_of(data, calib), samples, seq_len, prune_spec)
-    save_quantized(qm, out, Path(m.provenance.source) / "tokenizer.json", force=force)
+    save_quantized(qm, out, tokenizer_file(Path(m.provenance.source)), force=force)
     click.echo(f"{qm.provenance.recipe.name}: {size_bytes(m) / 2**20:.2f} MiB float -> {size_bytes(qm) / 2**20:.2f} MiB; wrote {Path(out)}/")
 
 
@@ -350,7 +351,7 @@ def prune(model, method, sparsity, nm, n_layers, profile, owl_m, owl_lambda, lay
         cfg.validate()
     m = _model(model)
     p = _pruned(m, cfg, calib, _text_of(data, calib), samples, seq_len)
-    save_checkpoint(p, out, Path(m.provenance.source) / "tokenizer.json", force=force)
+    save_checkpoint(p, out, tokenizer_file(Path(m.provenance.source)), force=force)
     _echo_prune(p)
     click.echo(f"wrote {Path(out)}/")
 
@@ -415,7 +416,7 @@ def generate(model, prompt, max_new_tokens, temperature, top_k, seed):
 @click.option("--samples", default=32, show_default=True)
 @click.option("--seq-len", default=256, show_default=True)
 @click.option("--prune", "prune_spec", help="Prune first: wanda:0.5, wanda:0.5:owl, sparsegpt:2:4, channels:0.25, layers:1, or a .json/.yaml prune config.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .onnx path (tokenizer.json is written beside it).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .onnx path (the model's tokenizer is written beside it).")
 @click.option("--ort", "to_ort", is_flag=True, help="Also write a .ort file for mobile/minimal ONNX Runtime builds, verified against the .onnx.")
 @click.option("--opset", default=17, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["integer", "qoperator"]), default="integer", show_default=True,
@@ -455,14 +456,14 @@ def export(model, recipe, calib, data, samples, seq_len, prune_spec, out, to_ort
 
             m = _pruned(m, parse_spec(prune_spec), calib, data, samples, seq_len)
             _echo_prune(m)
-    tokenizer = Path(m.provenance.source) / "tokenizer.json"
+    tokenizer = tokenizer_file(Path(m.provenance.source))
     if fmt == "qoperator":
         from .exporters.qoperator import export_qoperator
 
         path = export_qoperator(m, out, tokenizer, _batches(m, data, samples, seq_len), opset=opset, force=force, prefill_logits=prefill_logits)
     else:
         path = export_step(m, out, tokenizer, opset=opset, force=force, prefill_logits=prefill_logits)
-    click.echo(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB), {prefill_path(path).name} and {path.parent / 'tokenizer.json'}")
+    click.echo(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB), {prefill_path(path).name} and {path.parent / stored_name(tokenizer)}")
     if to_ort:
         from .exporters.ort_format import convert_to_ort
 

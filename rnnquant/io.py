@@ -11,6 +11,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from .errors import RnnquantError
+from .tokenizer import stored_name
 
 WEIGHTS = "model.safetensors"
 PRUNE_REPORT = "prune_report.json"  # beside a pruned checkpoint: its config, savings and origin
@@ -79,7 +80,7 @@ def save_checkpoint(model, out_dir, tokenizer_path=None, force: bool = True) -> 
         (tmp / "config.json").write_text(json.dumps({"model_type": model.model_type} | model.config, indent=2, sort_keys=True) + "\n")
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
         if tokenizer_path is not None:
-            shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
+            shutil.copyfile(tokenizer_path, tmp / stored_name(tokenizer_path))
         if model.provenance.prune_report:
             (tmp / PRUNE_REPORT).write_text(json.dumps(model.provenance.prune_report, indent=1, sort_keys=True) + "\n")
 

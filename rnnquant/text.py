@@ -69,7 +69,7 @@ def encode_prompt(tokenizer, text: str) -> list[int]:
     """Token ids of a prompt; characters the tokenizer maps to its unknown token or silently drops
     are an error (a byte-level BPE encodes everything; WordPiece/WordLevel vocabularies may not)."""
     enc = tokenizer.encode(text)
-    unk = getattr(tokenizer.model, "unk_token", None)
+    unk = getattr(getattr(tokenizer, "model", None), "unk_token", None)  # an RWKV World vocabulary has none
     unk_id = tokenizer.token_to_id(unk) if unk else None
     covered = np.zeros(len(text) + 1, dtype=np.int32)
     for tid, (s, e) in zip(enc.ids, enc.offsets):

@@ -13,9 +13,10 @@ from pathlib import Path
 import torch
 
 from ..errors import RnnquantError
-from . import torch_rnn
+from ..tokenizer import find_tokenizer
+from . import rwkv7_pth, torch_rnn
 
-CONVERTERS = [torch_rnn]
+CONVERTERS = [torch_rnn, rwkv7_pth]
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 
 
@@ -87,7 +88,8 @@ def convert(src, out, tokenizer=None, force: bool = False, **hints) -> Converted
     """Convert ``src`` into a model directory ``out``; returns what was converted. ``hints`` are the
     converter's overrides (torch_rnn: embedding, rnn, head, rnn_type)."""
     from ..io import save_checkpoint
-    from ..models import build, check_and_assign, load_tokenizer
+    from ..models import build, check_and_assign
+    from ..tokenizer import load_tokenizer
 
     if Path(out).exists() and not force:
         raise RnnquantError(f"{out} already exists (use --force to overwrite)")
@@ -111,7 +113,7 @@ def _tokenizer_path(src, tokenizer) -> Path:
         if not Path(tokenizer).is_file():
             raise RnnquantError(f"{tokenizer}: no such tokenizer file")
         return Path(tokenizer)
-    beside = (Path(src) if Path(src).is_dir() else Path(src).parent) / "tokenizer.json"
-    if beside.is_file():
+    beside = find_tokenizer(Path(src) if Path(src).is_dir() else Path(src).parent)
+    if beside is not None:
         return beside
     raise RnnquantError(f"{src}: no tokenizer.json beside the weights; pass --tokenizer FILE (a Hugging Face tokenizer.json)")

@@ -26,6 +26,7 @@ from ..errors import RnnquantError
 from ..exporters.measure import measure_in_process
 from ..exporters.states import state_bytes
 from ..io import atomic_path
+from ..tokenizer import tokenizer_file
 
 SCHEMA_VERSION = 1
 
@@ -39,7 +40,7 @@ def _torch_entry(model, name: str, path: str, ids, window: int, tokens: int, thr
     from ..exporters.onnx_export import export_step, state_metadata
 
     ppl = perplexity_ids(model, ids, window=window, progress=True)
-    onnx_path = export_step(model, tmp / f"{len(list(tmp.iterdir()))}.onnx", Path(model.provenance.source) / "tokenizer.json")
+    onnx_path = export_step(model, tmp / f"{len(list(tmp.iterdir()))}.onnx", tokenizer_file(Path(model.provenance.source)))
     m = measure_in_process(onnx_path, tokens, threads)
     recipe = model.provenance.recipe
     pruned = model.provenance.prune_report or {}

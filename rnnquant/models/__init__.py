@@ -9,13 +9,16 @@ import torch
 
 from ..errors import RnnquantError
 from ..io import PRUNE_REPORT, read_mapping
+from ..tokenizer import load_tokenizer, tokenizer_file
 from .base import ArchSpec, RecurrentLM, State, StateSpec, Tap
 from .provenance import Provenance
 from .mamba import FalconMambaLM, MambaLM
 from .mamba2 import Mamba2LM
 from .rnn import GRULM, LSTMLM
+from .rwkv import RwkvLM
+from .rwkv7 import Rwkv7LM
 
-ADAPTERS: dict[str, type[RecurrentLM]] = {cls.model_type: cls for cls in (MambaLM, FalconMambaLM, Mamba2LM, LSTMLM, GRULM)}
+ADAPTERS: dict[str, type[RecurrentLM]] = {cls.model_type: cls for cls in (MambaLM, FalconMambaLM, Mamba2LM, LSTMLM, GRULM, RwkvLM, Rwkv7LM)}
 
 __all__ = ["Provenance", "ADAPTERS", "ArchSpec", "RecurrentLM", "State", "StateSpec", "Tap", "build", "check_and_assign", "retie", "read_safetensors", "check_finite", "finish_load", "load_checkpoint", "load_tokenizer", "open_model_dir", "resolve"]
 
@@ -60,7 +63,7 @@ def resolve(path_or_name) -> Path:
     if z is not None:
         return z
     if p.exists():
-        raise RnnquantError(f"{p}: expected a model directory (config.json + *.safetensors + tokenizer.json)")
+        raise RnnquantError(f"{p}: expected a model directory (config.json + *.safetensors + tokenizer.json or an RWKV World vocabulary)")
     raise RnnquantError(f"{p}: no such model directory or zoo name (see `rnnquant zoo`)")
 
 
@@ -104,21 +107,6 @@ def _read_weights(d: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
     for f in files:
         state |= read_safetensors(f)
     return state
-
-
-def load_tokenizer(f: Path, vocab_size: int):
-    """A ``tokenizer.json`` that fits a model of ``vocab_size``, or a one-line error."""
-    from tokenizers import Tokenizer
-
-    if not f.is_file():
-        raise RnnquantError(f"{f}: missing tokenizer.json")
-    try:
-        tok = Tokenizer.from_file(str(f))
-    except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception on bad files
-        raise RnnquantError(f"{f}: corrupt tokenizer ({str(e).splitlines()[0][:120]})") from None
-    if tok.get_vocab_size() > vocab_size:
-        raise RnnquantError(f"{f}: tokenizer has {tok.get_vocab_size()} tokens but the model's vocab_size is {vocab_size}")
-    return tok
 
 
 def check_and_assign(model: RecurrentLM, state: dict, d: Path) -> None:
@@ -176,7 +164,7 @@ def open_model_dir(d: Path, allow_pickle: bool = False) -> tuple[RecurrentLM, di
 
 def finish_load(model: RecurrentLM, d: Path) -> RecurrentLM:
     """The tokenizer beside the weights and the record of where the model came from."""
-    model.tokenizer = load_tokenizer(d / "tokenizer.json", model.vocab_size)
+    model.tokenizer = load_tokenizer(tokenizer_file(d), model.vocab_size)
     model.provenance = model.provenance.derive(source=str(d), fingerprint=fingerprint(model))
     return model.eval()
 

@@ -21,6 +21,7 @@ import torch
 
 from ..errors import RnnquantError
 from ..io import WEIGHTS, atomic_path
+from ..tokenizer import stored_name
 from .hadamard import hadamard_matrix
 from .primitives import QuantizedWeight
 from .qlinear import QEmbedding, QLinear
@@ -78,7 +79,7 @@ def save_quantized(qm, out_dir, tokenizer_path=None, force: bool = False) -> Non
         (tmp / QUANT_META).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "rnnquant-quantized"})
         if tokenizer_path is not None:
-            shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
+            shutil.copyfile(tokenizer_path, tmp / stored_name(tokenizer_path))
 
 
 def load_quantized(d: Path, allow_pickle: bool = False):

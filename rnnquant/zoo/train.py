@@ -27,6 +27,8 @@ ARCHS = {
     "mamba": {"model_type": "mamba", "hidden_size": 256, "num_hidden_layers": 4, "state_size": 16, "expand": 2, "conv_kernel": 4},
     "mamba2": {"model_type": "mamba2", "hidden_size": 256, "num_hidden_layers": 4, "state_size": 64, "expand": 2, "conv_kernel": 4,
                "num_heads": 8, "head_dim": 64, "n_groups": 1, "tie_word_embeddings": True},
+    "rwkv7": {"model_type": "rwkv7", "hidden_size": 256, "num_hidden_layers": 4, "head_dim": 64, "intermediate_size": 256, "tie_word_embeddings": True,
+              "decay_low_rank_dim": 32, "gate_low_rank_dim": 64, "a_low_rank_dim": 32, "v_low_rank_dim": 32},
     "lstm": {"model_type": "lstm", "embed_size": 256, "hidden_size": 512, "num_layers": 2},
     "gru": {"model_type": "gru", "embed_size": 256, "hidden_size": 512, "num_layers": 2},
 }
@@ -79,11 +81,58 @@ def init_mamba2(model, n_layers: int):
             m.out_proj.weight.div_(math.sqrt(n_layers))
 
 
+@torch.no_grad()
+def init_rwkv7(model, n_layers: int):
+    """RWKV-7's reference initialisation (BlinkDL's RWKV-LM v7, as fla's layers apply it): token-shift
+    mixes ramped over channels and depth, the decay bias w0 from -6 to 0 over channels plus a
+    per-head zigzag, k_k 0.71, k_a 1.02, r_k -0.04, zero LoRA inputs with small orthogonal outputs,
+    orthogonal r/k/v (k at gain 0.1), zero o_proj and FFN value; the tiny embedding and a large
+    orthogonal head of BlinkDL's code."""
+    D = model.config["hidden_size"]
+    n = torch.arange(D, dtype=torch.float32)
+    ddd = n / D
+    linear = n / (D - 1) - 0.5
+    for i, layer in enumerate(model.model.layers):
+        att, ffn = layer.attn, layer.ffn
+        r01, r10 = i / max(n_layers - 1, 1), 1.0 - i / n_layers
+        N = att.N
+        zigzag = ((n % N) - (N - 1) / 2) / ((N - 1) / 2)
+        zigzag = zigzag * zigzag.abs()
+        www = -6 + 6 * (n / (D - 1)) ** (1 + r01**0.3)
+        for c, power in zip("rwkvag", (0.2, 0.9, 0.7, 0.7, 0.9, 0.2)):
+            getattr(att, f"x_{c}").copy_((1.0 - ddd ** (power * r10)).view(1, 1, D))
+        att.k_k.copy_(0.71 - linear * 0.1)
+        att.k_a.fill_(1.02)
+        att.r_k.fill_(-0.04)
+        loras = [att.w_lora, att.a_lora, att.g_lora] + ([att.v_lora] if hasattr(att, "v_lora") else [])
+        for lora in loras:
+            down, up = lora.lora[0], lora.lora[2]
+            torch.nn.init.zeros_(down.weight)
+            gain = math.sqrt(up.weight.shape[1] / up.weight.shape[0]) if up.weight.shape[1] > up.weight.shape[0] else 1
+            torch.nn.init.orthogonal_(up.weight, gain=0.1 * gain)
+        att.w_lora.lora[2].bias.copy_(www + 0.5 + zigzag * 2.5)
+        att.a_lora.lora[2].bias.copy_(-0.19 + zigzag * 0.3 + linear * 0.4)
+        if hasattr(att, "v_lora"):
+            att.v_lora.lora[2].bias.copy_(0.73 - linear * 0.4)
+        att.g_norm.weight.fill_(((i + 1) / n_layers) ** 0.7)
+        att.g_norm.bias.zero_()
+        for lin, gain in ((att.r_proj, 1.0), (att.k_proj, 0.1), (att.v_proj, 1.0)):
+            torch.nn.init.orthogonal_(lin.weight, gain=gain)
+        att.o_proj.weight.zero_()
+        ffn.x_k.copy_(1.0 - ddd ** (r10**4))
+        torch.nn.init.orthogonal_(ffn.key.weight)
+        ffn.value.weight.zero_()
+    torch.nn.init.uniform_(model.model.embeddings.weight, -1e-4, 1e-4)
+    if not model.config["tie_word_embeddings"]:
+        V = model.config["vocab_size"]
+        torch.nn.init.orthogonal_(model.lm_head.weight, gain=0.5 * math.sqrt(V / D) if V > D else 0.5)
+
+
 def init_rnn(model, n_layers: int):
     torch.nn.init.normal_(model.embed.weight, std=0.05)
 
 
-INITS = {"mamba": init_mamba, "mamba2": init_mamba2, "lstm": init_rnn, "gru": init_rnn}
+INITS = {"mamba": init_mamba, "mamba2": init_mamba2, "lstm": init_rnn, "gru": init_rnn, "rwkv7": init_rwkv7}
 
 
 def train_model(args) -> None:

@@ -65,7 +65,7 @@ def test_float_params_are_bit_identical_after_every_preset(any_arch, preset, cal
     q = quantize(m, PRESETS[preset], calib, calibration_batches(IDS, 4, 64, 4))
     before, after = dict(m.named_parameters()), dict(q.named_parameters())
     spec = m.arch_spec()
-    smoothed = {f"{norm}.weight" for norm, _ in spec.smoothing_pairs}  # SmoothQuant rescales these, by design
+    smoothed = {f"{norm}.{w}" for norm, _ in spec.smoothing_pairs for w in ("weight", "bias")}  # SmoothQuant rescales these, by design
     for name in spec.float_params:
         if name not in after:  # a tied embedding may become the quantized head's codes (QEmbedding): no float copy left
             continue
@@ -105,7 +105,7 @@ def test_calibration_finds_injected_outliers(any_arch):
 
 
 def test_a_declared_nonzero_initial_value_reaches_torch_and_the_runtimes(monkeypatch):
-    """No adapter yet starts a state away from 0 (RWKV-4's max will): declare one, and both the torch
+    """Declare a state that starts away from 0 (as RWKV-4's running max does), and both the torch
     init_state and the runtimes' initial_state (from the graph's states metadata) must honour it."""
     from dataclasses import replace
 

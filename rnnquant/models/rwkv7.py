@@ -1,0 +1,281 @@
+"""RWKV-7 ("Goose") in the flash-linear-attention ``RWKV7ForCausalLM`` layout (fla-hub checkpoints),
+rnnquant's own implementation.
+
+Parameter names match fla's so its checkpoints load unchanged: ``model.embeddings``,
+``model.layers.{i}.{pre_norm (layer 0), attn_norm, ffn_norm}``, ``model.layers.{i}.attn.{x_r, x_w,
+x_k, x_v, x_a, x_g, k_k, k_a, r_k, r_proj, k_proj, v_proj, o_proj, w_lora, a_lora, v_lora (layers > 0),
+g_lora, g_norm}``, ``model.layers.{i}.ffn.{x_k, key, value}``, ``model.norm``, ``lm_head``.
+
+Glossary (Peng et al. 2025, "RWKV-7 Goose with Expressive Dynamic State Evolution"; fla's
+``layers/rwkv7.py``). Per layer, x_t the normalised input [D], x_{t-1} the token-shift state:
+    x_c = x_t + (x_{t-1} - x_t) * mu_c            c in r, w, k, v, a, g (mu = x_r ... x_g)
+    r, k, v = W_r x_r, W_k x_k, W_v x_v           [H, N] per head (N = head_dim)
+    w = -e^-0.5 sigmoid(lora_w(x_w))              log decay; the decay is exp(w) in (e^-e^-0.5, 1)
+    v <- v + (v_first - v) sigmoid(lora_v(x_v))   value residual to layer 0's v (layer 0: v_first = v)
+    a = sigmoid(lora_a(x_a)),  g = lora_g(x_g)    in-context learning rate, output gate
+    kk = L2norm(k * k_k) per head;  k <- k (1 + (a - 1) k_a)
+    S_t = diag(exp(w)) S + (kk a) ((-kk)^T S) + k v^T      the generalized delta rule, S [N_k, N_v] per head
+    o = r^T S_t;  o = GroupNorm_H(o);  o = (o + (r . k . r_k) v) g;  out = W_o o
+    FFN: W_value relu(W_key (x + (x_{t-1} - x) mu_k))^2
+
+Between blocks the stream is [x | v_first] ([..., 2D]): layer 0 writes v_first, the later layers
+read it, so the block-by-block engine carries it like the residual stream.
+State per layer: attn_shift [D], wkv [H, N, N] (float32 always), ffn_shift [D].
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import ArchSpec, ChannelGroup, ChannelLayer, RecurrentLM, StateSpec, Tap
+
+LOG_DECAY_SCALE = -0.6065306597126334  # -e^-0.5: fla's w = -e^-0.5 * sigmoid(...)
+
+
+class LoRA(nn.Module):
+    """fla's LoRA: Linear(D -> r, no bias), activation, Linear(r -> out)."""
+
+    def __init__(self, dim: int, out: int, rank: int, activation: str | None, bias: bool = True):
+        super().__init__()
+        act = {"tanh": nn.Tanh(), "sigmoid": nn.Sigmoid(), None: nn.Identity()}[activation]
+        self.lora = nn.Sequential(nn.Linear(dim, rank, bias=False), act, nn.Linear(rank, out, bias=bias))
+
+    def forward(self, x):
+        return self.lora(x)
+
+
+def token_mix(x, prev, mu):
+    """x + (x_{t-1} - x) mu; mu stored [1, 1, D] or [D], used [D] so that a step's [B, D] stays [B, D]."""
+    return torch.addcmul(x, prev - x, mu.reshape(mu.shape[-1]))
+
+
+def shifted(x, prev):
+    """x [B,T,D], the previous position's x [B,D] -> x_{t-1} for every t [B,T,D]."""
+    return torch.cat([prev.unsqueeze(1), x[:, :-1]], dim=1)
+
+
+def delta_rule_step(S, r, w, k, v, kk, a):
+    """One position of the generalized delta rule. S [B,H,N,N] (key x value); r, w, k, kk, a [B,H,N];
+    v [B,H,N] -> (o [B,H,N], S')."""
+    sa = (S * (-kk).unsqueeze(-1)).sum(-2, keepdim=True)  # (-kk)^T S: [B,H,1,N], from the S before decay
+    S = S * torch.exp(w).unsqueeze(-1) + (kk * a).unsqueeze(-1) * sa + k.unsqueeze(-1) * v.unsqueeze(-2)
+    return (r.unsqueeze(-1) * S).sum(-2), S
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: dict, i: int):
+        super().__init__()
+        D, N = cfg["hidden_size"], cfg["head_dim"]
+        self.H, self.N, self.first = D // N, N, i == 0
+        self.eps = N * cfg["norm_eps"]  # fla's g_norm eps
+        for c in "rwkvag":
+            setattr(self, f"x_{c}", nn.Parameter(torch.zeros(1, 1, D)))
+        self.k_k, self.k_a = nn.Parameter(torch.zeros(D)), nn.Parameter(torch.zeros(D))
+        self.r_k = nn.Parameter(torch.zeros(self.H, N))
+        self.r_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(D, D, bias=False) for _ in range(4))
+        self.w_lora = LoRA(D, D, cfg["decay_low_rank_dim"], "tanh")
+        if not self.first:
+            self.v_lora = LoRA(D, D, cfg["v_low_rank_dim"], None)
+        self.a_lora = LoRA(D, D, cfg["a_low_rank_dim"], None)
+        self.g_lora = LoRA(D, D, cfg["gate_low_rank_dim"], "sigmoid", bias=False)
+        self.g_norm = nn.GroupNorm(self.H, D, eps=self.eps)
+        self.tap_r, self.tap_w, self.tap_k, self.tap_v, self.tap_a, self.tap_wkv, self.tap_g = (Tap() for _ in range(7))
+
+    def _heads(self, t):
+        return t.reshape(*t.shape[:-1], self.H, self.N)
+
+    def _inputs(self, x, prev, v_first):
+        """x, prev [..., D] -> r, w, k, v, kk, a per head [..., H, N], g [..., D], v_first [..., D]."""
+        r = self.tap_r(self.r_proj(token_mix(x, prev, self.x_r)))
+        w = self.tap_w(LOG_DECAY_SCALE * torch.sigmoid(self.w_lora(token_mix(x, prev, self.x_w))))
+        k = self.k_proj(token_mix(x, prev, self.x_k))
+        xv = token_mix(x, prev, self.x_v)
+        v = self.v_proj(xv)
+        if self.first:
+            v_first = v
+        else:
+            v = torch.lerp(v, v_first, torch.sigmoid(self.v_lora(xv)))
+        a = self.tap_a(torch.sigmoid(self.a_lora(token_mix(x, prev, self.x_a))))
+        g = self.tap_g(self.g_lora(token_mix(x, prev, self.x_g)))
+        kk = F.normalize(self._heads(k * self.k_k), dim=-1, p=2.0)
+        k = self.tap_k(k.addcmul(k * (a - 1), self.k_a))
+        return self._heads(r), self._heads(w), self._heads(k), self._heads(self.tap_v(v)), kk, self._heads(a), g, v_first
+
+    def _output(self, o, r, k, v, g):
+        """o, r, k, v [..., H, N], g [..., D] -> out [..., D]: group norm per head, the r.k bonus, gate, W_o."""
+        o = self.tap_wkv(o)
+        mean = o.mean(-1, keepdim=True)
+        var = (o - mean).pow(2).mean(-1, keepdim=True)
+        o = ((o - mean) / torch.sqrt(var + self.eps)).flatten(-2) * self.g_norm.weight + self.g_norm.bias
+        bonus = ((r * k * self.r_k).sum(-1, keepdim=True) * v).flatten(-2)
+        return self.o_proj((o + bonus) * g)
+
+    def forward(self, x, v_first, shift, S):
+        """x [B,T,D], v_first [B,T,D] -> (out [B,T,D], v_first, shift', S')."""
+        r, w, k, v, kk, a, g, v_first = self._inputs(x, shifted(x, shift), v_first)
+        outs = []
+        for t in range(x.shape[1]):
+            o, S = delta_rule_step(S, r[:, t], w[:, t], k[:, t], v[:, t], kk[:, t], a[:, t])
+            outs.append(o)
+        return self._output(torch.stack(outs, 1), r, k, v, g), v_first, x[:, -1], S
+
+    def step(self, x, v_first, shift, S):
+        """x [B,D] -> (out [B,D], v_first, shift', S')."""
+        r, w, k, v, kk, a, g, v_first = self._inputs(x, shift, v_first)
+        o, S = delta_rule_step(S, r, w, k, v, kk, a)
+        return self._output(o, r, k, v, g), v_first, x, S
+
+
+class FeedForward(nn.Module):
+    def __init__(self, D: int, F_: int):
+        super().__init__()
+        self.x_k = nn.Parameter(torch.zeros(D))
+        self.key = nn.Linear(D, F_, bias=False)
+        self.value = nn.Linear(F_, D, bias=False)
+
+    def forward(self, x, prev):
+        return self.value(torch.square(torch.relu(self.key(token_mix(x, prev, self.x_k)))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: dict, i: int):
+        super().__init__()
+        D = cfg["hidden_size"]
+
+        def norm():
+            return nn.LayerNorm(D, eps=cfg["norm_eps"], bias=cfg["norm_bias"])
+
+        if i == 0 and cfg["norm_first"]:
+            self.pre_norm = norm()
+        self.attn_norm, self.ffn_norm = norm(), norm()
+        self.attn = Attention(cfg, i)
+        self.ffn = FeedForward(D, cfg["intermediate_size"])
+
+
+class Backbone(nn.Module):
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.embeddings = nn.Embedding(cfg["vocab_size"], cfg["hidden_size"])
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg["num_hidden_layers"]))
+        self.norm = nn.LayerNorm(cfg["hidden_size"], eps=cfg["norm_eps"], bias=cfg["norm_bias"])
+
+
+def _lora_rank(given, scale: float, D: int, factor: float) -> int:
+    """fla's default when a low-rank width is null: max(32, round(scale sqrt(D) factor / 32) 32)."""
+    return int(given) if given is not None else max(32, int(round(scale * D**0.5 * factor / 32) * 32))
+
+
+def normalize_config(cfg: dict) -> dict:
+    """Fill fla's RWKV7Config defaults; refuse the layouts this adapter does not implement."""
+    c = {"head_dim": 64, "num_heads": None, "hidden_ratio": 4, "intermediate_size": None, "decay_low_rank_dim": 64,
+         "gate_low_rank_dim": 128, "a_low_rank_dim": 64, "v_low_rank_dim": 16, "hidden_act": "sqrelu", "norm_first": True,
+         "norm_bias": True, "norm_eps": 1e-5, "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
+         "value_dim": None, "attn": None} | dict(cfg)
+    D = c["hidden_size"]
+    if c["head_dim"] is None:
+        c["head_dim"] = D // c["num_heads"]
+    c["num_heads"] = D // c["head_dim"]
+    if c["num_heads"] * c["head_dim"] != D:
+        raise ValueError(f"head_dim {c['head_dim']} must divide hidden_size {D}")
+    factor = c["head_dim"] / 64
+    for key, scale, f in (("decay_low_rank_dim", 2.5, factor), ("gate_low_rank_dim", 5, 1.0), ("a_low_rank_dim", 2.5, factor),
+                          ("v_low_rank_dim", 1.7, factor)):
+        c[key] = _lora_rank(c[key], scale, D, f)
+    if c["intermediate_size"] is None:
+        c["intermediate_size"] = 32 * math.ceil(int(D * c["hidden_ratio"]) / 32)
+    if c["hidden_act"] != "sqrelu":
+        raise ValueError(f"hidden_act {c['hidden_act']!r} is not supported (only 'sqrelu')")
+    if c["attn"] is not None:
+        raise ValueError("hybrid layers (config 'attn': softmax attention in some layers) are not supported")
+    vd = c["value_dim"]
+    if vd is not None and any(v != D for v in (vd if isinstance(vd, list) else [vd])):
+        raise ValueError(f"value_dim {vd!r} must equal hidden_size {D} (v_first is shared across layers)")
+    return c
+
+
+class Rwkv7LM(RecurrentLM):
+    model_type = "rwkv7"
+    roles = frozenset({"att_receptance", "att_key", "att_value", "att_output", "lora_in", "ffn_key", "ffn_value", "lm_head"})
+    required_config = ("vocab_size", "hidden_size", "num_hidden_layers")
+
+    def __init__(self, config: dict):
+        super().__init__(normalize_config(config))
+        cfg = self.config
+        self.model = Backbone(cfg)
+        self.lm_head = nn.Linear(cfg["hidden_size"], cfg["vocab_size"], bias=False)
+        if cfg["tie_word_embeddings"]:
+            self.lm_head.weight = self.model.embeddings.weight
+
+    def stem(self, input_ids):
+        x = self.model.embeddings(input_ids)
+        return torch.cat([x, torch.zeros_like(x)], -1)  # [x | v_first]: layer 0 writes v_first
+
+    def _layer(self, i, x, v_first, state, step: bool):
+        layer = self.model.layers[i]
+        attn_shift, S, ffn_shift = state
+        if hasattr(layer, "pre_norm"):
+            x = layer.pre_norm(x)
+        attn = layer.attn.step if step else layer.attn
+        a, v_first, attn_shift, S = attn(layer.attn_norm(x), v_first, attn_shift, S)
+        x = x + a
+        h = layer.ffn_norm(x)
+        x = x + layer.ffn(h, ffn_shift if step else shifted(h, ffn_shift))
+        return x, v_first, (attn_shift, S, h if step else h[:, -1])
+
+    def block(self, i, xv, state):
+        x, v_first = xv.chunk(2, dim=-1)
+        x, v_first, state = self._layer(i, x, v_first, state, step=False)
+        return torch.cat([x, v_first], -1), state
+
+    def tail(self, xv):
+        return self.lm_head(self.model.norm(xv[..., : self.config["hidden_size"]]))
+
+    def step(self, input_ids, state):
+        x = self.model.embeddings(input_ids)  # [B,D]
+        v_first, new_state = x, []  # layer 0 replaces v_first before anyone reads it
+        for i in range(len(self.model.layers)):
+            x, v_first, s = self._layer(i, x, v_first, state[3 * i : 3 * i + 3], step=True)
+            new_state += s
+        return self.lm_head(self.model.norm(x)), tuple(new_state)
+
+    def arch_spec(self) -> ArchSpec:
+        c = self.config
+        D, H, N = c["hidden_size"], c["num_heads"], c["head_dim"]
+        linears, pairs, rot, taps, states = {}, [], [], {}, []
+        floats = ["model.embeddings.weight"] + [f"model.norm.{w}" for w in self._norm_params()]
+        floats += [f"model.layers.0.pre_norm.{w}" for w in self._norm_params()] if c["norm_first"] else []
+        for i in range(c["num_hidden_layers"]):
+            p = f"model.layers.{i}"
+            att, ffn = f"{p}.attn", f"{p}.ffn"
+            linears |= {f"{att}.r_proj": "att_receptance", f"{att}.k_proj": "att_key", f"{att}.v_proj": "att_value",
+                        f"{att}.o_proj": "att_output", f"{ffn}.key": "ffn_key", f"{ffn}.value": "ffn_value"}
+            # the LoRAs' first Linears read attn_norm's output too; their rank-wide second ones stay float
+            loras = [f"{att}.{n}_lora" for n in ("w", "a", "g")] + ([f"{att}.v_lora"] if i else [])
+            linears |= {f"{lo}.lora.0": "lora_in" for lo in loras}
+            # the token mix is linear per channel, so a norm's scale folds into every reader
+            readers = [f"{att}.r_proj", f"{att}.k_proj", f"{att}.v_proj", *(f"{lo}.lora.0" for lo in loras)]
+            pairs += [(f"{p}.attn_norm", readers), (f"{p}.ffn_norm", [f"{ffn}.key"])]
+            rot += [f"{att}.o_proj", f"{ffn}.value"]
+            taps |= {f"{att}.tap_{k}": f"wkv_{k}" for k in ("r", "w", "k", "v", "a", "wkv", "g")}
+            floats += [f"{p}.{n}.{w}" for n in ("attn_norm", "ffn_norm") for w in self._norm_params()]
+            floats += [f"{att}.{n}" for n in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g", "k_k", "k_a", "r_k", "g_norm.weight", "g_norm.bias")]
+            floats += [n for lo in loras for n, _ in self.get_submodule(lo).lora[2].named_parameters(prefix=f"{lo}.lora.2")]
+            floats.append(f"{ffn}.x_k")
+            states += [StateSpec(f"attn_shift_{i}", (D,), block=i), StateSpec(f"wkv_{i}", (H, N, N), block=i),
+                       StateSpec(f"ffn_shift_{i}", (D,), block=i)]
+        linears["lm_head"] = "lm_head"
+        layers = [f"model.layers.{i}" for i in range(c["num_hidden_layers"])]
+        ffn_channels = ChannelGroup("intermediate_size", [self._ffn_slices(f"{b}.ffn") for b in layers])
+        return ArchSpec(linears, pairs, rot, taps, floats, states, embedding="model.embeddings",
+                        channel_groups={"ffn": ffn_channels}, layer_stack=layers)
+
+    def _norm_params(self) -> tuple[str, ...]:
+        return ("weight", "bias") if self.config["norm_bias"] else ("weight",)
+
+    @staticmethod
+    def _ffn_slices(f: str) -> ChannelLayer:
+        """FFN channel j: row j of key, column j of value; scored by value's input RMS x its column norm."""
+        return ChannelLayer([(f"{f}.key.weight", 0, (0,)), (f"{f}.value.weight", 1, (0,))], (f"{f}.value.input",), f"{f}.value.weight")
