@@ -1,6 +1,6 @@
 """Per-token step latency at real shapes, rnnquant vs peers, ratios measured in one run.
 
-    python benchmarks/step_latency.py [--arch mamba|mamba2|lstm] [--threads 1 2] [--tokens 64]
+    python benchmarks/step_latency.py [--arch mamba|mamba2|lstm|rwkv|rwkv7] [--threads 1 2] [--tokens 64]
 
 Builds a random-initialised model at mamba-130m shape (d_model 768, 24 layers, vocab 50280,
 d_state 16, expand 2; or an LSTM LM of similar size) and times, at batch 1:
@@ -47,9 +47,13 @@ SHAPES = {
     "mamba2": {"model_type": "mamba2", "vocab_size": 50280, "hidden_size": 768, "num_hidden_layers": 24, "state_size": 128, "expand": 2,
                "num_heads": 24, "head_dim": 64, "n_groups": 1, "tie_word_embeddings": True},
     "lstm": {"model_type": "lstm", "vocab_size": 50280, "embed_size": 768, "hidden_size": 1536, "num_layers": 3},
+    # RWKV-4 169M (RWKV/rwkv-4-169m-pile) and RWKV-7 0.1B (BlinkDL's x070 World 0.1B: LoRA ranks 64 / 64 / 32 / 128)
+    "rwkv": {"model_type": "rwkv", "vocab_size": 50277, "hidden_size": 768, "num_hidden_layers": 12, "intermediate_size": 3072},
+    "rwkv7": {"model_type": "rwkv7", "vocab_size": 65536, "hidden_size": 768, "num_hidden_layers": 12, "head_dim": 64,
+              "intermediate_size": 3072, "decay_low_rank_dim": 64, "a_low_rank_dim": 64, "v_low_rank_dim": 32, "gate_low_rank_dim": 128},
 }
 # the transformers class that is each architecture's reference peer (same config keys, same weights)
-HF_PEERS = {"mamba": ("MambaForCausalLM", "MambaConfig"), "mamba2": ("Mamba2ForCausalLM", "Mamba2Config")}
+HF_PEERS = {"mamba": ("MambaForCausalLM", "MambaConfig"), "mamba2": ("Mamba2ForCausalLM", "Mamba2Config"), "rwkv": ("RwkvForCausalLM", "RwkvConfig")}
 
 
 def shape_model(arch: str = "mamba"):

@@ -119,3 +119,28 @@ def test_rwkv4_step_matches_transformers_state(tmp_path, cfg):
         assert (out.logits[:, -1] - logits).abs().max() <= 1e-4
     ours_by_kind = [torch.stack(state[j::5], -1) for j in range(5)]  # ours is per layer; transformers' [B, D, layers] per kind
     assert all((a - b).abs().max() <= 1e-4 for a, b in zip(hf_state, ours_by_kind))
+
+
+@torch.no_grad()
+def test_rnnquant_ppl_on_a_transformers_rwkv4_reproduces_its_perplexity(capsys, tmp_path):
+    """`rnnquant ppl` on a checkpoint transformers saved (rescale_every 2, so the inference rescale
+    matters): the perplexity transformers' own logits give over the same windows, to 0.01 %."""
+    import math
+    import re
+
+    from rnnquant.eval.windows import windows
+    from tests.helpers import run_cli
+
+    hf, model = _rwkv4(tmp_path / "m", RWKV4[2])
+    text = tmp_path / "text.txt"
+    text.write_text("def f(x):\n    return x * 2  # doubles\n" * 40)
+    code, out, err = run_cli(capsys, "ppl", tmp_path / "m", "--data", text, "--window", 64)
+    assert code == 0, err
+    ours = float(re.search(r"perplexity ([0-9.]+)", out).group(1))
+    ids = torch.tensor(model.tokenizer.encode(text.read_text()).ids)
+    nll, count = 0.0, 0
+    for s, e in windows(len(ids), 64):
+        logits = hf(ids[s:e].view(1, -1)).logits[0, :-1]
+        nll += torch.nn.functional.cross_entropy(logits, ids[s + 1 : e], reduction="sum").item()
+        count += e - s - 1
+    assert abs(ours / math.exp(nll / count) - 1) <= 1e-4

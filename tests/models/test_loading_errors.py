@@ -88,3 +88,15 @@ def test_pickle_with_explicit_flag(capsys, tiny_dir, tmp_path):
     data.write_text(TEXT)
     code, out, err = run_cli(capsys, "--allow-pickle", "ppl", tiny_dir, "--data", data, "--window", 32)
     assert code == 0 and out.startswith("perplexity"), err
+
+
+@pytest.mark.parametrize("field, value, match", [("attn", {"layers": [1]}, "hybrid layers"), ("value_dim", [32, 64], "must equal hidden_size"),
+                                                 ("hidden_act", "swish", "only 'sqrelu'")])
+def test_rwkv7_layouts_it_does_not_implement_are_refused(capsys, tmp_path, field, value, match):
+    from rnnquant.io import save_checkpoint
+    from tests.conftest import TOKENIZER, tiny_model
+
+    d = tmp_path / "rwkv7"
+    save_checkpoint(tiny_model("rwkv7"), d, tokenizer_path=TOKENIZER)
+    (d / "config.json").write_text(json.dumps(json.loads((d / "config.json").read_text()) | {field: value}))
+    assert_one_line_error(capsys, "ppl", d, "--data", __file__, match=match)
