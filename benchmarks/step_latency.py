@@ -10,7 +10,7 @@ d_state 16, expand 2; or an LSTM LM of similar size) and times, at batch 1:
   - rnnquant's w8a8-dynamic, w8a8-smooth (static activation scales, calibrated on random tokens:
     right for timing, meaningless for accuracy), w4a16-rtn and w4a8-rtn step graphs;
   - the memory-bandwidth floor: weight bytes read per token / read bandwidth measured now;
-  - llama.cpp (Mamba only) F32, Q8_0 and Q4_0 with llama-bench, when benchmarks/peers/llamacpp.sh
+  - llama.cpp (Mamba and RWKV-7) F32, Q8_0 and Q4_0 with llama-bench, when benchmarks/peers/llamacpp.sh
     has built it (skipped with a message otherwise).
 Prints ratios and writes benchmarks/results/step_latency_<arch>.json.
 """
@@ -150,7 +150,7 @@ def main() -> None:
             paths["rnnquant w8a8-smooth (static)"] = export_step(static_int8(model), td / "w8s.onnx", MODELS_DIR / "tokenizer.json", prefill=False)
         paths["rnnquant w4a16-rtn"] = export_step(quantize(model, PRESETS["w4a16-rtn"]), td / "w4.onnx", MODELS_DIR / "tokenizer.json", prefill=False)
         paths["rnnquant w4a8-rtn"] = export_step(quantize(model, W4A8_RTN), td / "w4a8.onnx", MODELS_DIR / "tokenizer.json", prefill=False)
-        ggufs = llamacpp.to_gguf(model, td) if args.arch == "mamba" and llamacpp.available() else {}
+        ggufs = llamacpp.to_gguf(model, td) if llamacpp.supports(model) and llamacpp.available() else {}
         floors = {32: weight_bytes(model, 32), 8: weight_bytes(model, 8), 4: weight_bytes(model, 4)}
         for threads in args.threads:
             row = {"threads": threads, "ms": {}}

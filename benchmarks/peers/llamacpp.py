@@ -1,4 +1,4 @@
-"""llama.cpp as a peer: convert a Mamba checkpoint to GGUF, quantize it, time token generation.
+"""llama.cpp as a peer: convert a Mamba or RWKV-7 checkpoint to GGUF, quantize it, time token generation.
 
 Needs the build from ``benchmarks/peers/llamacpp.sh`` (cached in $RNNQUANT_PEERS, default
 ~/.cache/rnnquant-peers); without it every function returns None and says why.
@@ -23,6 +23,26 @@ def available() -> bool:
     return ok
 
 
+def _world_vocab(path: Path) -> None:
+    """An RWKV World vocabulary of the 256 single bytes: the converter insists on the file and pads the
+    rest of the vocabulary; timing token generation does not depend on which tokens exist."""
+    lines = []
+    for b in range(256):
+        tok = bytes([b])
+        lit = repr(tok.decode("ascii")) if b < 128 else repr(tok)
+        lines.append(f"{b + 1} {lit} 1")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+# per layout llama.cpp's convert_hf_to_gguf.py reads: the class name it dispatches on, and the
+# tokenizer file it needs beside the weights (Mamba: none, it uses its bundled GPT-NeoX vocabulary)
+ARCHITECTURES = {"mamba": ("MambaForCausalLM", None), "rwkv7": ("RWKV7ForCausalLM", ("rwkv_vocab_v20230424.txt", _world_vocab))}
+
+
+def supports(model) -> bool:
+    return model.model_type in ARCHITECTURES
+
+
 def to_gguf(model, work: Path, quants=("Q8_0", "Q4_0")) -> dict[str, Path]:
     """Save ``model`` in the Hugging Face layout, convert to f32 GGUF, quantize. GGUF files stay in ``work``."""
     from rnnquant.io import save_checkpoint
@@ -30,8 +50,11 @@ def to_gguf(model, work: Path, quants=("Q8_0", "Q4_0")) -> dict[str, Path]:
     hf = work / "hf"
     save_checkpoint(model, hf)
     cfg = json.loads((hf / "config.json").read_text())
-    (hf / "config.json").write_text(json.dumps(cfg | {"architectures": ["MambaForCausalLM"]}))
-    f32 = work / "model-f32.gguf"  # no tokenizer files: the converter uses its bundled GPT-NeoX vocabulary
+    cls, vocab = ARCHITECTURES[model.model_type]
+    (hf / "config.json").write_text(json.dumps(cfg | {"architectures": [cls]}))
+    if vocab:
+        vocab[1](hf / vocab[0])
+    f32 = work / "model-f32.gguf"
     subprocess.run([sys.executable, str(LLAMA / "convert_hf_to_gguf.py"), str(hf), "--outtype", "f32", "--outfile", str(f32)],
                    check=True, capture_output=True)
     out = {"F32": f32}

@@ -29,6 +29,8 @@ ARCHS = {
                "num_heads": 8, "head_dim": 64, "n_groups": 1, "tie_word_embeddings": True},
     "rwkv7": {"model_type": "rwkv7", "hidden_size": 256, "num_hidden_layers": 4, "head_dim": 64, "intermediate_size": 256, "tie_word_embeddings": True,
               "decay_low_rank_dim": 32, "gate_low_rank_dim": 64, "a_low_rank_dim": 32, "v_low_rank_dim": 32},
+    "mingru": {"model_type": "mingru", "hidden_size": 256, "num_hidden_layers": 4, "intermediate_size": 256, "mlp_size": 512},
+    "minlstm": {"model_type": "minlstm", "hidden_size": 256, "num_hidden_layers": 4, "intermediate_size": 256, "mlp_size": 512},
     "lstm": {"model_type": "lstm", "embed_size": 256, "hidden_size": 512, "num_layers": 2},
     "gru": {"model_type": "gru", "embed_size": 256, "hidden_size": 512, "num_layers": 2},
 }
@@ -128,11 +130,20 @@ def init_rwkv7(model, n_layers: int):
         torch.nn.init.orthogonal_(model.lm_head.weight, gain=0.5 * math.sqrt(V / D) if V > D else 0.5)
 
 
+@torch.no_grad()
+def init_minrnn(model, n_layers: int):
+    """GPT-2-style: embedding N(0, 0.02), the Linears that write the residual stream scaled by 1/sqrt(2 L)."""
+    torch.nn.init.normal_(model.embed.weight, std=0.02)
+    for layer in model.layers:
+        layer.cell.out_proj.weight.div_(math.sqrt(2 * n_layers))
+        layer.mlp.down.weight.div_(math.sqrt(2 * n_layers))
+
+
 def init_rnn(model, n_layers: int):
     torch.nn.init.normal_(model.embed.weight, std=0.05)
 
 
-INITS = {"mamba": init_mamba, "mamba2": init_mamba2, "lstm": init_rnn, "gru": init_rnn, "rwkv7": init_rwkv7}
+INITS = {"mamba": init_mamba, "mamba2": init_mamba2, "lstm": init_rnn, "gru": init_rnn, "rwkv7": init_rwkv7, "mingru": init_minrnn, "minlstm": init_minrnn}
 
 
 def train_model(args) -> None:
