@@ -33,6 +33,7 @@ VARIANTS = {
               "decay_low_rank_dim": 8, "gate_low_rank_dim": 16, "a_low_rank_dim": 8, "v_low_rank_dim": 8, "intermediate_size": 64},
     "mingru": {"model_type": "mingru", "vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 2, "intermediate_size": 64, "mlp_size": 96},
     "minlstm": {"model_type": "minlstm", "vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 2, "tie_word_embeddings": False},
+    "xlstm": {"model_type": "xlstm", "vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 2, "num_heads": 2},
     "mamba2-groups": {"model_type": "mamba2", "vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 2, "state_size": 4,
                       "num_heads": 16, "head_dim": 4, "n_groups": 4, "tie_word_embeddings": True},
 }

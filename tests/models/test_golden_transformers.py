@@ -144,3 +144,45 @@ def test_rnnquant_ppl_on_a_transformers_rwkv4_reproduces_its_perplexity(capsys, 
         nll += torch.nn.functional.cross_entropy(logits, ids[s + 1 : e], reduction="sum").item()
         count += e - s - 1
     assert abs(ours / math.exp(nll / count) - 1) <= 1e-4
+
+
+XLSTM = [dict(num_heads=2), dict(num_heads=4, gate_soft_cap=5.0, output_logit_soft_cap=8.0)]
+
+
+def _xlstm(tmp_path, cfg):
+    """hidden 128: transformers' own cache rounds the q/k width up to a multiple of 64, so its step
+    works only where hidden_size x qk_dim_factor is one (ours has no such limit: the contract suite
+    runs it at 32). float32 kernels: its default autocasts the chunkwise kernel to bfloat16."""
+    config = transformers.xLSTMConfig(**(dict(vocab_size=4096, hidden_size=128, num_hidden_layers=2, chunk_size=16,
+                                              autocast_kernel_dtype="float32") | cfg))
+    torch.manual_seed(0)
+    hf = transformers.xLSTMForCausalLM(config).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    hf.save_pretrained(tmp_path)
+    shutil.copy(TOKENIZER, tmp_path / "tokenizer.json")
+    return hf, load(tmp_path)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("cfg", XLSTM, ids=["2-heads", "4-heads-tight-caps"])
+def test_xlstm_matches_transformers(tmp_path, cfg):
+    """40 tokens: transformers runs its chunkwise-parallel kernel (16-token chunks) over them, ours the recurrence."""
+    hf, ours = _xlstm(tmp_path, cfg)
+    ids = torch.randint(0, 4096, (2, 40), generator=torch.Generator().manual_seed(3))
+    assert ours.model_type == "xlstm" and (hf(ids, use_cache=False).logits - ours(ids)).abs().max() <= 1e-4
+
+
+@torch.no_grad()
+def test_xlstm_step_matches_transformers_cache(tmp_path):
+    hf, ours = _xlstm(tmp_path, XLSTM[0])
+    ids = torch.randint(0, 4096, (1, 20), generator=torch.Generator().manual_seed(4))
+    out = hf(ids[:, :6], use_cache=True)
+    _, state = ours.forward_with_state(ids[:, :6], ours.init_state(1))
+    cache = out.cache
+    for t in range(6, 20):
+        out = hf(ids[:, t : t + 1], cache=cache, use_cache=True)
+        cache = out.cache
+        logits, state = ours.step(ids[:, t], state)
+        assert (out.logits[:, -1] - logits).abs().max() <= 1e-4
