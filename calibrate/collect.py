@@ -128,10 +128,12 @@ def collect(model, batches, config: CalibConfig | None = None, progress: bool = 
 
         def on_state(state, states=states):
             for s, st in zip(states, state, strict=True):
-                rec.record(f"state.{s.name}", "state", "state", _state_channels(st, s.channel_dim))
+                if s.dtype.is_floating_point:  # a counter (RecurrentGemma's position) is no quantization point
+                    rec.record(f"state.{s.name}", "state", "state", _state_channels(st, s.channel_dim))
 
         engine.run(stage, hooks, on_state if states else None, advance=True)
-        for name in [*(f"{lin}.input" for lin in stage.select(spec.linears)), *stage.select(spec.taps), *(f"state.{s.name}" for s in states)]:
+        floats = [s for s in states if s.dtype.is_floating_point]
+        for name in [*(f"{lin}.input" for lin in stage.select(spec.linears)), *stage.select(spec.taps), *(f"state.{s.name}" for s in floats)]:
             rec.finish(name)
     modules = dict(model.named_modules())
     weight_absmax = {lin: modules[lin].weight.detach().abs().amax(0).float() for lin in spec.linears}

@@ -34,6 +34,10 @@ VARIANTS = {
     "mingru": {"model_type": "mingru", "vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 2, "intermediate_size": 64, "mlp_size": 96},
     "minlstm": {"model_type": "minlstm", "vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 2, "tie_word_embeddings": False},
     "xlstm": {"model_type": "xlstm", "vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 2, "num_heads": 2},
+    # window 8 < the contract suite's sequences: step == forward across the window boundary; multi-query attention
+    "recurrent_gemma": {"model_type": "recurrent_gemma", "vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 3,
+                        "num_attention_heads": 2, "num_key_value_heads": 1, "lru_width": 32, "attention_window_size": 8,
+                        "intermediate_size": 128},
     "mamba2-groups": {"model_type": "mamba2", "vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 2, "state_size": 4,
                       "num_heads": 16, "head_dim": 4, "n_groups": 4, "tie_word_embeddings": True},
 }

@@ -15,12 +15,13 @@ from .provenance import Provenance
 from .mamba import FalconMambaLM, MambaLM
 from .mamba2 import Mamba2LM
 from .minrnn import MinGRULM, MinLSTMLM
+from .recurrent_gemma import RecurrentGemmaLM
 from .rnn import GRULM, LSTMLM
 from .rwkv import RwkvLM
 from .rwkv7 import Rwkv7LM
 from .xlstm import XLSTMLM
 
-ADAPTERS: dict[str, type[RecurrentLM]] = {cls.model_type: cls for cls in (MambaLM, FalconMambaLM, Mamba2LM, LSTMLM, GRULM, RwkvLM, Rwkv7LM, MinGRULM, MinLSTMLM, XLSTMLM)}
+ADAPTERS: dict[str, type[RecurrentLM]] = {cls.model_type: cls for cls in (MambaLM, FalconMambaLM, Mamba2LM, LSTMLM, GRULM, RwkvLM, Rwkv7LM, MinGRULM, MinLSTMLM, XLSTMLM, RecurrentGemmaLM)}
 
 __all__ = ["Provenance", "ADAPTERS", "ArchSpec", "RecurrentLM", "State", "StateSpec", "Tap", "build", "check_and_assign", "retie", "read_safetensors", "check_finite", "finish_load", "load_checkpoint", "load_tokenizer", "open_model_dir", "resolve"]
 

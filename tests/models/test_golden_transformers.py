@@ -186,3 +186,43 @@ def test_xlstm_step_matches_transformers_cache(tmp_path):
         cache = out.cache
         logits, state = ours.step(ids[:, t], state)
         assert (out.logits[:, -1] - logits).abs().max() <= 1e-4
+
+
+RGEMMA = [dict(num_key_value_heads=1), dict(num_key_value_heads=2, num_hidden_layers=4, attention_window_size=5, lru_width=64,
+                                              block_types=["attention", "recurrent"], tie_word_embeddings=False)]
+
+
+def _rgemma(tmp_path, cfg):
+    config = transformers.RecurrentGemmaConfig(**(dict(vocab_size=4096, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                                                       lru_width=32, attention_window_size=8, intermediate_size=64) | cfg))
+    torch.manual_seed(0)
+    hf = transformers.RecurrentGemmaForCausalLM(config).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    hf.save_pretrained(tmp_path)
+    shutil.copy(TOKENIZER, tmp_path / "tokenizer.json")
+    return hf, load(tmp_path)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("cfg", RGEMMA, ids=["mqa-window8", "gqa-window5-attention-first-untied"])
+def test_recurrent_gemma_matches_transformers(tmp_path, cfg):
+    """30 tokens, several times the attention window: the local attention forgets, the RG-LRU carries."""
+    hf, ours = _rgemma(tmp_path, cfg)
+    ids = torch.randint(0, 4096, (2, 30), generator=torch.Generator().manual_seed(3))
+    assert ours.model_type == "recurrent_gemma" and (hf(ids, use_cache=False).logits - ours(ids)).abs().max() <= 1e-4
+
+
+@torch.no_grad()
+def test_recurrent_gemma_step_matches_transformers_cache(tmp_path):
+    """Our fixed-window state against transformers' sliding-window cache and its module-held recurrent states."""
+    hf, ours = _rgemma(tmp_path, RGEMMA[0])
+    ids = torch.randint(0, 4096, (1, 24), generator=torch.Generator().manual_seed(4))
+    cache = transformers.DynamicCache(config=hf.config)
+    hf(ids[:, :6], use_cache=True, cache=cache)
+    _, state = ours.forward_with_state(ids[:, :6], ours.init_state(1))
+    for t in range(6, 24):
+        out = hf(ids[:, t : t + 1], use_cache=True, cache=cache)
+        logits, state = ours.step(ids[:, t], state)
+        assert (out.logits[:, -1] - logits).abs().max() <= 1e-4

@@ -35,7 +35,7 @@ def test_missing_dir(capsys, tmp_path):
         (lambda d: (d / "prune_report.json").write_text("{cut"), "cannot parse prune report"),
         (lambda d: (d / "config.json").write_text(json.dumps({"d_model": 768, "n_layer": 24, "vocab_size": 50277, "ssm_cfg": {"layer": "Mamba2"}})),
          "missing field 'model_type': this is the original state-spaces/mamba layout"),
-        (lambda d: (d / "config.json").write_text(json.dumps({"vocab_size": 10})), "missing field 'model_type' (one of falcon_mamba, gru, lstm, mamba, mamba2, mingru, minlstm, rwkv, rwkv7, xlstm)"),
+        (lambda d: (d / "config.json").write_text(json.dumps({"vocab_size": 10})), "missing field 'model_type' (one of falcon_mamba, gru, lstm, mamba, mamba2, mingru, minlstm, recurrent_gemma, rwkv, rwkv7, xlstm)"),
     ],
     ids=["no-config", "bad-json", "unknown-type", "bad-field", "no-weights", "truncated", "lying-header", "no-tokenizer", "bad-tokenizer",
          "bad-prune-report", "state-spaces-mamba2", "no-model-type"],

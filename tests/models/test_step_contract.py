@@ -40,13 +40,14 @@ def test_prefill_in_halves_equals_forward(any_arch):
 
 @torch.no_grad()
 def test_step_is_pure(any_arch):
-    """No in-place update: the input state is untouched and the state shapes are fixed."""
+    """No in-place update: the input state is untouched, and the state shapes and dtypes are fixed
+    (an integer state, RecurrentGemma's position count, stays integer)."""
     model = tiny_model(any_arch)
-    state = tuple(torch.randn_like(s) for s in model.init_state(2))
+    state = tuple(torch.randn_like(s) if s.is_floating_point() else torch.randint_like(s, 0, 100) for s in model.init_state(2))
     before = [s.clone() for s in state]
     _, new = model.step(torch.tensor([5, 7]), state)
     assert all(torch.equal(a, b) for a, b in zip(state, before))
-    assert [s.shape for s in new] == [s.shape for s in state]
+    assert [(s.shape, s.dtype) for s in new] == [(s.shape, s.dtype) for s in state]
     assert [s.shape[1:] for s in state] == [spec.shape for spec in model.arch_spec().states]
 
 
