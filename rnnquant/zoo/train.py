@@ -31,6 +31,10 @@ ARCHS = {
               "decay_low_rank_dim": 32, "gate_low_rank_dim": 64, "a_low_rank_dim": 32, "v_low_rank_dim": 32},
     "mingru": {"model_type": "mingru", "hidden_size": 256, "num_hidden_layers": 4, "intermediate_size": 256, "mlp_size": 512},
     "minlstm": {"model_type": "minlstm", "hidden_size": 256, "num_hidden_layers": 4, "intermediate_size": 256, "mlp_size": 512},
+    "xlstm": {"model_type": "xlstm", "hidden_size": 192, "num_hidden_layers": 4, "num_heads": 4},
+    "recurrent_gemma": {"model_type": "recurrent_gemma", "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
+                        "num_key_value_heads": 1, "lru_width": 256, "attention_window_size": 64, "intermediate_size": 768,
+                        "block_types": ["recurrent", "recurrent", "attention"]},
     "lstm": {"model_type": "lstm", "embed_size": 256, "hidden_size": 512, "num_layers": 2},
     "gru": {"model_type": "gru", "embed_size": 256, "hidden_size": 512, "num_layers": 2},
 }
@@ -139,11 +143,46 @@ def init_minrnn(model, n_layers: int):
         layer.mlp.down.weight.div_(math.sqrt(2 * n_layers))
 
 
+@torch.no_grad()
+def init_xlstm(model, n_layers: int):
+    """xLSTM-7B's gate initialisation (Beck et al. 2025): input gates start closed (bias -10), forget
+    gates open (bias 3..6 over heads), gate weights 0; N(0, 0.02) embedding; residual writers / sqrt(2 L)."""
+    torch.nn.init.normal_(model.backbone.embeddings.weight, std=0.02)
+    for blk in model.backbone.blocks:
+        m = blk.mlstm_layer
+        for gate, bias in ((m.igate_preact, torch.full((m.H,), -10.0)), (m.fgate_preact, torch.linspace(3.0, 6.0, m.H))):
+            gate.weight.zero_()
+            gate.bias.copy_(bias)
+        m.out_proj.weight.div_(math.sqrt(2 * n_layers))
+        blk.ffn.proj_down.weight.div_(math.sqrt(2 * n_layers))
+
+
+@torch.no_grad()
+def init_recurrent_gemma(model, n_layers: int):
+    """transformers' RecurrentGemma initialisation: Λ such that a = sigmoid(Λ)^8 starts in [0.9, 0.999]
+    (softplus form: softplus(Λ) = -log(a) / 8 ... via -0.5 log u, u ~ U(0.81, 0.998)), gates N(0, 0.01 / width),
+    zero biases and norm offsets, embedding N(0, 0.05)."""
+    torch.nn.init.normal_(model.model.embed_tokens.weight, std=math.sqrt(0.01 / model.config["conv1d_width"]))
+    for layer in model.model.layers:
+        t = layer.temporal_block
+        if layer.kind == "recurrent":
+            lru = t.rg_lru
+            u = torch.empty_like(lru.recurrent_param).uniform_(0.9**2 + 1e-8, 0.999**2 + 1e-8)
+            lru.recurrent_param.copy_(torch.log(torch.exp(-0.5 * torch.log(u)) - 1.0))
+            for w in (lru.input_gate_weight, lru.recurrent_gate_weight):
+                torch.nn.init.normal_(w, std=math.sqrt(0.01 / lru.bw))
+            t.linear_out.weight.div_(math.sqrt(2 * n_layers))
+        else:
+            t.o_proj.weight.div_(math.sqrt(2 * n_layers))
+        layer.mlp_block.down_proj.weight.div_(math.sqrt(2 * n_layers))
+
+
 def init_rnn(model, n_layers: int):
     torch.nn.init.normal_(model.embed.weight, std=0.05)
 
 
-INITS = {"mamba": init_mamba, "mamba2": init_mamba2, "lstm": init_rnn, "gru": init_rnn, "rwkv7": init_rwkv7, "mingru": init_minrnn, "minlstm": init_minrnn}
+INITS = {"mamba": init_mamba, "mamba2": init_mamba2, "lstm": init_rnn, "gru": init_rnn, "rwkv7": init_rwkv7, "mingru": init_minrnn, "minlstm": init_minrnn, "xlstm": init_xlstm,
+         "recurrent_gemma": init_recurrent_gemma}
 
 
 def train_model(args) -> None:
