@@ -14,7 +14,8 @@ Glossary (Beck et al. 2024, "xLSTM"; Beck et al. 2025, "xLSTM 7B"), per head:
     C_t = f_t C_{t-1} + i_t k v^T  [d_qk, d_v];   n_t = f_t n_{t-1} + i_t k  [d_qk]
     h_t = (q' C_t) / (max(|q' . n_t|, exp(-m_t)) + eps),  q' = q / sqrt(d_qk)
     out = W_o (sigmoid(o~) * MultiHeadLayerNorm(h));  FFN: W_down (SiLU(W_gate x) * W_up x)
-Logits are soft-capped at ``output_logit_soft_cap``. State per layer: C [H, d_qk, d_v], n [H, d_qk],
+Logits are soft-capped at ``output_logit_soft_cap``. The forward (prefill, calibration, training) runs
+the chunkwise-parallel form (``mlstm_chunked``), the step the recurrence; they are the same function. State per layer: C [H, d_qk, d_v], n [H, d_qk],
 m [H] (all float32). d_qk = int(hidden_size * qk_dim_factor) / H, d_v likewise: the layer's own
 widths (transformers' cache rounds the q/k width up to a multiple of 64, which breaks its own step
 at other widths; this adapter does not inherit that).
@@ -75,6 +76,45 @@ def mlstm_step(q, k, v, i_pre, f_pre, C, n, m, eps: float):
     return num / denom, C, n, m_new
 
 
+CHUNK = 64  # positions per chunk of the parallel form
+
+
+def mlstm_chunked(q, k, v, i_pre, f_pre, C, n, m, eps: float, chunk: int = CHUNK):
+    """The same recurrence over T positions, a chunk at a time (exact; no loop within a chunk).
+
+    Within a chunk from (C_0, n_0, m_0), with b_t = sum_{l<=t} log sigmoid(f~_l) and the pairwise
+    log weights D_tj = b_t - b_j + i~_j (j <= t), the stabiliser is m_t = max(b_t + m_0, max_j D_tj)
+    (the recurrence's max, unrolled), and
+        q'C_t = e^{b_t + m_0 - m_t} q'C_0 + sum_j e^{D_tj - m_t} (q'.k_j) v_j,   q'.n_t likewise;
+    every exponent is <= 0. The chunk's end state is the same sums at t = C.
+    q, k [B,T,H,d_qk], v [B,T,H,d_v], i_pre, f_pre [B,T,H]; C [B,H,d_qk,d_v], n [B,H,d_qk], m [B,H]
+    -> (h [B,T,H,d_v], C', n', m')."""
+    scale = q.shape[-1] ** -0.5
+    outs = []
+    for s in range(0, q.shape[1], chunk):
+        q_, k_, v_ = (x[:, s : s + chunk].transpose(1, 2) for x in (q, k, v))  # [B,H,c,d]
+        ig, lf = i_pre[:, s : s + chunk].transpose(1, 2), F.logsigmoid(f_pre[:, s : s + chunk]).transpose(1, 2)  # [B,H,c]
+        b = lf.cumsum(-1)
+        c = b.shape[-1]
+        causal = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
+        D = (b.unsqueeze(-1) - b.unsqueeze(-2) + ig.unsqueeze(-2)).masked_fill(~causal, -torch.inf)  # [B,H,t,j]
+        inter = b + m.unsqueeze(-1)  # [B,H,c]
+        m_t = torch.maximum(inter, D.amax(-1))
+        g = torch.exp(inter - m_t)
+        qs = q_ * scale
+        S = (qs @ k_.transpose(-1, -2)) * torch.exp(D - m_t.unsqueeze(-1))  # [B,H,t,j]
+        num = g.unsqueeze(-1) * (qs @ C) + S @ v_  # [B,H,c,d_v]
+        qn = g * (qs @ n.unsqueeze(-1)).squeeze(-1) + S.sum(-1)  # [B,H,c]
+        outs.append((num / (torch.maximum(qn.abs(), torch.exp(-m_t)) + eps).unsqueeze(-1)).transpose(1, 2))
+        m_end = m_t[..., -1]
+        w_end = torch.exp(b[..., -1:] - b + ig - m_end.unsqueeze(-1)).unsqueeze(-1)  # [B,H,c,1]
+        g_end = torch.exp(b[..., -1] + m - m_end)  # [B,H]
+        C = g_end[..., None, None] * C + (k_ * w_end).transpose(-1, -2) @ v_
+        n = g_end.unsqueeze(-1) * n + (k_ * w_end).sum(-2)
+        m = m_end
+    return torch.cat(outs, 1), C, n, m
+
+
 class MLSTMLayer(nn.Module):
     def __init__(self, cfg: dict):
         super().__init__()
@@ -101,11 +141,8 @@ class MLSTMLayer(nn.Module):
     def forward(self, x, C, n, m):
         """x [B,T,D] -> (out [B,T,D], C', n', m')."""
         q, k, v, o, i, f = self._inputs(x)
-        hs = []
-        for t in range(x.shape[1]):
-            h, C, n, m = mlstm_step(q[:, t], k[:, t], v[:, t], i[:, t], f[:, t], C, n, m, self.eps)
-            hs.append(h)
-        return self._out(torch.stack(hs, 1), o), C, n, m
+        h, C, n, m = mlstm_chunked(q, k, v, i, f, C, n, m, self.eps)
+        return self._out(h, o), C, n, m
 
     def step(self, x, C, n, m):
         q, k, v, o, i, f = self._inputs(x)
