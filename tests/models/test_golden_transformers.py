@@ -12,12 +12,12 @@ from tests.conftest import TOKENIZER
 transformers = pytest.importorskip("transformers")
 
 
-def _saved(tmp_path, cls, config):
+def _saved(tmp_path, cls, config, scale: float = 0.05):
     torch.manual_seed(0)
     hf = cls(config).eval()
     with torch.no_grad():  # move away from init so dt, D, conv and gates all matter
         for p in hf.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+            p.add_(scale * torch.randn_like(p))
     hf.save_pretrained(tmp_path)
     shutil.copy(TOKENIZER, tmp_path / "tokenizer.json")
     return hf, load(tmp_path)
@@ -80,15 +80,8 @@ RWKV4 = [dict(rescale_every=0, tie_word_embeddings=False), dict(rescale_every=1,
 
 def _rwkv4(tmp_path, cfg):
     """perturbed by 0.1 (not 0.05): the time-mix, decay and bonus vectors must all matter"""
-    torch.manual_seed(0)
     config = transformers.RwkvConfig(**(dict(vocab_size=4096, hidden_size=32, num_hidden_layers=3, intermediate_size=64) | cfg))
-    hf = transformers.RwkvForCausalLM(config).eval()
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    hf.save_pretrained(tmp_path)
-    shutil.copy(TOKENIZER, tmp_path / "tokenizer.json")
-    return hf, load(tmp_path)
+    return _saved(tmp_path, transformers.RwkvForCausalLM, config, scale=0.1)
 
 
 @torch.no_grad()
@@ -155,14 +148,7 @@ def _xlstm(tmp_path, cfg):
     runs it at 32). float32 kernels: its default autocasts the chunkwise kernel to bfloat16."""
     config = transformers.xLSTMConfig(**(dict(vocab_size=4096, hidden_size=128, num_hidden_layers=2, chunk_size=16,
                                               autocast_kernel_dtype="float32") | cfg))
-    torch.manual_seed(0)
-    hf = transformers.xLSTMForCausalLM(config).eval()
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    hf.save_pretrained(tmp_path)
-    shutil.copy(TOKENIZER, tmp_path / "tokenizer.json")
-    return hf, load(tmp_path)
+    return _saved(tmp_path, transformers.xLSTMForCausalLM, config, scale=0.1)
 
 
 @torch.no_grad()
@@ -195,14 +181,7 @@ RGEMMA = [dict(num_key_value_heads=1), dict(num_key_value_heads=2, num_hidden_la
 def _rgemma(tmp_path, cfg):
     config = transformers.RecurrentGemmaConfig(**(dict(vocab_size=4096, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
                                                        lru_width=32, attention_window_size=8, intermediate_size=64) | cfg))
-    torch.manual_seed(0)
-    hf = transformers.RecurrentGemmaForCausalLM(config).eval()
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    hf.save_pretrained(tmp_path)
-    shutil.copy(TOKENIZER, tmp_path / "tokenizer.json")
-    return hf, load(tmp_path)
+    return _saved(tmp_path, transformers.RecurrentGemmaForCausalLM, config, scale=0.1)
 
 
 @torch.no_grad()
