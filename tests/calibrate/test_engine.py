@@ -158,3 +158,16 @@ def test_inplace_quantization_records_the_float_model_it_started_from():
     model, calib, batches = _setup("mamba")
     q = quantize(model, PRESETS["w8a8-outlier"], calib, batches, inplace=True)
     assert q is model and q.provenance.quantized_from == "test" and q.provenance.float_fingerprint == "test"
+
+
+@pytest.mark.parametrize("every", [16, 64])
+def test_states_are_sampled_every_state_every_positions(every):
+    """The engine cuts each block's replay into ``state_every``-position segments and calibration
+    records the state at each cut: 4 sequences of 64 positions give 4 x 64 / every samples per
+    state channel (times the state's non-channel axes), where a whole-sequence pass would give 4."""
+    model = tiny_model("mamba")
+    batches = calibration_batches(_ids(model), 4, 64, 4)
+    stats = collect(model, batches, CalibConfig(samples=4, seq_len=64, state_every=every))
+    for s in model.arch_spec().states:
+        samples_per_state = s.shape[0] if s.channel_dim == 1 else 1  # Mamba's states keep d_inner on axis 1
+        assert stats.points[f"state.{s.name}"].stats.count == 4 * (64 // every) * samples_per_state, s.name
