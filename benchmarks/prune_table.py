@@ -29,12 +29,14 @@ from rnnquant.exporters.onnx_export import export_step
 from rnnquant.artifacts import load
 from rnnquant.prune import parse_spec, prune
 from rnnquant.prune.config import STRUCTURED_GROUPS
+from rnnquant.tokenizer import tokenizer_file
 from rnnquant.zoo.corpus import split_text
 
 RESULTS = Path(__file__).parent / "results"
 UNSTRUCTURED = ["magnitude:0.25", "wanda:0.25", "sparsegpt:0.25", "magnitude:0.5", "wanda:0.5", "sparsegpt:0.5",
                 "magnitude:0.5:owl", "wanda:0.5:owl", "sparsegpt:0.5:owl", "magnitude:2:4", "wanda:2:4", "sparsegpt:2:4"]
-STRUCTURAL = {"mamba2": ["channels:0.25", "layers:1"], "mamba": ["channels:0.1", "channels:0.25", "state:0.25", "state:0.5", "layers:1", "layers:2"], "lstm": ["channels:0.1", "channels:0.25", "layers:1"]}
+DEFAULT_STRUCTURAL = ["channels:0.25", "layers:1"]  # channels: the adapter's first channel group
+STRUCTURAL = {"mamba2": DEFAULT_STRUCTURAL, "mamba": ["channels:0.1", "channels:0.25", "state:0.25", "state:0.5", "layers:1", "layers:2"], "lstm": ["channels:0.1", "channels:0.25", "layers:1"]}
 
 
 def latency(path: Path) -> float:
@@ -59,17 +61,17 @@ def main() -> None:
             calib = calibrate(model, train, CalibConfig(samples=64, seq_len=512))
             batches = calibration_batches(train, 32, 256, 8)
             base = perplexity_ids(model, test, window=512).ppl
-            base_path = export_step(model, Path(td) / f"{name}.onnx", Path(model.provenance.source) / "tokenizer.json", prefill=False)
+            base_path = export_step(model, Path(td) / f"{name}.onnx", tokenizer_file(Path(model.provenance.source)), prefill=False)
             base_ms = latency(base_path)
             rows.append({"model": name, "spec": "none", "ppl": base, "delta_pct": 0.0, "onnx_bytes": base_path.stat().st_size, "step_ms": base_ms})
             print(f"{name:12} none            ppl {base:8.3f}  onnx {base_path.stat().st_size / 2**20:.2f} MiB  {base_ms:.3f} ms", flush=True)
-            for spec in [s for s in UNSTRUCTURED + STRUCTURAL[model.model_type] if not args.specs or s in args.specs]:
+            for spec in [s for s in UNSTRUCTURED + STRUCTURAL.get(model.model_type, DEFAULT_STRUCTURAL) if not args.specs or s in args.specs]:
                 cfg = parse_spec(spec)
                 p = prune(model, replace(cfg, bias_correction=True) if args.bias_correction else cfg, calib, batches)
                 ppl = perplexity_ids(p, test, window=512).ppl
                 row = {"model": name, "spec": spec, "ppl": ppl, "delta_pct": 100 * (ppl / base - 1)} | p.provenance.prune_report
                 if spec.split(":")[0] in (*STRUCTURED_GROUPS, "layers"):  # structural: export and time it
-                    path = export_step(p, Path(td) / f"{name}-{spec.replace(':', '_')}.onnx", Path(model.provenance.source) / "tokenizer.json", prefill=False)
+                    path = export_step(p, Path(td) / f"{name}-{spec.replace(':', '_')}.onnx", tokenizer_file(Path(model.provenance.source)), prefill=False)
                     row |= {"onnx_bytes": path.stat().st_size, "step_ms": latency(path), "pruned_layers": p.provenance.prune_report.get("removed_layers")}
                     # the base this row was timed against travels with it: --specs re-measures rows at other times
                     row |= {"onnx_smaller_pct": 100 * (1 - row["onnx_bytes"] / base_path.stat().st_size),
