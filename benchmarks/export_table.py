@@ -26,6 +26,7 @@ from rnnquant.exporters.onnx_export import export_step
 from rnnquant.exporters.runner import OrtLM
 from rnnquant.artifacts import load
 from rnnquant.quant import PRESETS, quantize
+from rnnquant.tokenizer import tokenizer_file
 from rnnquant.zoo.corpus import split_text
 
 OUT = Path(__file__).parent / "results" / "export_table.json"
@@ -61,7 +62,7 @@ def main() -> None:
             batches = calibration_batches(train, 32, 256, 8)
             for v in args.variants:
                 m = model if v == "float" else quantize(model, PRESETS[v], calib, batches)
-                path = export_step(m, Path(td) / f"{name}-{v}.onnx", Path(model.provenance.source) / "tokenizer.json")
+                path = export_step(m, Path(td) / f"{name}-{v}.onnx", tokenizer_file(Path(model.provenance.source)))
                 lm = OrtLM(path)
                 sim = perplexity_ids(m, test, window=512).ppl
                 ort_ppl, _ = lm.perplexity(test.numpy(), window=512)
