@@ -90,13 +90,16 @@ def test_pickle_with_explicit_flag(capsys, tiny_dir, tmp_path):
     assert code == 0 and out.startswith("perplexity"), err
 
 
-@pytest.mark.parametrize("field, value, match", [("attn", {"layers": [1]}, "hybrid layers"), ("value_dim", [32, 64], "must equal hidden_size"),
-                                                 ("hidden_act", "swish", "only 'sqrelu'")])
-def test_rwkv7_layouts_it_does_not_implement_are_refused(capsys, tmp_path, field, value, match):
+@pytest.mark.parametrize("arch, field, value, match", [
+    ("rwkv7", "attn", {"layers": [1]}, "hybrid layers"), ("rwkv7", "value_dim", [32, 64], "must equal hidden_size"),
+    ("rwkv7", "hidden_act", "swish", "only 'sqrelu'"), ("xlstm", "weight_mode", "fused", "only 'single'"),
+    ("recurrent_gemma", "hidden_activation", "relu", "only 'gelu_pytorch_tanh'"),
+    ("recurrent_gemma", "block_types", ["recurrent", "mlstm"], "block_types must be")])
+def test_layouts_an_adapter_does_not_implement_are_refused(capsys, tmp_path, arch, field, value, match):
     from rnnquant.io import save_checkpoint
     from tests.conftest import TOKENIZER, tiny_model
 
-    d = tmp_path / "rwkv7"
-    save_checkpoint(tiny_model("rwkv7"), d, tokenizer_path=TOKENIZER)
+    d = tmp_path / arch
+    save_checkpoint(tiny_model(arch), d, tokenizer_path=TOKENIZER)
     (d / "config.json").write_text(json.dumps(json.loads((d / "config.json").read_text()) | {field: value}))
     assert_one_line_error(capsys, "ppl", d, "--data", __file__, match=match)
