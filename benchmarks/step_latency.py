@@ -1,6 +1,6 @@
 """Per-token step latency at real shapes, rnnquant vs peers, ratios measured in one run.
 
-    python benchmarks/step_latency.py [--arch mamba|mamba2|lstm|rwkv|rwkv7] [--threads 1 2] [--tokens 64]
+    python benchmarks/step_latency.py [--arch mamba|mamba2|lstm|rwkv|rwkv7|recurrent_gemma|xlstm] [--threads 1 2] [--tokens 64]
 
 Builds a random-initialised model at mamba-130m shape (d_model 768, 24 layers, vocab 50280,
 d_state 16, expand 2; or an LSTM LM of similar size) and times, at batch 1:
@@ -51,9 +51,16 @@ SHAPES = {
     "rwkv": {"model_type": "rwkv", "vocab_size": 50277, "hidden_size": 768, "num_hidden_layers": 12, "intermediate_size": 3072},
     "rwkv7": {"model_type": "rwkv7", "vocab_size": 65536, "hidden_size": 768, "num_hidden_layers": 12, "head_dim": 64,
               "intermediate_size": 3072, "decay_low_rank_dim": 64, "a_low_rank_dim": 64, "v_low_rank_dim": 32, "gate_low_rank_dim": 128},
+    # RecurrentGemma-2B's pattern (recurrent, recurrent, local MQA; window 2048; MLP 3x) scaled to d_model 768, 12 layers
+    "recurrent_gemma": {"model_type": "recurrent_gemma", "vocab_size": 50280, "hidden_size": 768, "num_hidden_layers": 12,
+                        "num_attention_heads": 12, "num_key_value_heads": 1, "lru_width": 768, "attention_window_size": 2048,
+                        "intermediate_size": 4608},
+    # xLSTM-7B's block (mLSTM, q/k at half width, SwiGLU x2.667) at d_model 768, 12 layers, 4 heads
+    "xlstm": {"model_type": "xlstm", "vocab_size": 50280, "hidden_size": 768, "num_hidden_layers": 12, "num_heads": 4},
 }
 # the transformers class that is each architecture's reference peer (same config keys, same weights)
-HF_PEERS = {"mamba": ("MambaForCausalLM", "MambaConfig"), "mamba2": ("Mamba2ForCausalLM", "Mamba2Config"), "rwkv": ("RwkvForCausalLM", "RwkvConfig")}
+HF_PEERS = {"mamba": ("MambaForCausalLM", "MambaConfig"), "mamba2": ("Mamba2ForCausalLM", "Mamba2Config"), "rwkv": ("RwkvForCausalLM", "RwkvConfig"),
+            "recurrent_gemma": ("RecurrentGemmaForCausalLM", "RecurrentGemmaConfig"), "xlstm": ("xLSTMForCausalLM", "xLSTMConfig")}
 
 
 def shape_model(arch: str = "mamba"):
