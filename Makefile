@@ -7,7 +7,10 @@ OUT    := demo-out
 MODEL  := mamba-pydoc
 PROMPT := "The list data type has some more methods."
 
-.PHONY: demo test fuzz install clean
+WEB    := web/node_modules/.installed-stamp
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test fuzz install web-deps chromium clean
 
 install: $(STAMP)
 
@@ -18,7 +21,19 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $@
 
-test: $(STAMP)
+# the web tests' packages, from the lockfile (--ignore-scripts: onnxruntime-node's install script
+# downloads CUDA binaries; its CPU binary is in the package) and Debian's chromium for the page test
+web-deps: $(WEB) chromium
+
+$(WEB): web/package.json web/package-lock.json
+	cd web && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $@
+
+chromium:
+	@command -v chromium >/dev/null || { export DEBIAN_FRONTEND=noninteractive; \
+	  $(SUDO) apt-get install -y -q chromium || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }; }
+
+test: $(STAMP) web-deps
 	$(VENV)/bin/pytest -q
 
 # longer fuzzing of every parser (CI runs 40 examples per target inside `make test`)
@@ -36,4 +51,4 @@ demo: $(STAMP)
 	$(RQ) compare --float $(MODEL) $(OUT)/$(MODEL)-fp32.onnx $(OUT)/$(MODEL)-w8a8-outlier.onnx $(OUT)/$(MODEL)-w4a16-gptq.onnx --threads 2 --out $(OUT)/report
 
 clean:
-	rm -rf $(VENV) $(OUT) build *.egg-info
+	rm -rf $(VENV) $(OUT) build *.egg-info web/node_modules

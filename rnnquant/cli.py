@@ -418,6 +418,8 @@ def generate(model, prompt, max_new_tokens, temperature, top_k, seed):
 @click.option("--prune", "prune_spec", help="Prune first: wanda:0.5, wanda:0.5:owl, sparsegpt:2:4, channels:0.25, layers:1, or a .json/.yaml prune config.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .onnx path (the model's tokenizer is written beside it).")
 @click.option("--ort", "to_ort", is_flag=True, help="Also write a .ort file for mobile/minimal ONNX Runtime builds, verified against the .onnx.")
+@click.option("--web", "to_web", is_flag=True, help="Also write a static generation page beside the graphs (index.html + "
+              "onnxruntime-web's WASM files + tokenizer; serve the folder, e.g. `python -m http.server -d DIR`).")
 @click.option("--opset", default=17, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["integer", "qoperator"]), default="integer", show_default=True,
               help="integer: the recipe's MatMulInteger/MatMulNBits graph (CPU EP). qoperator: QLinearMatMul with "
@@ -426,7 +428,7 @@ def generate(model, prompt, max_new_tokens, temperature, top_k, seed):
               help="Logits the prefill graph returns: every position (perplexity needs them) or the last only "
                    "(generation; skips the vocabulary projection of the other positions).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
-def export(model, recipe, calib, data, samples, seq_len, prune_spec, out, to_ort, opset, fmt, prefill_logits, force):
+def export(model, recipe, calib, data, samples, seq_len, prune_spec, out, to_ort, to_web, opset, fmt, prefill_logits, force):
     """Export the O(1) step graph (token + state in, logits + state out) to ONNX.
 
     MODEL is a float model (optionally quantized on the way with --recipe) or a quantized
@@ -438,12 +440,17 @@ def export(model, recipe, calib, data, samples, seq_len, prune_spec, out, to_ort
       rnnquant export mamba-pydoc --calib calib/ --recipe w8a8-outlier --out out/mamba-w8a8.onnx
       rnnquant export mamba-w4/ --out out/mamba-w4.onnx --ort
       rnnquant export mamba-pydoc --format qoperator --out out/mamba-qop.onnx
+      rnnquant export mamba-pydoc --recipe w4a16-gptq --out web/model.onnx --web
     """
     from .exporters.onnx_export import export_step
     from .exporters.prefill import prefill_path
 
     if Path(out).exists() and not force:
         raise RnnquantError(f"{out} already exists (use --force to overwrite)")
+    if to_web:
+        from .exporters.web import node_modules
+
+        node_modules()  # refuse before any work when the page's runtime files are not here
     m = _model(model)
     data = _text_of(data, calib)
     if recipe is not None or prune_spec:
@@ -471,6 +478,11 @@ def export(model, recipe, calib, data, samples, seq_len, prune_spec, out, to_ort
         pre_ort = ort_path.with_suffix(".prefill.ort")
         click.echo(f"wrote {ort_path} ({ort_path.stat().st_size / 2**20:.2f} MiB)" + (f" and {pre_ort.name}" if pre_ort.is_file() else "")
                    + f"; max |logits .ort - .onnx| = {diff:.2e}")
+    if to_web:
+        from .exporters.web import write_page
+
+        page = write_page(path)
+        click.echo(f"wrote {page} and its runtime files: `python -m http.server -d {page.parent}`, then open http://127.0.0.1:8000/")
 
 
 @cli.command()
