@@ -110,44 +110,79 @@ def _share_tied_embedding(proto, ids_rank: int = 1) -> None:
         return
 
 
-EXTERNAL_DATA_BYTES = 2**31 - 2**26  # protobuf's 2 GiB limit, with room for the graph itself
+WEIGHTS_MIN_BYTES = 1024  # smaller initializers (shapes, scalars, tiny scale vectors) stay in the graph
+MAP_ALIGN_BYTES, MAP_MIN_BYTES = 2**16, 2**20  # tensors of 1 MiB and more start at a 64 KiB boundary: mappable
 
 
-def save_graph(proto, out_path: Path, what: str, force: bool = True) -> None:
-    """Check ``proto`` and write it to ``out_path`` atomically; over 2 GiB the weights go to
-    ``<name>.data`` beside it (ONNX external data). Everything is written, checked and loaded in a
-    temporary directory beside the output, then renamed: the data file first, so a graph under
-    the final name always has its data."""
+def _initializers(graph):
+    yield from graph.initializer
+    for node in graph.node:
+        for a in node.attribute:
+            for g in (a.g, *a.graphs) if a.HasField("g") else a.graphs:
+                yield from _initializers(g)
+
+
+def write_weights(protos, data_file: Path) -> None:
+    """Move every initializer of ``WEIGHTS_MIN_BYTES`` or more of every graph in ``protos`` into
+    ``data_file`` (ONNX external data, located by its name beside the graphs): bytes that two
+    graphs hold, as a step graph and its prefill graph hold the same weights, are stored once.
+    Written tensor by tensor, each proto losing its copy as it goes: memory does not double."""
+    import onnx
+    from onnx import numpy_helper
+
+    stored: dict[bytes, int] = {}  # sha256 of the bytes -> offset in the file
+    with open(data_file, "wb") as f:
+        for proto in protos:
+            for t in _initializers(proto.graph):
+                if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type == onnx.TensorProto.STRING:
+                    continue
+                if not t.HasField("raw_data"):  # typed fields (float_data, ...) -> the raw little-endian bytes
+                    t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t), t.name))
+                raw = t.raw_data
+                if len(raw) < WEIGHTS_MIN_BYTES:
+                    continue
+                key = hashlib.sha256(raw).digest()
+                if key not in stored:
+                    pos = f.tell()
+                    pad = -pos % (MAP_ALIGN_BYTES if len(raw) >= MAP_MIN_BYTES else 64)
+                    f.write(b"\0" * pad)
+                    stored[key] = pos + pad
+                    f.write(raw)
+                t.ClearField("raw_data")
+                t.data_location = onnx.TensorProto.EXTERNAL
+                del t.external_data[:]
+                for k, v in (("location", data_file.name), ("offset", stored[key]), ("length", len(raw))):
+                    t.external_data.add(key=k, value=str(v))
+
+
+def save_graphs(graphs: list[tuple], weights: Path) -> None:
+    """Write ``graphs`` ([(proto, path, what)], the step graph last) and their shared ``weights``
+    file atomically: everything is written, checked (onnx.checker on the path, then an ONNX Runtime
+    session) in a temporary directory beside the outputs, then renamed, the weights first and the
+    step graph last, so a step graph under its final name always has its weights and its prefill."""
     import onnx
 
-    out_path = Path(out_path)
-    if out_path.exists() and not force:
-        raise RnnquantError(f"{out_path} already exists (use --force to overwrite)")
-    data = out_path.with_name(f"{out_path.name}.data")
-    external = proto.ByteSize() > EXTERNAL_DATA_BYTES
+    weights = Path(weights)
     try:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", dir=out_path.parent))
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{weights.name}.", dir=weights.parent))
     except OSError as e:
-        raise RnnquantError(f"cannot write to {out_path.parent}: {e.strerror or e}") from None
+        raise RnnquantError(f"cannot write to {weights.parent}: {e.strerror or e}") from None
     try:
-        tmp = tmp_dir / out_path.name
-        if external:
-            onnx.save_model(proto, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name)
-        else:
+        write_weights([proto for proto, _, _ in graphs], tmp_dir / weights.name)
+        for proto, path, what in graphs:
+            tmp = tmp_dir / Path(path).name
             onnx.save(proto, str(tmp))
-        try:
-            onnx.checker.check_model(str(tmp), full_check=True)  # by path: works over 2 GiB too
-        except onnx.checker.ValidationError as e:
-            raise RnnquantError(f"{what} fails the ONNX checker: {str(e).splitlines()[0]}") from None
-        _check_loads(tmp)
-        if external:
-            os.replace(tmp_dir / data.name, data)
-        else:
-            data.unlink(missing_ok=True)  # a stale data file of an earlier, larger export
-        os.replace(tmp, out_path)
+            try:
+                onnx.checker.check_model(str(tmp), full_check=True)  # by path: reads the external weights
+            except onnx.checker.ValidationError as e:
+                raise RnnquantError(f"{what} fails the ONNX checker: {str(e).splitlines()[0]}") from None
+            _check_loads(tmp)
+        os.replace(tmp_dir / weights.name, weights)
+        for _, path, _ in graphs:
+            os.replace(tmp_dir / Path(path).name, path)
     except OSError as e:
-        raise RnnquantError(f"cannot write {out_path}: {e.strerror or e}") from None
+        raise RnnquantError(f"cannot write {weights.parent}: {e.strerror or e}") from None
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
@@ -241,11 +276,12 @@ def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bo
 
 def finish_step_graph(proto, model, out_path: Path, tokenizer_path=None, force: bool = True, prefill: bool = True,
                       recipe: str | None = None, prefill_proto=None, prefill_logits: str = "all") -> Path:
-    """Add rnnquant's metadata to a step graph and write, each atomically, the prefill graph
-    (``<stem>.prefill.onnx``: ``prefill_proto`` when given, else a Loop over the step graph),
-    ``tokenizer.json`` and, last, the step graph: a step graph under its final name means the
-    whole export is there, even after a SIGKILL anywhere in between."""
-    from .prefill import build_prefill, parallel_prefill_metadata, prefill_path
+    """Add rnnquant's metadata to a step graph and write ``tokenizer.json``, then, as one atomic
+    set (``save_graphs``), the weights both graphs share (``<stem>.onnx.data``), the prefill graph
+    (``<stem>.prefill.onnx``: ``prefill_proto`` when given, else a Loop over the step graph) and,
+    last, the step graph: a step graph under its final name means the whole export is there, even
+    after a SIGKILL anywhere in between."""
+    from .prefill import build_prefill, parallel_prefill_metadata, prefill_path, weights_path
 
     out_path = Path(out_path)
     if out_path.exists() and not force:
@@ -254,7 +290,8 @@ def finish_step_graph(proto, model, out_path: Path, tokenizer_path=None, force: 
     for k, v in meta.items():
         proto.metadata_props.add(key=k, value=v)
     proto.doc_string = f"rnnquant {__version__} step graph: O(1) work per token"
-    for stale in (out_path, prefill_path(out_path), out_path.with_suffix(".ort"), prefill_path(out_path).with_suffix(".ort")):
+    for stale in (out_path, prefill_path(out_path), weights_path(out_path), out_path.with_suffix(".ort"), prefill_path(out_path).with_suffix(".ort"),
+                  prefill_path(out_path).with_name(f"{prefill_path(out_path).name}.data")):  # (the last: an earlier layout's)
         if stale.is_file():  # never leave an earlier export's graphs beside this one (`--ort` writes new ones)
             stale.unlink()
     if prefill_proto is not None:
@@ -262,16 +299,10 @@ def finish_step_graph(proto, model, out_path: Path, tokenizer_path=None, force: 
             prefill_proto.metadata_props.add(key=k, value=v)
         prefill_proto.doc_string = f"rnnquant {__version__} prefill graph: forward_with_state, chunked parallel scan"
     elif prefill:
-        prefill_proto = build_prefill(proto, last_only=prefill_logits == "last")  # before save_graph may move weights to external data
-    try:
-        if prefill_proto is not None:
-            save_graph(prefill_proto, prefill_path(out_path), "prefill graph", force=True)
-        if tokenizer_path is not None:
-            with atomic_path(out_path.parent / stored_name(tokenizer_path)) as tmp_tok:
-                shutil.copyfile(tokenizer_path, tmp_tok)
-        save_graph(proto, out_path, "exported graph", force=True)
-    except BaseException:
-        if prefill_path(out_path).is_file():  # a prefill graph without its step graph is not a finished export
-            prefill_path(out_path).unlink()
-        raise
+        prefill_proto = build_prefill(proto, last_only=prefill_logits == "last")
+    if tokenizer_path is not None:
+        with atomic_path(out_path.parent / stored_name(tokenizer_path)) as tmp_tok:
+            shutil.copyfile(tokenizer_path, tmp_tok)
+    graphs = [(prefill_proto, prefill_path(out_path), "prefill graph")] if prefill_proto is not None else []
+    save_graphs([*graphs, (proto, out_path, "exported graph")], weights_path(out_path))
     return out_path

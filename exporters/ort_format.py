@@ -32,9 +32,14 @@ def _quiet_logging():
 def _convert(onnx_path: Path, target: Path) -> None:
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
+    from .prefill import weights_path
+
     with tempfile.TemporaryDirectory() as d:
         src = Path(d) / onnx_path.name
         shutil.copyfile(onnx_path, src)
+        for weights in {weights_path(onnx_path), weights_path(onnx_path.with_name(onnx_path.name.replace(".prefill", "")))}:
+            if weights.is_file():  # the .ort file embeds the weights the .onnx keeps beside it
+                shutil.copyfile(weights, Path(d) / weights.name)
         try:
             with contextlib.redirect_stdout(io.StringIO()), _quiet_logging():  # the converter narrates each step
                 convert_onnx_models_to_ort(src, output_dir=Path(d) / "out", optimization_styles=[OptimizationStyle.Fixed])

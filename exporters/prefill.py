@@ -33,6 +33,12 @@ def prefill_path(step_path: Path) -> Path:
     return Path(step_path).with_suffix(".prefill.onnx")
 
 
+def weights_path(step_path: Path) -> Path:
+    """The weights of an export: ``<step>.onnx.data`` beside the step graph, shared by its prefill graph."""
+    step_path = Path(step_path)
+    return step_path.with_name(f"{step_path.name}.data")
+
+
 def parallel_prefill_metadata(model) -> dict[str, str]:
     """The adapter declares how many tokens one call of its parallel prefill is exact for."""
     return {"graph": "prefill", "prefill": "parallel", "prefill_max_tokens": str(model.prefill_max_tokens)}

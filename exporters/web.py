@@ -1,7 +1,7 @@
 """The exported model in a browser: ``rnnquant export ... --web`` writes a static generation page
 beside the graphs.
 
-    DIR/model.onnx  model.prefill.onnx  tokenizer.json     (the export)
+    DIR/model.onnx  model.prefill.onnx  model.onnx.data  tokenizer.json   (the export)
     DIR/model.json                                          (the manifest: what the page's runner reads)
     DIR/index.html  app.mjs  rnnlm.mjs                      (the page, from rnnquant/exporters/web/)
     DIR/ort.wasm.min.mjs  ort-wasm-simd-threaded.{mjs,wasm}  (onnxruntime-web's WASM build)
@@ -24,8 +24,9 @@ from pathlib import Path
 
 from rnnquant.errors import RnnquantError
 from rnnquant.io import atomic_path
+from rnnquant.tokenizer import HF_FILE, find_tokenizer
 
-from .prefill import PREFILL_WINDOW, prefill_path
+from .prefill import PREFILL_WINDOW, prefill_path, weights_path
 from .runner import read_metadata
 from .states import state_bytes
 
@@ -53,6 +54,13 @@ def node_modules() -> Path:
     return folder
 
 
+def require(tokenizer_path: Path | None = None) -> None:
+    """Refuse ``--web`` before any work: its npm packages missing, or a tokenizer the page cannot read."""
+    node_modules()
+    if tokenizer_path is not None and Path(tokenizer_path).name != HF_FILE:  # an RWKV World vocabulary
+        raise RnnquantError(f"{tokenizer_path}: --web needs a {HF_FILE} (the page tokenizes with @huggingface/tokenizers)")
+
+
 def manifest(step_path: Path) -> dict:
     """What the JavaScript runner needs, read from the exported graphs' metadata as ``OrtLM`` reads it."""
     step_path = Path(step_path)
@@ -65,6 +73,7 @@ def manifest(step_path: Path) -> dict:
         "format": "rnnquant-web/1",
         "step": step_path.name,
         "prefill": pre.name if pre_meta else None,
+        "weights": weights_path(step_path).name if weights_path(step_path).is_file() else None,  # external data both graphs read
         # a parallel prefill graph is exact for at most prefill_max_tokens per call; a Loop takes any length
         "prefill_window": min(PREFILL_WINDOW, int(pre_meta["prefill_max_tokens"])) if pre_meta and pre_meta.get("prefill") == "parallel" else None,
         "prefill_last_only": bool(pre_meta and pre_meta.get("prefill_logits") == "last"),
@@ -76,7 +85,8 @@ def manifest(step_path: Path) -> dict:
         "recipe": recipe,
         "prune": meta.get("prune", ""),
         "rnnquant_version": meta.get("rnnquant_version", ""),
-        "bytes": {"step": step_path.stat().st_size, "prefill": pre.stat().st_size if pre_meta else 0},
+        "bytes": {"step": step_path.stat().st_size, "prefill": pre.stat().st_size if pre_meta else 0,
+                  "weights": weights_path(step_path).stat().st_size if weights_path(step_path).is_file() else 0},
     }
 
 
@@ -93,9 +103,7 @@ def write_page(step_path: Path) -> Path:
     if step_path.suffix != ".onnx":
         raise RnnquantError(f"{step_path}: --web needs the .onnx step graph")
     modules = node_modules()
-    tokenizer = step_path.parent / "tokenizer.json"
-    if not tokenizer.is_file():  # an RWKV World vocabulary has no tokenizer.json; the page reads only that form
-        raise RnnquantError(f"{step_path.parent}: --web needs a tokenizer.json (the page tokenizes with @huggingface/tokenizers)")
+    require(find_tokenizer(step_path.parent))
     out = step_path.parent
     copies = {modules / pkg / f: out / name for (pkg, f), name in VENDOR_FILES.items()}
     copies |= {PAGE_DIR / name: out / name for name in PAGE_FILES}

@@ -52,8 +52,13 @@ async function generate(lm, tokenizer, prompt, n, options) {
     tFirst ??= performance.now();
     out.push(id);
     $("output").textContent = tokenizer.decode(out, { skip_special_tokens: true });
-    $("stats").textContent = `prefill ${ids.length} tokens: ${(ids.length / ((tFirst - t0) / 1000)).toFixed(1)} tok/s · ` +
-      `decode ${out.length} tokens: ${out.length > 1 ? ((out.length - 1) / ((performance.now() - tFirst) / 1000)).toFixed(1) : "–"} tok/s`;
+    // the same two rates `rnnquant run` prints: the prompt up to the first new token, then the rest
+    const s = window.rnnquantStats = {
+      prefill_tokens: ids.length, prefill_tps: ids.length / ((tFirst - t0) / 1000),
+      decode_tokens: out.length, decode_tps: out.length > 1 ? (out.length - 1) / ((performance.now() - tFirst) / 1000) : null,
+    };
+    $("stats").textContent = `prefill ${s.prefill_tokens} tokens: ${s.prefill_tps.toFixed(1)} tok/s · ` +
+      `decode ${s.decode_tokens} tokens: ${s.decode_tps === null ? "–" : s.decode_tps.toFixed(1)} tok/s`;
   }
   return out;
 }

@@ -23,8 +23,15 @@ export class RnnLM {
     this.prefillSession = prefill; // null: no prefill graph, the step graph token by token
   }
 
+  // The weights file both graphs share (ONNX external data): given a graph as bytes (the page),
+  // the runtime is handed the weights' bytes too, loaded once for both sessions; given a path
+  // (onnxruntime-node), it reads them from beside the graph itself.
   static async load(ort, manifest, load, options = {}) {
-    const step = await ort.InferenceSession.create(await load(manifest.step), options);
+    const stepSource = await load(manifest.step);
+    if (manifest.weights && typeof stepSource !== "string") {
+      options = { ...options, externalData: [{ path: manifest.weights, data: await load(manifest.weights) }] };
+    }
+    const step = await ort.InferenceSession.create(stepSource, options);
     const prefill = manifest.prefill ? await ort.InferenceSession.create(await load(manifest.prefill), options) : null;
     return new RnnLM(ort, manifest, step, prefill);
   }

@@ -215,41 +215,45 @@ def test_prefill_graph_from_another_export_is_refused(tmp_path):
 
 
 def test_failed_prefill_write_leaves_no_step_graph(monkeypatch, tmp_path):
-    """The step graph and its prefill graph are one export: if the prefill cannot be written,
-    neither is left (nor a stale prefill of an earlier export)."""
+    """The step graph, its prefill graph and their weights are one export: if the prefill cannot
+    be written, none is left (nor a stale prefill of an earlier export)."""
     from rnnquant.exporters import onnx_export
+    from rnnquant.exporters.prefill import weights_path
 
     out = export_step(_model("lstm"), tmp_path / "m.onnx", TOKENIZER)
-    real = onnx_export.save_graph
+    real = onnx_export._check_loads
 
-    def failing(proto, path, what, force=True):
-        if what == "prefill graph":
-            raise RnnquantError("prefill graph fails the ONNX checker: injected")
-        real(proto, path, what, force)
+    def failing(path):
+        if ".prefill." in path.name:
+            raise RnnquantError("ONNX Runtime cannot load the exported graph: injected")
+        real(path)
 
-    monkeypatch.setattr(onnx_export, "save_graph", failing)
+    monkeypatch.setattr(onnx_export, "_check_loads", failing)
     with pytest.raises(RnnquantError, match="injected"):
         export_step(_model("mamba"), out, TOKENIZER)
-    assert not out.exists() and not out.with_suffix(".prefill.onnx").exists()
+    assert not out.exists() and not out.with_suffix(".prefill.onnx").exists() and not weights_path(out).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tokenizer.json"]  # no temporary left either
 
 
-@pytest.mark.parametrize("arch", ["mamba"])
-def test_external_data_over_the_limit(monkeypatch, tmp_path, tiny_dir):
-    """Graphs over 2 GiB keep their weights in <name>.data; the threshold is lowered to test it."""
-    import numpy as np
+def _external_bytes(graph_path) -> dict[int, int]:
+    """offset -> length of every tensor a graph reads from its external-data file."""
+    refs = {}
+    for t in onnx.load(graph_path, load_external_data=False).graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            info = {e.key: e.value for e in t.external_data}
+            assert info["location"] == "m.onnx.data", info
+            refs[int(info["offset"])] = int(info["length"])
+    return refs
 
-    from rnnquant.exporters import onnx_export
-    from rnnquant.exporters.runner import OrtLM
-    from rnnquant.artifacts import load
 
-    m = load(tiny_dir)
-    inline = onnx_export.export_step(m, tmp_path / "a" / "inline.onnx", tiny_dir / "tokenizer.json")
-    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 0)
-    ext = onnx_export.export_step(m, tmp_path / "b" / "ext.onnx", tiny_dir / "tokenizer.json")
-    files = sorted(p.name for p in ext.parent.iterdir())
-    assert files == ["ext.onnx", "ext.onnx.data", "ext.prefill.onnx", "ext.prefill.onnx.data", "tokenizer.json"]
-    assert ext.stat().st_size < 100_000 < (ext.parent / "ext.onnx.data").stat().st_size
-    a, b = OrtLM(inline), OrtLM(ext)
-    ids = np.array([[1, 2, 3, 4, 5]])
-    (la, sa), (lb, sb) = a.prefill(ids, a.init_state(1)), b.prefill(ids, b.init_state(1))
-    assert np.abs(la - lb).max() == 0 and all(np.array_equal(x, y) for x, y in zip(sa, sb))
+@pytest.mark.parametrize("arch", ["mamba", "lstm"])  # a traced parallel prefill graph, a Loop over the step graph
+def test_step_and_prefill_share_one_weights_file(tmp_path, arch):
+    from rnnquant.exporters.onnx_export import WEIGHTS_MIN_BYTES
+
+    out = export_step(_model(arch), tmp_path / "m.onnx", TOKENIZER)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data", "m.prefill.onnx", "tokenizer.json"]
+    step, prefill = _external_bytes(out), _external_bytes(out.with_suffix(".prefill.onnx"))
+    assert sum(step.values()) > 0.9 * (tmp_path / "m.onnx.data").stat().st_size  # the file is the step graph's weights
+    assert sum(n for off, n in prefill.items() if off not in step) < 0.05 * sum(step.values())  # the prefill adds < 5 %
+    for t in onnx.load(out, load_external_data=False).graph.initializer:
+        assert t.data_location == onnx.TensorProto.EXTERNAL or len(t.raw_data) < WEIGHTS_MIN_BYTES

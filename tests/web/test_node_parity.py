@@ -76,12 +76,12 @@ def _reference(path) -> dict:
 def _ort_case(path, case) -> None:
     """The same export as .ort files, referenced by Python ORT running the .ort files."""
     case.mkdir()
-    for f in [*path.parent.glob("*.onnx"), path.parent / "tokenizer.json"]:
+    for f in [*path.parent.glob("*.onnx"), *path.parent.glob("*.onnx.data"), path.parent / "tokenizer.json"]:
         shutil.copy(f, case / f.name)
     write_manifest(case / path.name)
     ort_path, _ = convert_to_ort(case / path.name)
     manifest = json.loads((case / "model.json").read_text())
-    manifest |= {"step": ort_path.name, "prefill": ort_path.with_suffix(".prefill.ort").name}
+    manifest |= {"step": ort_path.name, "prefill": ort_path.with_suffix(".prefill.ort").name, "weights": None}  # .ort embeds them
     (case / "model.json").write_text(json.dumps(manifest))
     _reference(ort_path)
 

@@ -79,3 +79,15 @@ def test_web_without_its_packages_is_refused_before_any_work(capsys, tmp_path, m
     save_checkpoint(tiny_model("mamba"), d, tokenizer_path=TOKENIZER)
     assert_one_line_error(capsys, "export", d, "--out", tmp_path / "page" / "model.onnx", "--web", match="npm ci --ignore-scripts --prefix web")
     assert not (tmp_path / "page").exists()
+
+
+def test_web_with_an_rwkv_world_vocabulary_is_refused_before_any_work(capsys, tmp_path):
+    from rnnquant.tokenizer import WORLD_FILE
+    from tests.test_tokenizer import vocab_lines
+
+    world = tmp_path / WORLD_FILE
+    world.write_text("\n".join(vocab_lines()) + "\n", encoding="utf-8")
+    d = tmp_path / "rwkv7-world"
+    save_checkpoint(tiny_model("rwkv7"), d, tokenizer_path=world)
+    assert_one_line_error(capsys, "export", d, "--out", tmp_path / "page" / "model.onnx", "--web", match="--web needs a tokenizer.json")
+    assert not (tmp_path / "page").exists()

@@ -1,6 +1,6 @@
 // Drive the generation page in headless Chromium: open URL (index.html?prompt=...&tokens=N), wait
 // until the page sets document.title to "done" or "error: ...", print {title, output, stats} as
-// JSON and save a screenshot.
+// JSON (with the page's token rates and whether it was cross-origin isolated) and save a screenshot.
 //
 //   node web/test/page.mjs URL SCREENSHOT.png [CHROMIUM]
 import { mkdtempSync, rmSync } from "node:fs";
@@ -27,6 +27,7 @@ try {
   await page.screenshot({ path: screenshot, fullPage: true });
   console.log(JSON.stringify({
     title: await page.title(), output: await page.textContent("#output"), stats: await page.textContent("#stats"),
+    rates: await page.evaluate(() => window.rnnquantStats ?? null), isolated: await page.evaluate(() => self.crossOriginIsolated),
     errors, outside,
   }));
 } finally {

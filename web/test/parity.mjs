@@ -32,7 +32,10 @@ function reference(dir, ref, key) {
 async function check(dir, name, ort) {
   const manifest = JSON.parse(readFileSync(join(dir, "model.json"), "utf8"));
   const ref = JSON.parse(readFileSync(join(dir, "reference.json"), "utf8"));
-  const lm = await RnnLM.load(ort, manifest, async (f) => new Uint8Array(readFileSync(join(dir, f))));
+  // onnxruntime-node opens the files itself (its own external-data reader: the model's folder);
+  // onnxruntime-web takes bytes, as in the page
+  const load = ort === ortNode ? async (f) => join(dir, f) : async (f) => new Uint8Array(readFileSync(join(dir, f)));
+  const lm = await RnnLM.load(ort, manifest, load);
   let state = lm.initState(1);
   let initStates = 0;
   lm.states.forEach((s, i) => { initStates = Math.max(initStates, maxDiff(state[i].data, reference(dir, ref, `init_${s.name}`))); });
