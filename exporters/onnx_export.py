@@ -111,7 +111,7 @@ def _share_tied_embedding(proto, ids_rank: int = 1) -> None:
 
 
 WEIGHTS_MIN_BYTES = 1024  # smaller initializers (shapes, scalars, tiny scale vectors) stay in the graph
-MAP_ALIGN_BYTES, MAP_MIN_BYTES = 2**16, 2**20  # tensors of 1 MiB and more start at a 64 KiB boundary: mappable
+MAP_ALIGN_BYTES, MAP_MIN_BYTES = 2**16, 2**20  # tensors of 1 MiB and more start at a 64 KiB boundary (onnx's own writer's rule)
 
 
 def _initializers(graph):
@@ -120,6 +120,21 @@ def _initializers(graph):
         for a in node.attribute:
             for g in (a.g, *a.graphs) if a.HasField("g") else a.graphs:
                 yield from _initializers(g)
+
+
+def constants_to_initializers(graph) -> None:
+    """Large ``Constant`` nodes (the traced quantized weights are Constants, not initializers)
+    become initializers of the same name, so ``write_weights`` can move them out too."""
+    from onnx import numpy_helper
+
+    for node in list(graph.node):
+        value = next((a.t for a in node.attribute if a.name == "value" and a.HasField("t")), None)
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and value is not None:
+            if numpy_helper.to_array(value).nbytes >= WEIGHTS_MIN_BYTES:
+                tensor = graph.initializer.add()
+                tensor.CopyFrom(value)
+                tensor.name = node.output[0]
+                graph.node.remove(node)
 
 
 def write_weights(protos, data_file: Path) -> None:
@@ -290,6 +305,9 @@ def finish_step_graph(proto, model, out_path: Path, tokenizer_path=None, force: 
     for k, v in meta.items():
         proto.metadata_props.add(key=k, value=v)
     proto.doc_string = f"rnnquant {__version__} step graph: O(1) work per token"
+    constants_to_initializers(proto.graph)  # before a Loop prefill is built from it: its body then reads them from outside
+    if prefill_proto is not None:
+        constants_to_initializers(prefill_proto.graph)
     for stale in (out_path, prefill_path(out_path), weights_path(out_path), out_path.with_suffix(".ort"), prefill_path(out_path).with_suffix(".ort"),
                   prefill_path(out_path).with_name(f"{prefill_path(out_path).name}.data")):  # (the last: an earlier layout's)
         if stale.is_file():  # never leave an earlier export's graphs beside this one (`--ort` writes new ones)

@@ -246,14 +246,32 @@ def _external_bytes(graph_path) -> dict[int, int]:
     return refs
 
 
+@pytest.mark.parametrize("recipe", [None, "w4a16-rtn", "w8a8-dynamic"])  # float initializers; traced integer Constants
 @pytest.mark.parametrize("arch", ["mamba", "lstm"])  # a traced parallel prefill graph, a Loop over the step graph
-def test_step_and_prefill_share_one_weights_file(tmp_path, arch):
+def test_step_and_prefill_share_one_weights_file(tmp_path, arch, recipe):
     from rnnquant.exporters.onnx_export import WEIGHTS_MIN_BYTES
 
-    out = export_step(_model(arch), tmp_path / "m.onnx", TOKENIZER)
+    m = _model(arch) if recipe is None else quantize(_model(arch), PRESETS[recipe])
+    out = export_step(m, tmp_path / "m.onnx", TOKENIZER)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data", "m.prefill.onnx", "tokenizer.json"]
     step, prefill = _external_bytes(out), _external_bytes(out.with_suffix(".prefill.onnx"))
     assert sum(step.values()) > 0.9 * (tmp_path / "m.onnx.data").stat().st_size  # the file is the step graph's weights
     assert sum(n for off, n in prefill.items() if off not in step) < 0.05 * sum(step.values())  # the prefill adds < 5 %
-    for t in onnx.load(out, load_external_data=False).graph.initializer:
-        assert t.data_location == onnx.TensorProto.EXTERNAL or len(t.raw_data) < WEIGHTS_MIN_BYTES
+    for graph in (out, out.with_suffix(".prefill.onnx")):
+        g = onnx.load(graph, load_external_data=False).graph
+        for t in g.initializer:
+            assert t.data_location == onnx.TensorProto.EXTERNAL or len(t.raw_data) < WEIGHTS_MIN_BYTES
+        assert all(len(a.t.raw_data) < WEIGHTS_MIN_BYTES for n in g.node if n.op_type == "Constant" for a in n.attribute)
+
+
+@pytest.mark.parametrize("arch", ["mamba", "recurrent_gemma"])  # float states; an int64 position state
+def test_bound_step_equals_step_bit_for_bit(tmp_path, arch):
+    from rnnquant.exporters.runner import BoundStep
+
+    lm = OrtLM(export_step(_model(arch), tmp_path / "m.onnx", TOKENIZER))
+    state = lm.init_state(1)
+    bound = BoundStep(lm, state)
+    for t in IDS[:24].tolist():
+        logits, state = lm.step(np.array([t]), state)
+        assert np.array_equal(bound.step(t), logits)
+    assert all(np.array_equal(a, b) for a, b in zip(bound.state, state, strict=True))
