@@ -6,7 +6,10 @@ Each option runs in a fresh process (batch 1, 1 thread, zero state): RSS before 
 peak RSS (VmHWM) and steady RSS (VmRSS after the steps), and p50 step latency; medians over
 ``--rounds`` round-robin rounds. Options: ORT defaults; ``disable_prepacking``; glibc's
 ``MALLOC_MMAP_THRESHOLD_=131072`` (large frees go back to the OS instead of staying in the heap);
-the .ort format with ``use_ort_model_bytes_directly`` (converted beside MODEL first).
+the .ort format with ``use_ort_model_bytes_directly`` (converted beside MODEL first); and the
+earlier one-file layout (the graph with its weights inline, written beside MODEL first), since
+exports now keep their weights in ``<name>.onnx.data``. Ratios are to the weight bytes (the graph
+file plus its weights file).
 Writes benchmarks/results/session_memory.json.
 """
 from __future__ import annotations
@@ -54,11 +57,17 @@ def main() -> None:
     ort_dir = model.parent / "ort_format"
     convert_onnx_models_to_ort(model, output_dir=ort_dir, optimization_styles=[OptimizationStyle.Fixed])
     ort_file = next(ort_dir.glob(f"{model.stem}*.ort"))
-    weights = model.stat().st_size
+    import onnx
+
+    inline = model.with_name(f"{model.stem}.inline.onnx")
+    onnx.save(onnx.load(str(model)), str(inline))  # loads the external weights, saves them inside
+    weights = sum(f.stat().st_size for f in (model, model.with_name(f"{model.name}.data")) if f.is_file())
     runs = {
-        "ORT defaults": (model, "default", {}),
+        "one file, weights inline (earlier layout)": (inline, "default", {}),
+        "one file + MALLOC_MMAP_THRESHOLD_": (inline, "default", {"MALLOC_MMAP_THRESHOLD_": "131072"}),
+        "ORT defaults (external weights)": (model, "default", {}),
         "session.disable_prepacking": (model, "no_prepacking", {}),
-        "MALLOC_MMAP_THRESHOLD_=131072": (model, "default", {"MALLOC_MMAP_THRESHOLD_": "131072"}),
+        "external + MALLOC_MMAP_THRESHOLD_ (OrtLM)": (model, "default", {"MALLOC_MMAP_THRESHOLD_": "131072"}),
         ".ort, model bytes used directly": (ort_file, "ort_format", {}),
         ".ort + MALLOC_MMAP_THRESHOLD_": (ort_file, "ort_format", {"MALLOC_MMAP_THRESHOLD_": "131072"}),
     }
@@ -74,7 +83,7 @@ def main() -> None:
         rows.append({"option": name, **med, "peak_over_weights": med["peak"] / weights, "steady_over_weights": med["steady"] / weights,
                      "session_steady_over_weights": (med["steady"] - med["base"]) / weights})
         r = rows[-1]
-        print(f"{name:34} base {r['base'] / 2**20:5.0f} MiB  peak {r['peak'] / 2**20:5.0f} MiB ({r['peak_over_weights']:.2f}x)  "
+        print(f"{name:42} base {r['base'] / 2**20:5.0f} MiB  peak {r['peak'] / 2**20:5.0f} MiB ({r['peak_over_weights']:.2f}x)  "
               f"steady {r['steady'] / 2**20:5.0f} MiB ({r['steady_over_weights']:.2f}x; session {r['session_steady_over_weights']:.2f}x)  "
               f"p50 {r['p50_ms']:.2f} ms", flush=True)
     out = Path(__file__).parent / "results" / "session_memory.json"

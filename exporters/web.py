@@ -6,6 +6,7 @@ beside the graphs.
     DIR/index.html  app.mjs  rnnlm.mjs                      (the page, from rnnquant/exporters/web/)
     DIR/ort.wasm.min.mjs  ort-wasm-simd-threaded.{mjs,wasm}  (onnxruntime-web's WASM build)
     DIR/tokenizers.min.mjs                                  (@huggingface/tokenizers)
+    DIR/world.mjs  world_vocab.json                         (an RWKV World vocabulary's tokenizer, when the model has one)
 
 Nothing is fetched from anywhere but DIR. ``rnnlm.mjs`` is the JavaScript twin of ``OrtLM`` (the
 same initial state, prefill windows and greedy rule); the manifest carries what ``OrtLM`` reads
@@ -24,14 +25,14 @@ from pathlib import Path
 
 from rnnquant.errors import RnnquantError
 from rnnquant.io import atomic_path
-from rnnquant.tokenizer import HF_FILE, find_tokenizer
+from rnnquant.tokenizer import HF_FILE, WorldTokenizer, find_tokenizer
 
 from .prefill import PREFILL_WINDOW, prefill_path, weights_path
 from .runner import read_metadata
 from .states import state_bytes
 
 PAGE_DIR = Path(__file__).parent / "web"
-PAGE_FILES = ("index.html", "app.mjs", "rnnlm.mjs")
+PAGE_FILES = ("index.html", "app.mjs", "rnnlm.mjs", "world.mjs")
 # (package, file in the package) -> name in the page folder
 VENDOR_FILES = {
     ("onnxruntime-web", "dist/ort.wasm.min.mjs"): "ort.wasm.min.mjs",
@@ -40,6 +41,7 @@ VENDOR_FILES = {
     ("@huggingface/tokenizers", "dist/tokenizers.min.mjs"): "tokenizers.min.mjs",
 }
 MANIFEST = "model.json"
+WORLD_JSON = "world_vocab.json"  # an RWKV World vocabulary as [[id, hex bytes], ...], for world.mjs
 
 
 def node_modules() -> Path:
@@ -54,11 +56,13 @@ def node_modules() -> Path:
     return folder
 
 
-def require(tokenizer_path: Path | None = None) -> None:
-    """Refuse ``--web`` before any work: its npm packages missing, or a tokenizer the page cannot read."""
-    node_modules()
-    if tokenizer_path is not None and Path(tokenizer_path).name != HF_FILE:  # an RWKV World vocabulary
-        raise RnnquantError(f"{tokenizer_path}: --web needs a {HF_FILE} (the page tokenizes with @huggingface/tokenizers)")
+def tokenizer_entry(folder: Path) -> dict:
+    """How the page tokenizes: the model's tokenizer.json with @huggingface/tokenizers, or an RWKV
+    World vocabulary (as world_vocab.json) with world.mjs."""
+    f = find_tokenizer(folder)
+    if f is None:
+        raise RnnquantError(f"{folder}: no tokenizer beside the exported graph")
+    return {"kind": "hf", "file": f.name} if f.name == HF_FILE else {"kind": "world", "file": WORLD_JSON}
 
 
 def manifest(step_path: Path) -> dict:
@@ -85,9 +89,16 @@ def manifest(step_path: Path) -> dict:
         "recipe": recipe,
         "prune": meta.get("prune", ""),
         "rnnquant_version": meta.get("rnnquant_version", ""),
+        "tokenizer": tokenizer_entry(step_path.parent),
         "bytes": {"step": step_path.stat().st_size, "prefill": pre.stat().st_size if pre_meta else 0,
                   "weights": weights_path(step_path).stat().st_size if weights_path(step_path).is_file() else 0},
     }
+
+
+def _write_world_json(vocab: Path, out: Path) -> None:
+    tok = WorldTokenizer.from_file(vocab)
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps([[i, b.hex()] for i, b in sorted(tok.id_to_bytes.items())]))
 
 
 def write_manifest(step_path: Path) -> Path:
@@ -103,8 +114,9 @@ def write_page(step_path: Path) -> Path:
     if step_path.suffix != ".onnx":
         raise RnnquantError(f"{step_path}: --web needs the .onnx step graph")
     modules = node_modules()
-    require(find_tokenizer(step_path.parent))
     out = step_path.parent
+    if tokenizer_entry(out)["kind"] == "world":
+        _write_world_json(find_tokenizer(out), out / WORLD_JSON)
     copies = {modules / pkg / f: out / name for (pkg, f), name in VENDOR_FILES.items()}
     copies |= {PAGE_DIR / name: out / name for name in PAGE_FILES}
     for src, dst in copies.items():

@@ -448,12 +448,10 @@ def export(model, recipe, calib, data, samples, seq_len, prune_spec, out, to_ort
     if Path(out).exists() and not force:
         raise RnnquantError(f"{out} already exists (use --force to overwrite)")
     if to_web:
-        from .exporters.web import require
+        from .exporters.web import node_modules
 
-        require()  # refuse before any work when the page's npm packages are not here
+        node_modules()  # refuse before any work when the page's npm packages are not here
     m = _model(model)
-    if to_web:
-        require(tokenizer_file(Path(m.provenance.source)))
     data = _text_of(data, calib)
     if recipe is not None or prune_spec:
         if m.provenance.recipe is not None:

@@ -1,11 +1,13 @@
-// The generation page: loads model.json, the step and prefill graphs and tokenizer.json from this
-// folder, and streams tokens. Driven without clicking: index.html?prompt=TEXT&tokens=N generates N
+// The generation page: loads model.json, the step and prefill graphs, their weights and the
+// tokenizer (tokenizer.json, or an RWKV World vocabulary as world_vocab.json) from this folder, and
+// streams tokens. Driven without clicking: index.html?prompt=TEXT&tokens=N generates N
 // greedy tokens (as `rnnquant run` does by default), writes the continuation into #output and sets
 // document.title to "done" (or "error: <one line>"). ?threads=K sets the WASM threads (more than 1
 // needs a cross-origin isolated page).
 import * as ort from "./ort.wasm.min.mjs";
 import { Tokenizer } from "./tokenizers.min.mjs";
 import { RnnLM } from "./rnnlm.mjs";
+import { WorldTokenizer } from "./world.mjs";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -68,7 +70,9 @@ async function main() {
   ort.env.wasm.numThreads = threads;
   ort.env.wasm.wasmPaths = new URL("./", location.href).href;
   const manifest = await (await fetchOk("model.json")).json();
-  const tokenizer = new Tokenizer(await (await fetchOk("tokenizer.json")).json(), {});
+  const tok = manifest.tokenizer ?? { kind: "hf", file: "tokenizer.json" };
+  const vocab = await (await fetchOk(tok.file)).json();
+  const tokenizer = tok.kind === "world" ? new WorldTokenizer(vocab) : new Tokenizer(vocab, {});
   showMetadata(manifest, threads);
   const lm = await RnnLM.load(ort, manifest, async (f) => new Uint8Array(await (await fetchOk(f)).arrayBuffer()),
                               { executionProviders: ["wasm"] });

@@ -68,7 +68,7 @@ def test_page_folder_is_self_contained(capsys, tmp_path):
     out = tmp_path / "page" / "model.onnx"
     assert run_cli(capsys, "export", d, "--out", out, "--web")[0] == 0
     names = {p.name for p in out.parent.iterdir()}
-    assert {*PAGE_FILES, *VENDOR_FILES.values(), "model.json", "tokenizer.json", "model.onnx", "model.prefill.onnx"} <= names
+    assert {*PAGE_FILES, *VENDOR_FILES.values(), "model.json", "tokenizer.json", "model.onnx", "model.prefill.onnx", "model.onnx.data"} <= names
     manifest = json.loads((out.parent / "model.json").read_text())
     assert manifest["step"] == "model.onnx" and manifest["prefill"] == "model.prefill.onnx" and manifest["prefill_window"] == 128
 
@@ -81,13 +81,27 @@ def test_web_without_its_packages_is_refused_before_any_work(capsys, tmp_path, m
     assert not (tmp_path / "page").exists()
 
 
-def test_web_with_an_rwkv_world_vocabulary_is_refused_before_any_work(capsys, tmp_path):
+def test_page_with_an_rwkv_world_vocabulary(capsys, tmp_path, node, chromium):
+    """An RWKV-7 with a World vocabulary (the tokenizer tests' one: multi-byte characters, tokens
+    that end inside a character): the page encodes the prompt and decodes the continuation with
+    world.mjs exactly as OrtLM does with rnnquant's WorldTokenizer. A random tiny model: its
+    continuation is arbitrary bytes, so cut characters (U+FFFD) are exercised too."""
+    from rnnquant.exporters.runner import OrtLM
     from rnnquant.tokenizer import WORLD_FILE
     from tests.test_tokenizer import vocab_lines
 
     world = tmp_path / WORLD_FILE
     world.write_text("\n".join(vocab_lines()) + "\n", encoding="utf-8")
-    d = tmp_path / "rwkv7-world"
+    d, out, prompt = tmp_path / "rwkv7-world", tmp_path / "page" / "model.onnx", "中文件 abc 😀 é"
     save_checkpoint(tiny_model("rwkv7"), d, tokenizer_path=world)
-    assert_one_line_error(capsys, "export", d, "--out", tmp_path / "page" / "model.onnx", "--web", match="--web needs a tokenizer.json")
-    assert not (tmp_path / "page").exists()
+    assert run_cli(capsys, "export", d, "--out", out, "--web")[0] == 0
+    lm = OrtLM(out)
+    expected = lm.tokenizer.decode(list(lm.generate(lm.encode(prompt), TOKENS)))
+    server = _serve(out.parent)
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/index.html?" + urllib.parse.urlencode({"prompt": prompt, "tokens": TOKENS})
+        result = json.loads(run_node(node, "page.mjs", url, tmp_path / "page.png", chromium)[-1])
+    finally:
+        server.shutdown()
+    assert result["title"] == "done" and result["errors"] == [], result
+    assert result["output"] == expected, result
