@@ -1,6 +1,6 @@
 """Per-token step latency at real shapes, rnnquant vs peers, ratios measured in one run.
 
-    python benchmarks/step_latency.py [--arch mamba|mamba2|lstm|rwkv|rwkv7|recurrent_gemma|xlstm] [--threads 1 2] [--tokens 64]
+    python benchmarks/step_latency.py [--arch mamba|mamba2|lstm|rwkv|rwkv7|recurrent_gemma|xlstm] [--threads 1 2] [--tokens 64] [--rounds 2]
 
 Builds a random-initialised model at mamba-130m shape (d_model 768, 24 layers, vocab 50280,
 d_state 16, expand 2; or an LSTM LM of similar size) and times, at batch 1:
@@ -9,7 +9,9 @@ d_state 16, expand 2; or an LSTM LM of similar size) and times, at batch 1:
   - ORT's quantize_dynamic applied to that float graph (the peer tool's default);
   - rnnquant's w8a8-dynamic, w8a8-smooth (static activation scales, calibrated on random tokens:
     right for timing, meaningless for accuracy), w4a16-rtn and w4a8-rtn step graphs;
-  - the memory-bandwidth floor: weight bytes read per token / read bandwidth measured now;
+  - the memory-bandwidth floor: weight bytes read per token / read bandwidth measured now, both
+    by one numpy thread and by ONNX Runtime's own int8 MatMulInteger at the same thread count
+    (`over_ort_floor`: each variant's time / the floor for its weight width);
   - llama.cpp (Mamba and RWKV-7) F32, Q8_0 and Q4_0 with llama-bench, when benchmarks/peers/llamacpp.sh
     has built it (skipped with a message otherwise).
 Prints ratios and writes benchmarks/results/step_latency_<arch>.json.
@@ -86,6 +88,37 @@ def read_bandwidth_gbs(mb: int = 1024, reps: int = 5) -> float:
     return a.nbytes / best / 1e9
 
 
+def ort_int8_read_gbs(nbytes: int, threads: int, reps: int = 20) -> float:
+    """Read bandwidth as ONNX Runtime's own int8 kernel sees it, with ``threads`` threads: one
+    batch-1 ``MatMulInteger`` (u8 x s8, the step graphs' kernel) over an [K, N] int8 weight of
+    ``nbytes``, best of ``reps`` (a GEMV: bound by reading the weight, not by its arithmetic)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    k = 4096
+    n = max(nbytes // k, 1)
+    w = numpy_helper.from_array(np.random.default_rng(0).integers(-127, 128, (k, n), dtype=np.int8), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["x", "w", "zx"], ["y"])], "floor",
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, k])], [helper.make_tensor_value_info("y", TensorProto.INT32, [1, n])],
+        initializer=[w, helper.make_tensor("zx", TensorProto.UINT8, [], [128])])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString(), opts,
+                                   providers=["CPUExecutionProvider"])
+    feeds = {"x": np.full((1, k), 130, np.uint8)}
+    session.run(None, feeds)
+    best = min(_timed(lambda: session.run(None, feeds)) for _ in range(reps))
+    return k * n / best / 1e9
+
+
+# the floor each variant is held to: bytes per weight it reads
+BITS = {"rnnquant fp32": 32, "llama.cpp F32": 32, "HF transformers fp32": 32, "ORT quantize_dynamic (int8)": 8, "rnnquant w8a8-dynamic": 8,
+        "rnnquant w8a8-smooth (static)": 8, "llama.cpp Q8_0": 8, "rnnquant w4a16-rtn": 4, "rnnquant w4a8-rtn": 4, "llama.cpp Q4_0": 4,
+        "llama.cpp Q4_0 --pure": 4}
+
+
 def _timed(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -139,6 +172,7 @@ def main() -> None:
     ap.add_argument("--arch", choices=sorted(SHAPES), default="mamba")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=2, help="Interleaved rounds over the thread counts (each variant once per round).")
     args = ap.parse_args()
     model = shape_model(args.arch)
     results = {"arch": args.arch, "config": SHAPES[args.arch], "params": model.num_parameters(), "rows": []}
@@ -159,20 +193,26 @@ def main() -> None:
         paths["rnnquant w4a8-rtn"] = export_step(quantize(model, W4A8_RTN), td / "w4a8.onnx", MODELS_DIR / "tokenizer.json", prefill=False)
         ggufs = llamacpp.to_gguf(model, td) if llamacpp.supports(model) and llamacpp.available() else {}
         floors = {32: weight_bytes(model, 32), 8: weight_bytes(model, 8), 4: weight_bytes(model, 4)}
-        for threads in args.threads:
-            row = {"threads": threads, "ms": {}}
-            for name, p in paths.items():
-                row["ms"][name] = measure_in_process(p, args.tokens, threads)["latency_ms"]["p50"]
-            if args.arch in HF_PEERS:
-                row["ms"]["HF transformers fp32"] = hf_latency(SHAPES[args.arch], model.state_dict(), args.tokens, threads)
-            for q, g in ggufs.items():
-                row["ms"][f"llama.cpp {q}"] = llamacpp.decode_ms(g, threads, args.tokens)
-            row["floor_ms"] = {f"{b}-bit": 1e3 * n / (bw * 1e9) for b, n in floors.items()}
-            results["rows"].append(row)
-            print(f"threads {threads}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in row["ms"].items() if v is not None), flush=True)
-            print("  floors: " + ", ".join(f"{k} {v:.2f} ms" for k, v in row["floor_ms"].items()), flush=True)
-            row["ratios"] = ratios(row["ms"])
-            print("  speed-ups: " + ", ".join(f"{k} {v:.2f}x" for k, v in row["ratios"].items()), flush=True)
+        for rnd in range(args.rounds):
+            for threads in args.threads:
+                row = {"threads": threads, "round": rnd, "ms": {}}
+                for name, p in paths.items():
+                    row["ms"][name] = measure_in_process(p, args.tokens, threads)["latency_ms"]["p50"]
+                if args.arch in HF_PEERS:
+                    row["ms"]["HF transformers fp32"] = hf_latency(SHAPES[args.arch], model.state_dict(), args.tokens, threads)
+                for q, g in ggufs.items():
+                    row["ms"][f"llama.cpp {q}"] = llamacpp.decode_ms(g, threads, args.tokens)
+                row["floor_ms"] = {f"{b}-bit": 1e3 * n / (bw * 1e9) for b, n in floors.items()}
+                ort_bw = ort_int8_read_gbs(floors[8], threads)
+                row["ort_int8_read_gbs"] = ort_bw
+                row["ort_floor_ms"] = {f"{b}-bit": 1e3 * n / (ort_bw * 1e9) for b, n in floors.items()}
+                row["over_ort_floor"] = {k: v / row["ort_floor_ms"][f"{BITS[k]}-bit"] for k, v in row["ms"].items() if v and k in BITS}
+                results["rows"].append(row)
+                print(f"round {rnd}, threads {threads}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in row["ms"].items() if v is not None), flush=True)
+                print(f"  ORT int8 read {ort_bw:.1f} GB/s; floors: " + ", ".join(f"{k} {v:.2f} ms" for k, v in row["ort_floor_ms"].items())
+                      + "; x floor: " + ", ".join(f"{k} {v:.2f}" for k, v in row["over_ort_floor"].items()), flush=True)
+                row["ratios"] = ratios(row["ms"])
+                print("  speed-ups: " + ", ".join(f"{k} {v:.2f}x" for k, v in row["ratios"].items()), flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"step_latency_{args.arch}.json").write_text(json.dumps(results, indent=2) + "\n")
 
