@@ -154,11 +154,12 @@ def zoo(as_json):
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    click.echo(f"{'name':<14} {'arch':<6} {'params':>8} {'size':>9} {'test ppl':>9} {'unigram ppl':>12}")
+    wn, wa = max(len("name"), *(len(r["name"]) for r in rows)), max(len("arch"), *(len(r["arch"]) for r in rows))  # columns fit the longest
+    click.echo(f"{'name':<{wn}} {'arch':<{wa}} {'params':>8} {'size':>9} {'test ppl':>9} {'unigram ppl':>12}")
     for r in rows:
         ppl = f"{r['test_ppl']:.2f}" if r.get("test_ppl") else "-"
         uni = f"{r['unigram_test_ppl']:.1f}" if r.get("unigram_test_ppl") else "-"
-        click.echo(f"{r['name']:<14} {r['arch']:<6} {r['params'] / 1e6:>7.2f}M {r['size_bytes'] / 2**20:>7.1f}MB {ppl:>9} {uni:>12}")
+        click.echo(f"{r['name']:<{wn}} {r['arch']:<{wa}} {r['params'] / 1e6:>7.2f}M {r['size_bytes'] / 2**20:>7.1f}MB {ppl:>9} {uni:>12}")
 
 
 @cli.command()

@@ -40,3 +40,15 @@ def test_unknown_command_is_a_usage_error(capsys):
 )
 def test_usage_errors_are_one_line(capsys, args, match):
     assert_one_line_error(capsys, *args, match=match)
+
+
+def test_zoo_table_columns_line_up(capsys):
+    """Every row's columns start where the header's do, the longest name included."""
+    code, out, _ = run_cli(capsys, "zoo")
+    assert code == 0
+    header, *rows = out.splitlines()
+    arch = header.index("arch")
+    assert len(rows) >= 8
+    for row in rows:
+        assert row[arch - 1] == " " and row[arch] != " ", row  # the name column is as wide as the longest name
+        assert len(row) == len(header), row  # the numbers are right-aligned under their headings
