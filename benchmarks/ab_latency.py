@@ -14,6 +14,7 @@ import statistics
 from pathlib import Path
 
 from rnnquant.exporters.measure import measure_in_process
+from rnnquant.exporters.prefill import step_bytes
 
 
 def main() -> None:
@@ -29,7 +30,7 @@ def main() -> None:
         for g in args.graphs:
             p50[g].append(measure_in_process(g, args.tokens, args.threads)["latency_ms"]["p50"])
     base = statistics.median(p50[args.graphs[0]])
-    rows = [{"graph": g, "size_bytes": Path(g).stat().st_size, "p50_ms_median": statistics.median(v), "p50_ms_runs": v,
+    rows = [{"graph": g, "size_bytes": step_bytes(g), "p50_ms_median": statistics.median(v), "p50_ms_runs": v,
              "ratio_to_first": statistics.median(v) / base} for g, v in p50.items()]
     for r in rows:
         print(f"{Path(r['graph']).name:40} {r['size_bytes'] / 2**20:7.2f} MiB  p50 {r['p50_ms_median']:.3f} ms  x{r['ratio_to_first']:.2f}  runs {['%.3f' % x for x in r['p50_ms_runs']]}")

@@ -23,6 +23,7 @@ from rnnquant.calibrate import CalibConfig, calibrate, calibration_batches
 from rnnquant.eval import perplexity_ids
 from rnnquant.exporters.measure import measure_in_process
 from rnnquant.exporters.onnx_export import export_step
+from rnnquant.exporters.prefill import step_bytes
 from rnnquant.exporters.runner import OrtLM
 from rnnquant.artifacts import load
 from rnnquant.quant import PRESETS, quantize
@@ -68,7 +69,7 @@ def main() -> None:
                 ort_ppl, _ = lm.perplexity(test.numpy(), window=512)
                 speed = measure_in_process(path, tokens=256, threads=args.threads)
                 ops = Counter(n.op_type for n in onnx.load(str(path)).graph.node)
-                rows.append({"model": name, "variant": v, "size_bytes": path.stat().st_size, "nodes": sum(ops.values()), "ops": dict(ops.most_common()),
+                rows.append({"model": name, "variant": v, "size_bytes": step_bytes(path), "nodes": sum(ops.values()), "ops": dict(ops.most_common()),
                              "max_abs_logit_diff": parity(m, lm), "ppl_torch": sim, "ppl_ort": ort_ppl, "ppl_rel_diff_pct": 100 * (ort_ppl / sim - 1)} | speed)
                 r = rows[-1]
                 print(f"{name:12} {v:13} {r['size_bytes'] / 2**20:6.2f} MiB {r['nodes']:4d} nodes  |dlogit| {r['max_abs_logit_diff']:.1e}  "

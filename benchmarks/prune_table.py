@@ -26,6 +26,7 @@ from rnnquant.calibrate import CalibConfig, calibrate, calibration_batches
 from rnnquant.eval import perplexity_ids
 from rnnquant.exporters.measure import measure_in_process
 from rnnquant.exporters.onnx_export import export_step
+from rnnquant.exporters.prefill import step_bytes
 from rnnquant.artifacts import load
 from rnnquant.prune import parse_spec, prune
 from rnnquant.prune.config import STRUCTURED_GROUPS
@@ -63,8 +64,8 @@ def main() -> None:
             base = perplexity_ids(model, test, window=512).ppl
             base_path = export_step(model, Path(td) / f"{name}.onnx", tokenizer_file(Path(model.provenance.source)), prefill=False)
             base_ms = latency(base_path)
-            rows.append({"model": name, "spec": "none", "ppl": base, "delta_pct": 0.0, "onnx_bytes": base_path.stat().st_size, "step_ms": base_ms})
-            print(f"{name:12} none            ppl {base:8.3f}  onnx {base_path.stat().st_size / 2**20:.2f} MiB  {base_ms:.3f} ms", flush=True)
+            rows.append({"model": name, "spec": "none", "ppl": base, "delta_pct": 0.0, "onnx_bytes": step_bytes(base_path), "step_ms": base_ms})
+            print(f"{name:12} none            ppl {base:8.3f}  onnx {step_bytes(base_path) / 2**20:.2f} MiB  {base_ms:.3f} ms", flush=True)
             for spec in [s for s in UNSTRUCTURED + STRUCTURAL.get(model.model_type, DEFAULT_STRUCTURAL) if not args.specs or s in args.specs]:
                 cfg = parse_spec(spec)
                 p = prune(model, replace(cfg, bias_correction=True) if args.bias_correction else cfg, calib, batches)
@@ -72,9 +73,9 @@ def main() -> None:
                 row = {"model": name, "spec": spec, "ppl": ppl, "delta_pct": 100 * (ppl / base - 1)} | p.provenance.prune_report
                 if spec.split(":")[0] in (*STRUCTURED_GROUPS, "layers"):  # structural: export and time it
                     path = export_step(p, Path(td) / f"{name}-{spec.replace(':', '_')}.onnx", tokenizer_file(Path(model.provenance.source)), prefill=False)
-                    row |= {"onnx_bytes": path.stat().st_size, "step_ms": latency(path), "pruned_layers": p.provenance.prune_report.get("removed_layers")}
+                    row |= {"onnx_bytes": step_bytes(path), "step_ms": latency(path), "pruned_layers": p.provenance.prune_report.get("removed_layers")}
                     # the base this row was timed against travels with it: --specs re-measures rows at other times
-                    row |= {"onnx_smaller_pct": 100 * (1 - row["onnx_bytes"] / base_path.stat().st_size),
+                    row |= {"onnx_smaller_pct": 100 * (1 - row["onnx_bytes"] / step_bytes(base_path)),
                             "base_step_ms": base_ms, "faster_pct": 100 * (1 - row["step_ms"] / base_ms)}
                 rows.append(row)
                 extra = f"  onnx -{row['onnx_smaller_pct']:.1f}%  step {row['step_ms']:.3f} ms (-{row['faster_pct']:.1f}%)" if "onnx_bytes" in row else ""

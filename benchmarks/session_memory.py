@@ -59,9 +59,11 @@ def main() -> None:
     ort_file = next(ort_dir.glob(f"{model.stem}*.ort"))
     import onnx
 
+    from rnnquant.exporters.prefill import step_bytes
+
     inline = model.with_name(f"{model.stem}.inline.onnx")
     onnx.save(onnx.load(str(model)), str(inline))  # loads the external weights, saves them inside
-    weights = sum(f.stat().st_size for f in (model, model.with_name(f"{model.name}.data")) if f.is_file())
+    weights = step_bytes(model)
     runs = {
         "one file, weights inline (earlier layout)": (inline, "default", {}),
         "one file + MALLOC_MMAP_THRESHOLD_": (inline, "default", {"MALLOC_MMAP_THRESHOLD_": "131072"}),

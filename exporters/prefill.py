@@ -39,6 +39,12 @@ def weights_path(step_path: Path) -> Path:
     return step_path.with_name(f"{step_path.name}.data")
 
 
+def step_bytes(step_path: Path) -> int:
+    """What running the step graph needs on disk: the graph and its weights file (an .ort, or a
+    graph with its weights inside, is one file)."""
+    return sum(f.stat().st_size for f in (Path(step_path), weights_path(step_path)) if f.is_file())
+
+
 def parallel_prefill_metadata(model) -> dict[str, str]:
     """The adapter declares how many tokens one call of its parallel prefill is exact for."""
     return {"graph": "prefill", "prefill": "parallel", "prefill_max_tokens": str(model.prefill_max_tokens)}

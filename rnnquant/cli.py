@@ -444,7 +444,7 @@ def export(model, recipe, calib, data, samples, seq_len, prune_spec, out, to_ort
       rnnquant export mamba-pydoc --recipe w4a16-gptq --out web/model.onnx --web
     """
     from .exporters.onnx_export import export_step
-    from .exporters.prefill import prefill_path
+    from .exporters.prefill import prefill_path, step_bytes, weights_path
 
     if Path(out).exists() and not force:
         raise RnnquantError(f"{out} already exists (use --force to overwrite)")
@@ -471,7 +471,8 @@ def export(model, recipe, calib, data, samples, seq_len, prune_spec, out, to_ort
         path = export_qoperator(m, out, tokenizer, _batches(m, data, samples, seq_len), opset=opset, force=force, prefill_logits=prefill_logits)
     else:
         path = export_step(m, out, tokenizer, opset=opset, force=force, prefill_logits=prefill_logits)
-    click.echo(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MiB), {prefill_path(path).name} and {path.parent / stored_name(tokenizer)}")
+    click.echo(f"wrote {path} ({step_bytes(path) / 2**20:.2f} MiB with its weights file {weights_path(path).name}), {prefill_path(path).name} "
+               f"and {path.parent / stored_name(tokenizer)}")
     if to_ort:
         from .exporters.ort_format import convert_to_ort
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..errors import RnnquantError
 from ..exporters.measure import measure_in_process
-from ..exporters.prefill import weights_path
+from ..exporters.prefill import step_bytes
 from ..exporters.states import state_bytes
 from ..io import atomic_path
 from ..tokenizer import tokenizer_file
@@ -67,7 +67,7 @@ def _onnx_entry(path: Path, ids, window: int, tokens: int, threads: int) -> dict
     recipe = lm.meta["recipe"]
     return {"name": path.stem, "path": str(path), "kind": path.suffix.lstrip("."),
             "recipe": _label(json.loads(recipe)["name"] if recipe != "float" else "float", lm.meta.get("prune", "")), "perplexity": ppl, "tokens": n,
-            "size_bytes": sum(f.stat().st_size for f in (path, weights_path(path)) if f.is_file()), "state_bytes": state_bytes(lm.states)} | _timing(measure_in_process(path, tokens, threads))
+            "size_bytes": step_bytes(path), "state_bytes": state_bytes(lm.states)} | _timing(measure_in_process(path, tokens, threads))
 
 
 def machine(threads: int) -> dict:
