@@ -102,6 +102,8 @@ class ArchSpec:
     channel_groups: dict[str, ChannelGroup] = field(default_factory=dict)  # structurally prunable widths
     layer_stack: list[str] = field(default_factory=list)  # the blocks, in order (a block that keeps the width is removable)
     num_layers_key: str = "num_hidden_layers"  # the config field that counts the blocks of layer_stack
+    fixed_blocks: list[int] = field(default_factory=list)  # blocks layer removal keeps (ones with parameters no other block has)
+    layer_pattern_keys: list[str] = field(default_factory=list)  # config lists cycled over the blocks (block i: entry i % len)
 
     def check(self, model: nn.Module) -> None:
         """Every name resolves to the kind of thing it claims to be (raises ValueError naming the first

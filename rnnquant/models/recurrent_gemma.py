@@ -274,4 +274,5 @@ class RecurrentGemmaLM(RecurrentLM):
         layers = [f"model.layers.{i}" for i in range(c["num_hidden_layers"])]
         # no smoothing pairs: the norms scale by (1 + w), which a per-channel factor on w does not scale;
         # no channel groups: the MLP is intermediate_size // 2 wide, a width no config field states
-        return ArchSpec(linears, [], rot, taps, floats, states, embedding="model.embed_tokens", layer_stack=layers)
+        return ArchSpec(linears, [], rot, taps, floats, states, embedding="model.embed_tokens", layer_stack=layers,
+                        layer_pattern_keys=["block_types"])  # removing a block keeps every other block's kind

@@ -211,7 +211,8 @@ class RwkvLM(RecurrentLM):
         blocks = [f"rwkv.blocks.{i}" for i in range(c["num_hidden_layers"])]
         ffn_channels = ChannelGroup("intermediate_size", [self._ffn_slices(f"{b}.feed_forward") for b in blocks])
         return ArchSpec(linears, pairs, rot, taps, floats, states, embedding="rwkv.embeddings", head="head",
-                        channel_groups={"ffn": ffn_channels}, layer_stack=blocks)
+                        channel_groups={"ffn": ffn_channels}, layer_stack=blocks,
+                        fixed_blocks=[0])  # block 0 alone has pre_ln
 
     @staticmethod
     def _ffn_slices(f: str) -> ChannelLayer:

@@ -302,7 +302,8 @@ class Rwkv7LM(RecurrentLM):
         layers = [f"model.layers.{i}" for i in range(c["num_hidden_layers"])]
         ffn_channels = ChannelGroup("intermediate_size", [self._ffn_slices(f"{b}.ffn") for b in layers])
         return ArchSpec(linears, pairs, rot, taps, floats, states, embedding="model.embeddings",
-                        channel_groups={"ffn": ffn_channels}, layer_stack=layers)
+                        channel_groups={"ffn": ffn_channels}, layer_stack=layers,
+                        fixed_blocks=[0])  # layer 0 alone has pre_norm and no v_lora: it is the value residual's source
 
     def _norm_params(self) -> tuple[str, ...]:
         return ("weight", "bias") if self.config["norm_bias"] else ("weight",)

@@ -186,9 +186,11 @@ def _layers(model, cfg: PruneConfig, batches):
     if cfg.layers >= n:
         raise RnnquantError(f"layers:{cfg.layers} would remove every layer (the model has {n})")
     bi = block_influence(model, batches)
+    bi[spec.fixed_blocks] = float("inf")  # e.g. RWKV's block 0, the only one with a pre-norm / the value-residual source
     removable = int(bi.isfinite().sum())
     if cfg.layers > removable:
-        raise RnnquantError(f"layers:{cfg.layers}: only {removable} of the {n} layers can be removed (the others change the width)")
+        raise RnnquantError(f"layers:{cfg.layers}: only {removable} of the {n} layers can be removed "
+                            "(the others change the width or hold parameters no other block has)")
     drop = set(bi.topk(cfg.layers, largest=False).indices.tolist())
     prefix = spec.layer_stack[0].rsplit(".", 1)[0]  # e.g. backbone.layers
     state, new_i = {}, {old: new for new, old in enumerate(i for i in range(n) if i not in drop)}
@@ -199,7 +201,9 @@ def _layers(model, cfg: PruneConfig, batches):
                 continue
             k = f"{prefix}.{new_i[int(i)]}.{rest}"
         state[k] = v
-    new = build({"model_type": model.model_type} | model.config | {spec.num_layers_key: n - cfg.layers})
+    kept = [i for i in range(n) if i not in drop]
+    patterns = {k: [model.config[k][i % len(model.config[k])] for i in kept] for k in spec.layer_pattern_keys if k in model.config}
+    new = build({"model_type": model.model_type} | model.config | {spec.num_layers_key: n - cfg.layers} | patterns)
     new.load_state_dict(state, strict=True)
     return new, sorted(drop)
 

@@ -118,3 +118,23 @@ def test_a_declared_nonzero_initial_value_reaches_torch_and_the_runtimes(monkeyp
     monkeypatch.setattr(m, "arch_spec", lambda: odd)
     for s, t, a in zip(odd.states, m.init_state(2), initial_state(state_metadata(m), 2), strict=True):
         assert bool((t == s.init).all()) and (a == s.init).all() and a.dtype.name == "float32"
+
+
+def test_removing_a_layer_equals_skipping_its_block(any_arch):
+    """`prune layers:1` on every adapter: the smaller model computes what the original computes
+    with the removed block skipped (its config rewritten from the adapter's declarations only)."""
+    from rnnquant.calibrate import CalibConfig, calibrate, calibration_batches
+    from rnnquant.prune import parse_spec, prune
+
+    m = tiny_model(any_arch)
+    ids = torch.randint(0, m.vocab_size, (2000,), generator=torch.Generator().manual_seed(0))
+    one = prune(m, parse_spec("layers:1"), calibrate(m, ids, CalibConfig(samples=4, seq_len=32)), calibration_batches(ids, 4, 32, 4))
+    (gone,) = one.provenance.prune_report["removed_layers"]
+    assert gone not in m.arch_spec().fixed_blocks
+    x, state = ids[:40].view(2, 20), m.init_state(2)
+    with torch.no_grad():
+        h = m.stem(x)
+        for i, part in enumerate(m.arch_spec().state_slices()):
+            if i != gone:
+                h, _ = m.block(i, h, state[part])
+        assert (one(x) - m.tail(h)).abs().max() <= 1e-5

@@ -343,3 +343,16 @@ def test_recalibration_after_pruning_keeps_every_setting():
     calib = calibrate(m, IDS, cfg)
     again = recalibrated(m, calib, TextSource(lambda: IDS))
     assert again.meta["settings"] == cfg.to_dict()
+
+
+@pytest.mark.parametrize("arch", ["rwkv", "rwkv7"])
+def test_layer_removal_keeps_the_fixed_blocks(monkeypatch, arch):
+    """RWKV's block 0 alone has the pre-norm (RWKV-7's is also the value residual's source): even
+    when it scores as the least influential block, layer removal takes another."""
+    from rnnquant.prune import apply
+    from tests.conftest import tiny_model
+
+    m = tiny_model(arch)
+    monkeypatch.setattr(apply, "block_influence", lambda model, batches: torch.arange(len(model.arch_spec().layer_stack), dtype=torch.float))
+    one = prune(m, parse_spec("layers:1"), None, calibration_batches(IDS, 4, 32, 4))
+    assert one.provenance.prune_report["removed_layers"] == [1]
