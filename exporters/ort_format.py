@@ -29,17 +29,15 @@ def _quiet_logging():
         logging.disable(logging.NOTSET)
 
 
-def _convert(onnx_path: Path, target: Path) -> None:
+def _convert(onnx_path: Path, target: Path, weights: Path) -> None:
+    """``weights``: the export's shared weights file, which the .ort file embeds."""
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
-
-    from .prefill import weights_path
 
     with tempfile.TemporaryDirectory() as d:
         src = Path(d) / onnx_path.name
         shutil.copyfile(onnx_path, src)
-        for weights in {weights_path(onnx_path), weights_path(onnx_path.with_name(onnx_path.name.replace(".prefill", "")))}:
-            if weights.is_file():  # the .ort file embeds the weights the .onnx keeps beside it
-                shutil.copyfile(weights, Path(d) / weights.name)
+        if weights.is_file():
+            shutil.copyfile(weights, Path(d) / weights.name)
         try:
             with contextlib.redirect_stdout(io.StringIO()), _quiet_logging():  # the converter narrates each step
                 convert_onnx_models_to_ort(src, output_dir=Path(d) / "out", optimization_styles=[OptimizationStyle.Fixed])
@@ -56,15 +54,15 @@ def convert_to_ort(onnx_path: Path, tokens: int = 16) -> tuple[Path, float]:
     """Write ``<stem>.ort`` (and ``<stem>.prefill.ort`` when a prefill graph is beside it) next to
     ``onnx_path``; return the step .ort and the max |logit| difference over ``tokens`` greedy steps
     run through both files, and over a prefill of those tokens."""
-    from .prefill import prefill_path
+    from .prefill import prefill_path, weights_path
     from .runner import OrtLM
 
     onnx_path = Path(onnx_path)
     target = onnx_path.with_suffix(".ort")
-    _convert(onnx_path, target)
+    _convert(onnx_path, target, weights_path(onnx_path))
     pre = prefill_path(onnx_path)
     if pre.is_file():
-        _convert(pre, pre.with_suffix(".ort"))
+        _convert(pre, pre.with_suffix(".ort"), weights_path(onnx_path))  # the prefill graph reads the step graph's weights
     a, b = OrtLM(onnx_path), OrtLM(target)
     sa, sb, tok, diff, seen = a.init_state(1), b.init_state(1), np.array([0]), 0.0, []
     for _ in range(tokens):

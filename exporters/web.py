@@ -72,12 +72,13 @@ def manifest(step_path: Path) -> dict:
     pre = prefill_path(step_path)
     pre_meta = read_metadata(pre) if pre.is_file() else None
     states = json.loads(meta["states"])
+    weights = weights_path(step_path)
     recipe = json.loads(meta["recipe"]).get("name", "custom") if meta["recipe"] != "float" else "float"
     return {
         "format": "rnnquant-web/1",
         "step": step_path.name,
         "prefill": pre.name if pre_meta else None,
-        "weights": weights_path(step_path).name if weights_path(step_path).is_file() else None,  # external data both graphs read
+        "weights": weights.name if weights.is_file() else None,  # external data both graphs read
         # a parallel prefill graph is exact for at most prefill_max_tokens per call; a Loop takes any length
         "prefill_window": min(PREFILL_WINDOW, int(pre_meta["prefill_max_tokens"])) if pre_meta and pre_meta.get("prefill") == "parallel" else None,
         "prefill_last_only": bool(pre_meta and pre_meta.get("prefill_logits") == "last"),
@@ -91,7 +92,7 @@ def manifest(step_path: Path) -> dict:
         "rnnquant_version": meta.get("rnnquant_version", ""),
         "tokenizer": tokenizer_entry(step_path.parent),
         "bytes": {"step": step_path.stat().st_size, "prefill": pre.stat().st_size if pre_meta else 0,
-                  "weights": weights_path(step_path).stat().st_size if weights_path(step_path).is_file() else 0},
+                  "weights": weights.stat().st_size if weights.is_file() else 0},
     }
 
 

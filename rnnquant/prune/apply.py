@@ -193,7 +193,8 @@ def _layers(model, cfg: PruneConfig, batches):
                             "(the others change the width or hold parameters no other block has)")
     drop = set(bi.topk(cfg.layers, largest=False).indices.tolist())
     prefix = spec.layer_stack[0].rsplit(".", 1)[0]  # e.g. backbone.layers
-    state, new_i = {}, {old: new for new, old in enumerate(i for i in range(n) if i not in drop)}
+    kept = [i for i in range(n) if i not in drop]
+    state, new_i = {}, {old: new for new, old in enumerate(kept)}
     for k, v in model.state_dict().items():
         if k.startswith(prefix + "."):
             i, rest = k[len(prefix) + 1 :].split(".", 1)
@@ -201,7 +202,6 @@ def _layers(model, cfg: PruneConfig, batches):
                 continue
             k = f"{prefix}.{new_i[int(i)]}.{rest}"
         state[k] = v
-    kept = [i for i in range(n) if i not in drop]
     patterns = {k: [model.config[k][i % len(model.config[k])] for i in kept] for k in spec.layer_pattern_keys if k in model.config}
     new = build({"model_type": model.model_type} | model.config | {spec.num_layers_key: n - cfg.layers} | patterns)
     new.load_state_dict(state, strict=True)
