@@ -11,6 +11,7 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
+import torch
 
 from rnnquant.exporters.web import PAGE_FILES, VENDOR_FILES
 from rnnquant.io import save_checkpoint
@@ -35,10 +36,16 @@ def chromium() -> str:
     return CHROMIUM
 
 
-def _serve(folder: Path):
+def _open_page(node: str, chromium: str, folder: Path, prompt: str, shot: Path) -> dict:
+    """Serve ``folder`` from 127.0.0.1, open its page as ``index.html?prompt=...&tokens=TOKENS`` in
+    headless Chromium (web/test/page.mjs) and return what the page showed."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(folder)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/index.html?" + urllib.parse.urlencode({"prompt": prompt, "tokens": TOKENS})
+        return json.loads(run_node(node, "page.mjs", url, shot, chromium)[-1])
+    finally:
+        server.shutdown()
 
 
 @pytest.mark.parametrize("recipe", ["float", "w4a16-rtn"])
@@ -49,13 +56,8 @@ def test_page_continues_the_prompt_like_rnnquant_run(capsys, tmp_path, node, chr
     code, stdout, err = run_cli(capsys, "run", out, "--prompt", PROMPT, "--max-new-tokens", TOKENS)
     assert code == 0 and stdout.startswith(PROMPT), err
     expected = stdout[len(PROMPT) :]  # `rnnquant run` prints the prompt, then the continuation (its timing goes to stderr)
-    server = _serve(out.parent)
-    try:
-        url = f"http://127.0.0.1:{server.server_port}/index.html?" + urllib.parse.urlencode({"prompt": PROMPT, "tokens": TOKENS})
-        shot = tmp_path / "page.png"
-        result = json.loads(run_node(node, "page.mjs", url, shot, chromium)[-1])
-    finally:
-        server.shutdown()
+    shot = tmp_path / "page.png"
+    result = _open_page(node, chromium, out.parent, PROMPT, shot)
     assert result["title"] == "done", result
     assert result["output"] == expected, result
     assert result["errors"] == [] and result["outside"] == [], result  # nothing fetched from anywhere but the page's folder
@@ -84,24 +86,28 @@ def test_web_without_its_packages_is_refused_before_any_work(capsys, tmp_path, m
 def test_page_with_an_rwkv_world_vocabulary(capsys, tmp_path, node, chromium):
     """An RWKV-7 with a World vocabulary (the tokenizer tests' one: multi-byte characters, tokens
     that end inside a character): the page encodes the prompt and decodes the continuation with
-    world.mjs exactly as OrtLM does with rnnquant's WorldTokenizer. A random tiny model: its
-    continuation is arbitrary bytes, so cut characters (U+FFFD) are exercised too."""
+    world.mjs exactly as OrtLM does with rnnquant's WorldTokenizer. The random tiny model's
+    vocabulary is the World vocabulary's size, so every id it generates decodes to bytes (its
+    continuation includes characters cut between tokens: U+FFFD)."""
     from rnnquant.exporters.runner import OrtLM
+    from rnnquant.models import build
     from rnnquant.tokenizer import WORLD_FILE
+    from tests.conftest import CONTRACT
     from tests.test_tokenizer import vocab_lines
 
     world = tmp_path / WORLD_FILE
     world.write_text("\n".join(vocab_lines()) + "\n", encoding="utf-8")
     d, out, prompt = tmp_path / "rwkv7-world", tmp_path / "page" / "model.onnx", "中文件 abc 😀 é"
-    save_checkpoint(tiny_model("rwkv7"), d, tokenizer_path=world)
+    torch.manual_seed(0)
+    model = build(CONTRACT["rwkv7"] | {"vocab_size": len(vocab_lines()) + 1})  # id 0 is <|endoftext|>
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    save_checkpoint(model, d, tokenizer_path=world)
     assert run_cli(capsys, "export", d, "--out", out, "--web")[0] == 0
     lm = OrtLM(out)
     expected = lm.tokenizer.decode(list(lm.generate(lm.encode(prompt), TOKENS)))
-    server = _serve(out.parent)
-    try:
-        url = f"http://127.0.0.1:{server.server_port}/index.html?" + urllib.parse.urlencode({"prompt": prompt, "tokens": TOKENS})
-        result = json.loads(run_node(node, "page.mjs", url, tmp_path / "page.png", chromium)[-1])
-    finally:
-        server.shutdown()
+    assert len(expected) >= TOKENS // 2, expected  # a real continuation, not ids the vocabulary lacks
+    result = _open_page(node, chromium, out.parent, prompt, tmp_path / "page.png")
     assert result["title"] == "done" and result["errors"] == [], result
     assert result["output"] == expected, result
