@@ -50,3 +50,11 @@ def test_memory_does_not_grow_with_samples():
     for i in range(199):
         s.update(torch.randn(1000, 4) * (i + 2))
     assert _held_bytes(s) == held and s.count == 200_000
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_update_leaves_its_input_unchanged(dtype):
+    x = torch.randn(300, 7, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    before = x.clone()
+    ChannelStats(7).update(x)
+    assert torch.equal(x, before)
