@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from rnnquant.errors import RnnquantError
-from rnnquant.eval.windows import windows
+from rnnquant.eval.windows import POSITION_EDGES, PositionBuckets, windows
 from rnnquant.exporters.prefill import PREFILL_WINDOW, prefill_path
 from rnnquant.exporters.states import initial_state
 from rnnquant.text import encode_prompt
@@ -180,6 +180,19 @@ class OrtLM:
         bar.close()
         return math.exp(nll / count), count
 
+
+    def perplexity_by_position(self, ids, edges=POSITION_EDGES, chunk: int = 1024, progress: bool = False) -> list[dict]:
+        """``rnnquant.eval.perplexity_by_position`` through the exported graphs: one stream, batch 1,
+        the state carried across the whole text, ``chunk`` positions per ``prefill`` call."""
+        from tqdm import tqdm
+
+        ids = np.asarray(ids, dtype=np.int64)
+        buckets, state = PositionBuckets(edges), self.init_state(1)
+        for s in tqdm(range(0, len(ids) - 1, chunk), desc="ppl by position (onnx)", unit="chunk", disable=not progress, leave=False):
+            x, y = ids[s : min(s + chunk, len(ids) - 1)], ids[s + 1 : s + chunk + 1]
+            logits, state = self.prefill(x[None], state)  # [1, len(x), V]
+            buckets.add(s + 1, -np.take_along_axis(log_softmax(logits[0]), y[:, None], -1)[:, 0])
+        return buckets.result()
 
 class BoundStep:
     """The step graph for one sequence through two ``IOBinding``s used in turn (ping-pong): each

@@ -529,8 +529,10 @@ def run(model, prompt, max_new_tokens, temperature, top_k, seed, threads):
 @click.option("--threads", default=1, show_default=True, help="ONNX Runtime threads for latency.")
 @click.option("--tokens", default=256, show_default=True, help="Timed decode steps per variant (after warm-up).")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--by-position", is_flag=True, help="Also perplexity per position bucket of the text read as one stream, the state "
+              "carried across it (as `ppl --by-position`), for every variant: a second table in the report.")
 @_max_tokens
-def compare(float_model, variants, data, window, threads, tokens, out, max_tokens):
+def compare(float_model, variants, data, window, threads, tokens, out, by_position, max_tokens):
     """Perplexity, latency, size and memory of each VARIANT against the float model.
 
     A VARIANT is an exported .onnx/.ort file or a quantized model directory. Writes
@@ -544,7 +546,7 @@ def compare(float_model, variants, data, window, threads, tokens, out, max_token
 
     m = _model(float_model)
     source = data or "zoo test split"
-    report = run_compare(m, list(variants), _ids(m, data, "test", max_tokens), window, tokens, threads, source)
+    report = run_compare(m, list(variants), _ids(m, data, "test", max_tokens), window, tokens, threads, source, by_position)
     write_report(report, out)
     click.echo(markdown_table(report))
     click.echo(f"wrote {Path(out)}/report.json, report.md, report.html")

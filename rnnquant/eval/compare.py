@@ -8,7 +8,8 @@ through a temporary ONNX export of their step graph, like the exported variants.
 report.json schema (version 1):
     {"schema_version": 1,
      "float":    {name, path, kind, recipe, perplexity, tokens, latency_ms: {p50, p90, p99}, decode_tok_s,
-                  prefill_tok_s, size_bytes, peak_rss_bytes, state_bytes},
+                  prefill_tok_s, size_bytes, peak_rss_bytes, state_bytes,
+                  by_position (only with --by-position): [{from, to (null: open-ended), tokens, ppl}]},
      "variants": [the same keys + ppl_delta_pct],
      "machine":  {cpu, cores, threads, python, onnxruntime, torch},
      "data":     {source, tokens, window, sha256}}
@@ -36,18 +37,19 @@ def _dir_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.glob("*.safetensors"))
 
 
-def _torch_entry(model, name: str, path: str, ids, window: int, tokens: int, threads: int, tmp: Path) -> dict:
-    from ..eval import perplexity_ids
+def _torch_entry(model, name: str, path: str, ids, window: int, tokens: int, threads: int, tmp: Path, by_position: bool) -> dict:
+    from ..eval import perplexity_by_position, perplexity_ids
     from ..exporters.onnx_export import export_step, state_metadata
 
     ppl = perplexity_ids(model, ids, window=window, progress=True)
+    positions = {"by_position": perplexity_by_position(model, ids, progress=True)} if by_position else {}
     onnx_path = export_step(model, tmp / f"{len(list(tmp.iterdir()))}.onnx", tokenizer_file(Path(model.provenance.source)))
     m = measure_in_process(onnx_path, tokens, threads)
     recipe = model.provenance.recipe
     pruned = model.provenance.prune_report or {}
     kind = "quantized-dir" if recipe is not None else "pruned-dir" if pruned else "pytorch"
     return {"name": name, "path": path, "kind": kind, "recipe": _label(recipe.name if recipe else "float", pruned.get("spec", "")), "perplexity": ppl.ppl, "tokens": ppl.tokens,
-            "size_bytes": _dir_size(Path(model.provenance.source)), "state_bytes": state_bytes(state_metadata(model))} | _timing(m)
+            "size_bytes": _dir_size(Path(model.provenance.source)), "state_bytes": state_bytes(state_metadata(model))} | _timing(m) | positions
 
 
 def _label(recipe: str, prune_spec: str) -> str:
@@ -59,15 +61,16 @@ def _timing(m: dict) -> dict:
     return {"latency_ms": m["latency_ms"], "decode_tok_s": m["decode_tok_s"], "prefill_tok_s": m["prefill_tok_s"], "peak_rss_bytes": m["peak_rss_bytes"]}
 
 
-def _onnx_entry(path: Path, ids, window: int, tokens: int, threads: int) -> dict:
+def _onnx_entry(path: Path, ids, window: int, tokens: int, threads: int, by_position: bool) -> dict:
     from ..exporters.runner import OrtLM
 
     lm = OrtLM(path, threads=threads)
     ppl, n = lm.perplexity(ids.numpy(), window=window, progress=True)
+    positions = {"by_position": lm.perplexity_by_position(ids.numpy(), progress=True)} if by_position else {}
     recipe = lm.meta["recipe"]
     return {"name": path.stem, "path": str(path), "kind": path.suffix.lstrip("."),
             "recipe": _label(json.loads(recipe)["name"] if recipe != "float" else "float", lm.meta.get("prune", "")), "perplexity": ppl, "tokens": n,
-            "size_bytes": step_bytes(path), "state_bytes": state_bytes(lm.states)} | _timing(measure_in_process(path, tokens, threads))
+            "size_bytes": step_bytes(path), "state_bytes": state_bytes(lm.states)} | _timing(measure_in_process(path, tokens, threads)) | positions
 
 
 def machine(threads: int) -> dict:
@@ -106,7 +109,9 @@ def _check_variant(v: str, float_fp: str) -> None:
         raise RnnquantError(f"{v}: a variant must be an .onnx/.ort file, a quantized or a pruned model directory")
 
 
-def compare(float_model, variants: list[str], ids, window: int, tokens: int, threads: int, data_source: str) -> dict:
+def compare(float_model, variants: list[str], ids, window: int, tokens: int, threads: int, data_source: str, by_position: bool = False) -> dict:
+    """``by_position``: also the perplexity per position bucket of the text read as one stream, the
+    state carried across it (``rnnquant.eval.perplexity_by_position``), for every row."""
     from ..artifacts import load
 
     for v in variants:
@@ -114,13 +119,13 @@ def compare(float_model, variants: list[str], ids, window: int, tokens: int, thr
     rows = []
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
-        base = _torch_entry(float_model, "float", float_model.provenance.source, ids, window, tokens, threads, tmp)
+        base = _torch_entry(float_model, "float", float_model.provenance.source, ids, window, tokens, threads, tmp, by_position)
         for v in variants:
             p = Path(v)
             if p.suffix in (".onnx", ".ort"):
-                rows.append(_onnx_entry(p, ids, window, tokens, threads))
+                rows.append(_onnx_entry(p, ids, window, tokens, threads, by_position))
             else:
-                rows.append(_torch_entry(load(p), p.name, str(p), ids, window, tokens, threads, tmp))
+                rows.append(_torch_entry(load(p), p.name, str(p), ids, window, tokens, threads, tmp, by_position))
     for r in rows:
         r["ppl_delta_pct"] = 100 * (r["perplexity"] / base["perplexity"] - 1)
     data = {"source": data_source, "tokens": int(len(ids)), "window": window, "sha256": hashlib.sha256(ids.numpy().tobytes()).hexdigest()}
@@ -136,6 +141,41 @@ def markdown_table(report: dict) -> str:
         lat = r["latency_ms"]
         lines.append(f"| {r['name']} | {r['kind']} | {r['recipe']} | {r['perplexity']:.3f} | {d} | {lat['p50']:.3f} | {lat['p90']:.3f} | {lat['p99']:.3f} | "
                      f"{r['decode_tok_s']:.0f} | {r['size_bytes'] / 2**20:.2f} | {r['peak_rss_bytes'] / 2**20:.1f} | {r['state_bytes'] / 1024:.1f} |")
+    return head + "\n".join(lines) + "\n" + (f"\n{POSITION_CAPTION}\n\n{positions}" if (positions := _position_table(report)) else "")
+
+
+POSITION_CAPTION = "Perplexity by position: the text read as one stream, the state carried from its first token to its last."
+
+
+def _html_tables(markdown: str) -> str:
+    """Each markdown table of ``markdown`` as an HTML table, other lines as paragraphs."""
+    out, rows = [], []
+    for line in [*markdown.splitlines(), ""]:
+        if line.startswith("|"):
+            rows.append([c.strip() for c in line.strip("|").split("|")])
+            continue
+        if rows:
+            body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows[2:])
+            out.append("<table border=1 cellpadding=4><tr>" + "".join(f"<th>{c}</th>" for c in rows[0]) + f"</tr>{body}</table>")
+            rows = []
+        if line:
+            out.append(f"<p>{line}</p>")
+    return "".join(out)
+
+
+def _position_table(report: dict) -> str:
+    """The by-position column group (when compare ran with it): perplexity per position bucket
+    of the stream, each variant's change against the float model's bucket."""
+    base = report["float"].get("by_position")
+    if not base:
+        return ""
+    spans = [f"{b['from']}-{b['to']}" if b["to"] is not None else f"{b['from']}+" for b in base]
+    head = "| variant | " + " | ".join(f"ppl @ {s}" for s in spans) + " |\n|---|" + "---:|" * len(spans) + "\n"
+    lines = []
+    for r in [report["float"], *report["variants"]]:
+        cells = [f"{b['ppl']:.3f}" + ("" if r is report["float"] else f" ({100 * (b['ppl'] / f['ppl'] - 1):+.2f}%)")
+                 for b, f in zip(r["by_position"], base, strict=True)]
+        lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
     return head + "\n".join(lines) + "\n"
 
 
@@ -174,9 +214,7 @@ def write_report(report: dict, out_dir) -> None:
         fig.tight_layout()
         fig.savefig(tmp / "latency.png", dpi=100)
         plt.close(fig)
-        html_rows = "".join("<tr>" + "".join(f"<td>{c.strip()}</td>" for c in line.strip("|").split("|")) + "</tr>" for line in table.splitlines()[2:])
-        header = "".join(f"<th>{c.strip()}</th>" for c in table.splitlines()[0].strip("|").split("|"))
         (tmp / "report.html").write_text(
             f"<!doctype html><meta charset=utf-8><title>rnnquant compare</title><h1>rnnquant compare</h1>"
-            f"<table border=1 cellpadding=4><tr>{header}</tr>{html_rows}</table><p>{note.replace(chr(10), '<br>')}</p>"
+            f"{_html_tables(table)}<p>{note.replace(chr(10), '<br>')}</p>"
             f"<img src=ppl_vs_size.png><img src=latency.png>\n")

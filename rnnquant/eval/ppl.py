@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..text import token_ids
-from .windows import windows
+from .windows import POSITION_EDGES, PositionBuckets, windows
 
 
 @dataclass(frozen=True)
@@ -73,9 +73,6 @@ def perplexity_ids(model, ids: torch.Tensor, window: int = 512, batch_size: int 
     return PerplexityResult(_ppl(total, count), total, count)  # exp(709) is near float's max: beyond it, inf
 
 
-POSITION_EDGES = (0, 256, 1024, 4096, 16384)
-
-
 def _ppl(nll: float, count: int) -> float:
     return math.exp(nll / count) if nll / count < 709 else math.inf
 
@@ -87,20 +84,13 @@ def perplexity_by_position(model, ids: torch.Tensor, edges=POSITION_EDGES, chunk
     tokens at positions a..b-1 (position 0 is never predicted); the last bucket is open-ended.
     Buckets the text does not reach are left out."""
     chunk = min(chunk, model.prefill_max_tokens or chunk)
-    bounds = [*edges, math.inf]
-    nll = torch.zeros(len(edges), dtype=torch.float64)
-    count = torch.zeros(len(edges), dtype=torch.long)
+    buckets = PositionBuckets(edges)
     state = model.init_state(1)
     for s in tqdm(range(0, len(ids) - 1, chunk), desc="ppl by position", unit="chunk", disable=not progress, leave=False):
         x, y = ids[s : min(s + chunk, len(ids) - 1)], ids[s + 1 : s + chunk + 1]
         logits, state = model.forward_with_state(x[None], state)
-        token_nll = F.cross_entropy(logits[0].float(), y, reduction="none").double()  # [len(x)]
-        positions = torch.arange(s + 1, s + 1 + len(y))
-        bucket = torch.bucketize(positions, torch.tensor(edges[1:]), right=True)  # index into edges
-        nll.index_add_(0, bucket, token_nll)
-        count.index_add_(0, bucket, torch.ones_like(bucket))
-    return [{"from": a, "to": None if b == math.inf else b, "tokens": int(n), "ppl": _ppl(float(l), int(n))}
-            for a, b, l, n in zip(bounds, bounds[1:], nll.tolist(), count.tolist()) if n]
+        buckets.add(s + 1, F.cross_entropy(logits[0].float(), y, reduction="none").double().numpy())  # [len(x)]
+    return buckets.result()
 
 
 def perplexity(model, text: str, window: int = 512, **kw) -> PerplexityResult:

@@ -41,6 +41,27 @@ def test_compare_report(capsys, tmp_path):
     assert "| float |" in stdout
 
 
+def test_compare_by_position_reports_every_variants_buckets(capsys, tmp_path):
+    d = tmp_path / "m"
+    save_checkpoint(tiny_model("gru"), d, tokenizer_path=TOKENIZER)
+    data = tmp_path / "data.txt"
+    data.write_text(TEXT)
+    assert run_cli(capsys, "export", d, "--recipe", "w8a8-dynamic", "--out", tmp_path / "w8.onnx")[0] == 0
+    save_quantized(quantize(load(d), PRESETS["w4a16-rtn"]), tmp_path / "w4", TOKENIZER)
+    out = tmp_path / "report"
+    code, stdout, err = run_cli(capsys, "compare", "--float", d, tmp_path / "w8.onnx", tmp_path / "w4", "--data", data,
+                                "--tokens", 8, "--by-position", "--out", out)
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    rows = [report["float"], *report["variants"]]
+    n = report["data"]["tokens"] - 1  # every token but the first is predicted once
+    for r in rows:
+        assert sum(b["tokens"] for b in r["by_position"]) == n
+        assert [b["from"] for b in r["by_position"]] == [b["from"] for b in report["float"]["by_position"]]
+    assert "ppl @ 0-256" in stdout and sum(line.startswith("| float |") for line in stdout.splitlines()) == 2
+    assert (out / "report.html").read_text().count("<table") == 2
+
+
 def test_compare_refuses_other_models_variant(capsys, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     save_checkpoint(tiny_model("gru", seed=0), a, tokenizer_path=TOKENIZER)

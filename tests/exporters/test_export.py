@@ -13,7 +13,7 @@ import torch
 
 from rnnquant.calibrate import CalibConfig, calibrate, calibration_batches
 from rnnquant.errors import RnnquantError
-from rnnquant.eval import perplexity_ids
+from rnnquant.eval import perplexity_by_position, perplexity_ids
 from rnnquant.exporters.onnx_export import export_step
 from rnnquant.exporters.ort_format import convert_to_ort
 from rnnquant.exporters.runner import OrtLM
@@ -53,6 +53,20 @@ def test_greedy_generation_matches_torch(tmp_path):
     lm = OrtLM(export_step(m, tmp_path / "m.onnx", TOKENIZER))
     prompt = IDS[:7].tolist()
     assert list(lm.generate(prompt, 32)) == list(generate(m, prompt, 32))
+
+
+@pytest.mark.parametrize("arch", ["mamba", "lstm"])  # a parallel prefill graph; a Loop over the step
+def test_ort_perplexity_by_position_matches_torch(tmp_path, arch):
+    """The state carried across chunks through the exported graphs gives PyTorch's buckets."""
+    m = _model(arch)
+    lm = OrtLM(export_step(m, tmp_path / "m.onnx", TOKENIZER))
+    ids = IDS[:400]
+    ours = lm.perplexity_by_position(ids.numpy(), edges=(0, 50, 200), chunk=96)
+    ref = perplexity_by_position(m, ids, edges=(0, 50, 200), chunk=96)
+    assert [(b["from"], b["to"], b["tokens"]) for b in ours] == [(0, 50, 49), (50, 200, 150), (200, None, 200)]
+    assert [(b["from"], b["to"], b["tokens"]) for b in ours] == [(b["from"], b["to"], b["tokens"]) for b in ref]
+    for a, b in zip(ours, ref, strict=True):
+        assert abs(a["ppl"] - b["ppl"]) / b["ppl"] <= 1e-4
 
 
 @pytest.mark.parametrize("arch", ["mamba", "mamba2", "lstm", "lstm-untied", "lstmp"])
