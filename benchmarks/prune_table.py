@@ -5,7 +5,8 @@ the exported step graph (docs/RESULTS.md).
 
 Unstructured rows (magnitude / Wanda / SparseGPT at 25 % and 50 %, 2:4) zero weights of every
 Linear but the head: masked sparsity, no smaller file. Structural rows remove 10 % / 25 % of
-Mamba's d_inner (LSTM: hidden units), 1 / 2 Mamba layers and the LSTM's one removable layer; for
+Mamba's d_inner (LSTM: hidden units; RWKV-7: FFN channels, and a quarter / half of its heads),
+1 / 2 Mamba layers and the LSTM's one removable layer; for
 those the float step graph is exported and its size and per-token latency (1 thread, own process)
 compared with the unpruned graph's. ``:owl`` rows take per-layer sparsities from OWL. Writes
 benchmarks/results/prune_table.json; with --specs, only those rows are (re)measured and merged in.
@@ -37,7 +38,7 @@ RESULTS = Path(__file__).parent / "results"
 UNSTRUCTURED = ["magnitude:0.25", "wanda:0.25", "sparsegpt:0.25", "magnitude:0.5", "wanda:0.5", "sparsegpt:0.5",
                 "magnitude:0.5:owl", "wanda:0.5:owl", "sparsegpt:0.5:owl", "magnitude:2:4", "wanda:2:4", "sparsegpt:2:4"]
 DEFAULT_STRUCTURAL = ["channels:0.25", "layers:1"]  # channels: the adapter's first channel group
-STRUCTURAL = {"mamba2": DEFAULT_STRUCTURAL, "mamba": ["channels:0.1", "channels:0.25", "state:0.25", "state:0.5", "layers:1", "layers:2"], "lstm": ["channels:0.1", "channels:0.25", "layers:1"]}
+STRUCTURAL = {"mamba2": DEFAULT_STRUCTURAL, "rwkv7": ["channels:0.25", "heads:0.25", "heads:0.5", "layers:1"], "mamba": ["channels:0.1", "channels:0.25", "state:0.25", "state:0.5", "layers:1", "layers:2"], "lstm": ["channels:0.1", "channels:0.25", "layers:1"]}
 
 
 def latency(path: Path) -> float:

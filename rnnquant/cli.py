@@ -297,7 +297,8 @@ def quantize(model, recipe, calib, data, samples, seq_len, prune_spec, out, forc
 
 @cli.command()
 @click.argument("model")
-@click.option("--method", type=click.Choice(["magnitude", "wanda", "sparsegpt", "channels", "state", "layers"]), help="Pruning method (or --config FILE).")
+@click.option("--method", type=click.Choice(["magnitude", "wanda", "sparsegpt", "channels", "state", "heads", "layers"]),
+              help="Pruning method (or --config FILE); heads: Mamba-2 and RWKV-7 attention heads.")
 @click.option("--sparsity", type=float, default=0.5, show_default=True, help="Fraction removed (unstructured: the mean over pruned Linears; channels).")
 @click.option("--nm", help="N:M pattern instead of --sparsity, e.g. 2:4.")
 @click.option("--layers", "n_layers", type=int, default=1, show_default=True, help="Layers removed (--method layers).")

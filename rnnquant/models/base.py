@@ -85,6 +85,7 @@ class ChannelGroup:
     config_key: str  # the config field that gives the group's width (e.g. intermediate_size)
     layers: list[ChannelLayer]
     scaled_keys: tuple[tuple[str, int], ...] = ()  # config fields that are a multiple of the width (Mamba-2: intermediate_size = heads x head_dim)
+    same_in_every_layer: bool = False  # one choice of channels for all layers (RWKV-7's heads: every layer reads layer 0's v_first per head)
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,12 @@ Glossary (Peng et al. 2025, "RWKV-7 Goose with Expressive Dynamic State Evolutio
     o = r^T S_t;  o = GroupNorm_H(o);  o = (o + (r . k . r_k) v) g;  out = W_o o
     FFN: W_value relu(W_key (x + (x_{t-1} - x) mu_k))^2
 
-Between blocks the stream is [x | v_first] ([..., 2D]): layer 0 writes v_first, the later layers
-read it, so the block-by-block engine carries it like the residual stream.
+Between blocks the stream is [x | v_first] ([..., D + H N]): layer 0 writes v_first, the later
+layers read it, so the block-by-block engine carries it like the residual stream.
 State per layer: attn_shift [D], wkv [H, N, N] (float32 always), ffn_shift [D].
+
+H is ``attn_heads`` (rnnquant's key; default hidden_size / head_dim, fla's only layout): head pruning
+keeps H N < D. Every layer keeps the same heads, since each one reads layer 0's v_first head for head.
 """
 from __future__ import annotations
 
@@ -104,26 +107,28 @@ class Attention(nn.Module):
     def __init__(self, cfg: dict, i: int):
         super().__init__()
         D, N = cfg["hidden_size"], cfg["head_dim"]
-        self.H, self.N, self.first = D // N, N, i == 0
+        self.H, self.N, self.first = cfg["attn_heads"], N, i == 0
+        A = self.H * N  # the attention width: D unless heads were pruned
         self.eps = N * cfg["norm_eps"]  # fla's g_norm eps
         for c in "rwkvag":
             setattr(self, f"x_{c}", nn.Parameter(torch.zeros(1, 1, D)))
-        self.k_k, self.k_a = nn.Parameter(torch.zeros(D)), nn.Parameter(torch.zeros(D))
+        self.k_k, self.k_a = nn.Parameter(torch.zeros(A)), nn.Parameter(torch.zeros(A))
         self.r_k = nn.Parameter(torch.zeros(self.H, N))
-        self.r_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(D, D, bias=False) for _ in range(4))
-        self.w_lora = LoRA(D, D, cfg["decay_low_rank_dim"], "tanh")
+        self.r_proj, self.k_proj, self.v_proj = (nn.Linear(D, A, bias=False) for _ in range(3))
+        self.o_proj = nn.Linear(A, D, bias=False)
+        self.w_lora = LoRA(D, A, cfg["decay_low_rank_dim"], "tanh")
         if not self.first:
-            self.v_lora = LoRA(D, D, cfg["v_low_rank_dim"], None)
-        self.a_lora = LoRA(D, D, cfg["a_low_rank_dim"], None)
-        self.g_lora = LoRA(D, D, cfg["gate_low_rank_dim"], "sigmoid", bias=False)
-        self.g_norm = nn.GroupNorm(self.H, D, eps=self.eps)
+            self.v_lora = LoRA(D, A, cfg["v_low_rank_dim"], None)
+        self.a_lora = LoRA(D, A, cfg["a_low_rank_dim"], None)
+        self.g_lora = LoRA(D, A, cfg["gate_low_rank_dim"], "sigmoid", bias=False)
+        self.g_norm = nn.GroupNorm(self.H, A, eps=self.eps)
         self.tap_r, self.tap_w, self.tap_k, self.tap_v, self.tap_a, self.tap_wkv, self.tap_g = (Tap() for _ in range(7))
 
     def _heads(self, t):
         return t.reshape(*t.shape[:-1], self.H, self.N)
 
     def _inputs(self, x, prev, v_first):
-        """x, prev [..., D] -> r, w, k, v, kk, a per head [..., H, N], g [..., D], v_first [..., D]."""
+        """x, prev [..., D] -> r, w, k, v, kk, a per head [..., H, N], g [..., H N], v_first [..., H N]."""
         r = self.tap_r(self.r_proj(token_mix(x, prev, self.x_r)))
         w = self.tap_w(LOG_DECAY_SCALE * torch.sigmoid(self.w_lora(token_mix(x, prev, self.x_w))))
         k = self.k_proj(token_mix(x, prev, self.x_k))
@@ -140,7 +145,7 @@ class Attention(nn.Module):
         return self._heads(r), self._heads(w), self._heads(k), self._heads(self.tap_v(v)), kk, self._heads(a), g, v_first
 
     def _output(self, o, r, k, v, g):
-        """o, r, k, v [..., H, N], g [..., D] -> out [..., D]: group norm per head, the r.k bonus, gate, W_o."""
+        """o, r, k, v [..., H, N], g [..., H N] -> out [..., D]: group norm per head, the r.k bonus, gate, W_o."""
         o = self.tap_wkv(o)
         mean = o.mean(-1, keepdim=True)
         var = (o - mean).pow(2).mean(-1, keepdim=True)
@@ -149,7 +154,7 @@ class Attention(nn.Module):
         return self.o_proj((o + bonus) * g)
 
     def forward(self, x, v_first, shift, S):
-        """x [B,T,D], v_first [B,T,D] -> (out [B,T,D], v_first, shift', S')."""
+        """x [B,T,D], v_first [B,T,H N] -> (out [B,T,D], v_first, shift', S')."""
         r, w, k, v, kk, a, g, v_first = self._inputs(x, shifted(x, shift), v_first)
         o, S = delta_rule_chunked(S, r, w, k, v, kk, a)
         return self._output(o, r, k, v, g), v_first, x[:, -1], S
@@ -212,6 +217,9 @@ def normalize_config(cfg: dict) -> dict:
     c["num_heads"] = D // c["head_dim"]
     if c["num_heads"] * c["head_dim"] != D:
         raise ValueError(f"head_dim {c['head_dim']} must divide hidden_size {D}")
+    c["attn_heads"] = c.get("attn_heads") or c["num_heads"]
+    if not 1 <= c["attn_heads"] <= c["num_heads"]:
+        raise ValueError(f"attn_heads {c['attn_heads']} must be between 1 and hidden_size / head_dim = {c['num_heads']}")
     factor = c["head_dim"] / 64
     for key, scale, f in (("decay_low_rank_dim", 2.5, factor), ("gate_low_rank_dim", 5, 1.0), ("a_low_rank_dim", 2.5, factor),
                           ("v_low_rank_dim", 1.7, factor)):
@@ -243,7 +251,8 @@ class Rwkv7LM(RecurrentLM):
 
     def stem(self, input_ids):
         x = self.model.embeddings(input_ids)
-        return torch.cat([x, torch.zeros_like(x)], -1)  # [x | v_first]: layer 0 writes v_first
+        v_first = x.new_zeros(*x.shape[:-1], self.config["attn_heads"] * self.config["head_dim"])
+        return torch.cat([x, v_first], -1)  # [x | v_first]: layer 0 writes v_first
 
     def _layer(self, i, x, v_first, state, step: bool):
         layer = self.model.layers[i]
@@ -258,7 +267,7 @@ class Rwkv7LM(RecurrentLM):
         return x, v_first, (attn_shift, S, h if step else h[:, -1])
 
     def block(self, i, xv, state):
-        x, v_first = xv.chunk(2, dim=-1)
+        x, v_first = xv.split([self.config["hidden_size"], xv.shape[-1] - self.config["hidden_size"]], dim=-1)
         x, v_first, state = self._layer(i, x, v_first, state, step=False)
         return torch.cat([x, v_first], -1), state
 
@@ -267,7 +276,7 @@ class Rwkv7LM(RecurrentLM):
 
     def step(self, input_ids, state):
         x = self.model.embeddings(input_ids)  # [B,D]
-        v_first, new_state = x, []  # layer 0 replaces v_first before anyone reads it
+        v_first, new_state = None, []  # layer 0 writes v_first before anyone reads it
         for i in range(len(self.model.layers)):
             x, v_first, s = self._layer(i, x, v_first, state[3 * i : 3 * i + 3], step=True)
             new_state += s
@@ -275,7 +284,7 @@ class Rwkv7LM(RecurrentLM):
 
     def arch_spec(self) -> ArchSpec:
         c = self.config
-        D, H, N = c["hidden_size"], c["num_heads"], c["head_dim"]
+        D, H, N = c["hidden_size"], c["attn_heads"], c["head_dim"]
         linears, pairs, rot, taps, states = {}, [], [], {}, []
         floats = ["model.embeddings.weight"] + [f"model.norm.{w}" for w in self._norm_params()]
         floats += [f"model.layers.0.pre_norm.{w}" for w in self._norm_params()] if c["norm_first"] else []
@@ -301,12 +310,25 @@ class Rwkv7LM(RecurrentLM):
         linears["lm_head"] = "lm_head"
         layers = [f"model.layers.{i}" for i in range(c["num_hidden_layers"])]
         ffn_channels = ChannelGroup("intermediate_size", [self._ffn_slices(f"{b}.ffn") for b in layers])
+        heads = ChannelGroup("attn_heads", [self._head_slices(f"{b}.attn", i) for i, b in enumerate(layers)], same_in_every_layer=True)
         return ArchSpec(linears, pairs, rot, taps, floats, states, embedding="model.embeddings",
-                        channel_groups={"ffn": ffn_channels}, layer_stack=layers,
+                        channel_groups={"ffn": ffn_channels, "heads": heads}, layer_stack=layers,
                         fixed_blocks=[0])  # layer 0 alone has pre_norm and no v_lora: it is the value residual's source
 
     def _norm_params(self) -> tuple[str, ...]:
         return ("weight", "bias") if self.config["norm_bias"] else ("weight",)
+
+    def _head_slices(self, att: str, i: int) -> ChannelLayer:
+        """Head h: its head_dim rows of r/k/v_proj and of the LoRAs' outputs (w, a, g; v from layer 1
+        on), its k_k / k_a / group-norm channels and r_k row, its o_proj columns. Scored by the RMS of
+        o_proj's input x its column norms, over the head (Mamba-2's heads the same way)."""
+        N = self.config["head_dim"]
+        loras = ("w", "a", "g") + (("v",) if i else ())
+        s = [(f"{att}.{n}.weight", 0, ((0, N),)) for n in ("r_proj", "k_proj", "v_proj")]
+        s += [(f"{att}.{lo}_lora.lora.2.{w}", 0, ((0, N),)) for lo in loras for w in ("weight", "bias") if not (lo == "g" and w == "bias")]
+        s += [(f"{att}.{n}", 0, ((0, N),)) for n in ("k_k", "k_a", "g_norm.weight", "g_norm.bias")]
+        s += [(f"{att}.r_k", 0, ((0, 1),)), (f"{att}.o_proj.weight", 1, ((0, N),))]
+        return ChannelLayer(s, (f"{att}.o_proj.input",), f"{att}.o_proj.weight", block=N)
 
     @staticmethod
     def _ffn_slices(f: str) -> ChannelLayer:

@@ -149,13 +149,17 @@ def _channels(model, cfg: PruneConfig, calib):
     if n_keep < 1:
         raise RnnquantError(f"channels:{cfg.sparsity:g} would remove every {name} channel")
     mods = dict(model.named_parameters())
-    keep = []
+    scores = []
     for layer in group.layers:
         score = torch.stack([_rms(calib, p) for p in layer.score_points]).prod(0)
         if layer.score_weight is not None:
             score = score * mods[layer.score_weight].norm(dim=0)  # activation x outgoing weight
-        score = score.reshape(width, layer.block).norm(dim=1)  # a unit of `block` channels (a head) scores as one
-        keep.append(score.topk(n_keep).indices)
+        scores.append(score.reshape(width, layer.block).norm(dim=1))  # a unit of `block` channels (a head) scores as one
+    if group.same_in_every_layer:  # each layer's scores as shares of its total, so that no layer's scale outvotes the rest
+        shared = torch.stack([s / s.sum().clamp(min=1e-30) for s in scores]).sum(0).topk(n_keep).indices.sort().values
+        keep = [shared] * len(scores)
+    else:
+        keep = [s.topk(n_keep).indices for s in scores]
     return remove_channels(model, name, keep, calib if _corrects(cfg, calib) else None)
 
 

@@ -4,6 +4,7 @@
     wanda:0.5:owl   (unstructured, per-layer sparsity from each layer's outlier ratio (OWL), mean 0.5)
     channels:0.25   (structured: a quarter of Mamba's d_inner or of LSTM/GRU hidden units, removed)
     state:0.25      (structured: a quarter of Mamba's SSM state dimension d_state, removed)
+    heads:0.25      (structured: a quarter of the attention heads of Mamba-2 or RWKV-7, removed; RWKV-7: the same heads in every layer)
     layers:2        (structured: the 2 blocks with the lowest block influence, removed; only blocks that keep the width)
     prune.yaml      (a file: the PruneConfig fields, e.g. layer_sparsity: {"proj": 0.3, "layers.1.*": 0.6})
 """
@@ -17,7 +18,7 @@ from ..io import read_mapping
 from ..quant.recipe import check_keys
 
 UNSTRUCTURED = ("magnitude", "wanda", "sparsegpt")
-STRUCTURED_GROUPS = {"channels": None, "state": "d_state"}  # method -> channel group (None: the adapter's first)
+STRUCTURED_GROUPS = {"channels": None, "state": "d_state", "heads": "heads"}  # method -> channel group (None: the adapter's first)
 METHODS = (*UNSTRUCTURED, *STRUCTURED_GROUPS, "layers")
 PROFILES = ("uniform", "owl")
 

@@ -1,6 +1,7 @@
 """Pruning: structured removal equals zeroing, N:M masks hold, accounting is exact, bad requests refused."""
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -356,3 +357,42 @@ def test_layer_removal_keeps_the_fixed_blocks(monkeypatch, arch):
     monkeypatch.setattr(apply, "block_influence", lambda model, batches: torch.arange(len(model.arch_spec().layer_stack), dtype=torch.float))
     one = prune(m, parse_spec("layers:1"), None, calibration_batches(IDS, 4, 32, 4))
     assert one.provenance.prune_report["removed_layers"] == [1]
+
+
+@torch.no_grad()
+def test_rwkv7_head_removal_equals_silencing_those_heads():
+    """Removing heads 1 and 3 of 4 from every layer is the model with those heads' o_proj columns
+    zeroed: a head reaches the stream only through o_proj, its group norm is its own, and each
+    layer reads layer 0's v_first head for head (so every layer drops the same heads)."""
+    m = tiny_model("rwkv7")
+    N, keep, drop = m.config["head_dim"], torch.tensor([0, 2]), [1, 3]
+    small = remove_channels(m, "heads", [keep] * m.config["num_hidden_layers"])
+    assert small.config["attn_heads"] == 2 and small.config["hidden_size"] == m.config["hidden_size"]
+    silenced = copy.deepcopy(m)
+    for layer in silenced.model.layers:
+        for h in drop:
+            layer.attn.o_proj.weight[:, h * N : (h + 1) * N] = 0
+    ids = IDS[:40].view(2, 20)
+    assert (small(ids) - silenced(ids)).abs().max() <= 1e-5
+    state, out = small.init_state(2), []
+    for t in range(20):  # the smaller state ([2, N, N] per layer) keeps the step contract
+        logits, state = small.step(ids[:, t], state)
+        out.append(logits)
+    assert state[1].shape[1:] == (2, N, N) and (torch.stack(out, 1) - small(ids)).abs().max() <= 1e-4
+
+
+@torch.no_grad()
+def test_rwkv7_heads_are_chosen_once_for_every_layer():
+    """Layer 0's strongest head is 0, layer 1's is 3 (their o_proj columns x10): `heads:0.5` keeps
+    heads 0 and 3 in both layers, where choosing per layer would keep a different pair in each."""
+    from rnnquant.calibrate import CalibConfig, calibrate
+
+    m = tiny_model("rwkv7")
+    N = m.config["head_dim"]
+    for layer, h in zip(m.model.layers, (0, 3), strict=True):
+        layer.attn.o_proj.weight[:, h * N : (h + 1) * N] *= 10
+    m.provenance = m.provenance.derive(fingerprint=fingerprint(m))
+    small = prune(m, PruneConfig(method="heads", sparsity=0.5), calibrate(m, IDS, CalibConfig(samples=4, seq_len=64)))
+    assert small.config["attn_heads"] == 2
+    for big, pruned in zip(m.model.layers, small.model.layers, strict=True):
+        assert torch.equal(pruned.attn.r_k, big.attn.r_k[[0, 3]])
