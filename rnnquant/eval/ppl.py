@@ -39,9 +39,16 @@ def tokenize(tokenizer, text: str) -> torch.Tensor:
     return torch.from_numpy(ids)
 
 
+HEAD_POSITIONS = 64  # positions per tail (head) call: the logits of a whole batch at once are [B, T, vocab] (823 MB at mamba-130m shape, batch 8 x 512)
+
+
 def _nll_forward(model, batch):
-    logits = model(batch[:, :-1])  # [B,T,V]
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch[:, 1:].reshape(-1), reduction="sum")
+    x, _ = model.stream_with_state(batch[:, :-1], model.init_state(batch.shape[0]))  # [B,T,D]
+    nll = torch.zeros((), dtype=torch.float64)
+    for s in range(0, x.shape[1], HEAD_POSITIONS):
+        logits = model.tail(x[:, s : s + HEAD_POSITIONS])  # [B,P,V]
+        nll += F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch[:, s + 1 : s + 1 + HEAD_POSITIONS].reshape(-1), reduction="sum").double()
+    return nll
 
 
 def _nll_step(model, batch):

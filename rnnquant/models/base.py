@@ -182,13 +182,19 @@ class RecurrentLM(nn.Module):
         raise NotImplementedError
 
     def forward_with_state(self, input_ids: torch.Tensor, state: State, last_only: bool = False) -> tuple[torch.Tensor, State]:
+        x, new_state = self.stream_with_state(input_ids, state)
+        x = x[:, -1] if last_only else x  # [B,D]: the head (vocab x d_model per position) only where sampling needs it
+        return self.tail(x), new_state
+
+    def stream_with_state(self, input_ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """ids [B,T] -> (the stream after the last block [B,T,D], the state after T tokens): everything
+        but ``tail``, which works position by position (callers may apply it a slice of positions at a time)."""
         x = self.stem(input_ids)  # [B,T,D]
         new_state: list[torch.Tensor] = []
         for i, part in enumerate(self._state_slices()):
             x, s = self.block(i, x, state[part])
             new_state += s
-        x = x[:, -1] if last_only else x  # [B,D]: the head (vocab x d_model per position) only where sampling needs it
-        return self.tail(x), tuple(new_state)
+        return x, tuple(new_state)
 
     # --- the staged pieces forward_with_state is made of ---------------------
     def stem(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -200,7 +206,7 @@ class RecurrentLM(nn.Module):
         raise NotImplementedError
 
     def tail(self, x: torch.Tensor) -> torch.Tensor:
-        """The stream after the last block, x [..., D] -> logits [..., V]."""
+        """The stream after the last block, x [..., D] -> logits [..., V], each position on its own."""
         raise NotImplementedError
 
     def _state_slices(self) -> list[slice]:
