@@ -279,6 +279,26 @@ def test_step_and_prefill_share_one_weights_file(tmp_path, arch, recipe):
         assert all(len(a.t.raw_data) < WEIGHTS_MIN_BYTES for n in g.node if n.op_type == "Constant" for a in n.attribute)
 
 
+def test_weights_file_aligns_large_tensors_without_padding_between_small_ones(tmp_path):
+    """Graph order alternates small and 1 MiB+ tensors; the file holds them all, each large one at a
+    64 KiB boundary, with under 64 KiB of padding in all (not up to 64 KiB per large tensor)."""
+    from onnx import helper, numpy_helper
+
+    from rnnquant.exporters.onnx_export import MAP_ALIGN_BYTES, MAP_MIN_BYTES, write_weights
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal(n).astype(np.float32) for n in (3000, 2**18, 700, 2**18 + 2**14, 1500, 2**19)]  # large: 64 KiB multiples, as weights are
+    inits = [numpy_helper.from_array(a, f"t{i}") for i, a in enumerate(arrays)]
+    proto = helper.make_model(helper.make_graph([], "g", [], [], initializer=inits))
+    write_weights([proto], tmp_path / "w.data")
+    data = (tmp_path / "w.data").read_bytes()
+    assert len(data) - sum(a.nbytes for a in arrays) < MAP_ALIGN_BYTES
+    for t, a in zip(proto.graph.initializer, arrays, strict=True):
+        info = {e.key: int(e.value) for e in t.external_data if e.key != "location"}
+        assert data[info["offset"] : info["offset"] + info["length"]] == a.tobytes()
+        assert a.nbytes < MAP_MIN_BYTES or info["offset"] % MAP_ALIGN_BYTES == 0
+
+
 @pytest.mark.parametrize("arch", ["mamba", "recurrent_gemma"])  # float states; an int64 position state
 def test_bound_step_equals_step_bit_for_bit(tmp_path, arch):
     from rnnquant.exporters.runner import BoundStep
