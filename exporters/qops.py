@@ -5,8 +5,7 @@ Each quantized matmul is a ``torch.autograd.Function`` whose ``forward`` is the 
 
     W8, A8 dynamic per-token: amax = ReduceMax|x|; s = amax/127; xq = Cast<uint8>(Round(x/s) + 128)
                               y = Cast<float>(MatMulInteger(xq, Wt, a_zp=128)) * s * w_scale
-    W8, A8 static:            xq = QuantizeLinear(x, a_scale, 128:uint8); y = com.microsoft.MatMulIntegerToFloat(xq, Wt, a_scale, w_scale, 128)
-                              (= Cast(MatMulInteger(xq, Wt, 128)) * a_scale * w_scale in one kernel)
+    W8, A8 static:            xq = QuantizeLinear(x, a_scale, 128:uint8); y = Cast(MatMulInteger(xq, Wt, 128)) * (a_scale * w_scale)
 Activations go in as uint8 with zero point 128 (exactly the symmetric int8 grid shifted): ONNX
 Runtime's fast x86 kernels are U8S8; S8S8 MatMulInteger runs a much slower path (measured:
 docs/RESULTS.md). On AVX2 machines without VNNI, U8S8 can saturate int16 pair sums with
@@ -56,13 +55,8 @@ class _StaticW8(torch.autograd.Function):
     def symbolic(g, x, wt, w_scale, a_scale):
         zp = _c(g, torch.tensor(128, dtype=torch.uint8))  # uint8 with zero point 128: the same grid as int8
         q = g.op("QuantizeLinear", x, a_scale, zp)
-        # one node for MatMulInteger -> Cast -> Mul (ORT fuses that chain only after a DynamicQuantizeLinear):
-        # the int32 accumulator is scaled inside the kernel instead of written, cast and multiplied in three passes
-        y = g.op(f"{MS}::MatMulIntegerToFloat", q, wt, a_scale, w_scale, zp)
-        rank, N = x.type().dim(), wt.type().sizes()[1]
-        if rank is not None:  # tell the exporter's shape inference what a custom op returns
-            y.setType(x.type().with_sizes([None] * (rank - 1) + [N]))
-        return y
+        acc = g.op("MatMulInteger", q, wt, zp)
+        return g.op("Mul", g.op("Cast", acc, to_i=1), g.op("Mul", a_scale, w_scale))
 
 
 class _FloatActW8(torch.autograd.Function):

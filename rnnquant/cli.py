@@ -424,7 +424,7 @@ def generate(model, prompt, max_new_tokens, temperature, top_k, seed):
               "onnxruntime-web's WASM files + tokenizer; serve the folder, e.g. `python -m http.server -d DIR`).")
 @click.option("--opset", default=17, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["integer", "qoperator"]), default="integer", show_default=True,
-              help="integer: the recipe's MatMulInteger(ToFloat)/MatMulNBits graph (CPU EP). qoperator: QLinearMatMul with "
+              help="integer: the recipe's MatMulInteger/MatMulNBits graph (CPU EP). qoperator: QLinearMatMul with "
                    "static per-tensor scales from ONNX Runtime's quantize_static on the float model (NNAPI).")
 @click.option("--prefill-logits", type=click.Choice(["all", "last"]), default="all", show_default=True,
               help="Logits the prefill graph returns: every position (perplexity needs them) or the last only "

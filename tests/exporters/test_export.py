@@ -83,8 +83,7 @@ def test_quantized_ort_perplexity_matches_simulation(tmp_path, arch, preset):
     for graph in ("q.onnx", "q.prefill.onnx"):  # a parallel prefill graph is quantized the same way
         ops = {n.op_type for n in onnx.load(tmp_path / graph).graph.node}
         ops |= {n.op_type for node in onnx.load(tmp_path / graph).graph.node for a in node.attribute if a.g for n in a.g.node}
-        static = PRESETS[preset].rules[-1].a_mode == "static"  # static int8 activations: one fused node per Linear
-        assert ("MatMulNBits" in ops) if preset.startswith("w4") else ("MatMulIntegerToFloat" in ops) if static else ("MatMulInteger" in ops)
+        assert ("MatMulNBits" in ops) if preset.startswith("w4") else ("MatMulInteger" in ops)
 
 
 def test_metadata_and_ort_format(tmp_path):

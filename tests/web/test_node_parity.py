@@ -1,6 +1,6 @@
 """Exported graphs in onnxruntime-node and onnxruntime-web (WASM, in Node) equal Python ONNX Runtime.
 
-Every adapter's tiny model is exported float, w8a8-outlier (MatMulIntegerToFloat) and w4a16-gptq
+Every adapter's tiny model is exported float, w8a8-outlier (MatMulInteger) and w4a16-gptq
 (MatMulNBits); Python ORT runs the step graph over TOKENS tokens and the prefill graph over the
 same tokens; web/test/parity.mjs runs both again through rnnlm.mjs (the page's runner) in each
 JavaScript runtime and reports the largest differences.
