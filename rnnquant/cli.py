@@ -290,9 +290,10 @@ def quantize(model, recipe, calib, data, samples, seq_len, prune_spec, out, forc
     if Path(out).exists() and not force:
         raise RnnquantError(f"{out} already exists (use --force to overwrite)")
     m = _model(model)
+    float_bytes = size_bytes(m)  # now: quantization works in place, m is the quantized model afterwards
     qm = _quantized(m, recipe, calib, _text_of(data, calib), samples, seq_len, prune_spec)
     save_quantized(qm, out, tokenizer_file(Path(m.provenance.source)), force=force)
-    click.echo(f"{qm.provenance.recipe.name}: {size_bytes(m) / 2**20:.2f} MiB float -> {size_bytes(qm) / 2**20:.2f} MiB; wrote {Path(out)}/")
+    click.echo(f"{qm.provenance.recipe.name}: {float_bytes / 2**20:.2f} MiB float -> {size_bytes(qm) / 2**20:.2f} MiB; wrote {Path(out)}/")
 
 
 @cli.command()

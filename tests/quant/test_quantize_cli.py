@@ -40,6 +40,17 @@ def test_quantize_then_ppl(capsys, tmp_path, setup, recipe):
     assert math.isclose(float(stdout.split()[1]), perplexity(q, TEXT, window=32).ppl, rel_tol=1e-5)
 
 
+def test_quantize_reports_the_float_size_it_started_from(capsys, tmp_path, setup):
+    """Quantization works in place: the float size is taken before it, not from the quantized model."""
+    from rnnquant.quant import size_bytes
+
+    d, data = setup
+    code, stdout, err = run_cli(capsys, "quantize", d, "--recipe", "w8a8-dynamic", "--out", tmp_path / "q")
+    assert code == 0, err
+    float_mib, quant_mib = (float(w) for w in stdout.split() if w.replace(".", "").isdigit())
+    assert float_mib == round(size_bytes(load(d)) / 2**20, 2) and quant_mib < float_mib / 2
+
+
 def test_quantized_step_equals_forward():
     """The step contract holds for quantized models too (the exporter traces step)."""
     m = tiny_model("lstm")
