@@ -179,7 +179,6 @@ class OrtLM:
         bar.close()
         return math.exp(nll / count), count
 
-
     def perplexity_by_position(self, ids, edges=POSITION_EDGES, chunk: int = 1024, progress: bool = False) -> list[dict]:
         """``rnnquant.eval.perplexity_by_position`` through the exported graphs: one stream, batch 1,
         the state carried across the whole text, ``chunk`` positions per ``prefill`` call."""
@@ -192,6 +191,7 @@ class OrtLM:
             logits, state = self.prefill(x[None], state)  # [1, len(x), V]
             buckets.add(s + 1, token_nll(logits[0], y))
         return buckets.result()
+
 
 class BoundStep:
     """The step graph for one sequence through two ``IOBinding``s used in turn (ping-pong): each

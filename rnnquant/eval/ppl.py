@@ -11,7 +11,6 @@ bucket that degrades more than the first.
 """
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass
 
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..text import token_ids
-from .windows import POSITION_EDGES, PositionBuckets, windows
+from .windows import POSITION_EDGES, PositionBuckets, perplexity_of, windows
 
 
 @dataclass(frozen=True)
@@ -77,11 +76,7 @@ def perplexity_ids(model, ids: torch.Tensor, window: int = 512, batch_size: int 
             count += batch.numel() - batch.shape[0]
             bar.update(batch.shape[0])
     bar.close()
-    return PerplexityResult(_ppl(total, count), total, count)  # exp(709) is near float's max: beyond it, inf
-
-
-def _ppl(nll: float, count: int) -> float:
-    return math.exp(nll / count) if nll / count < 709 else math.inf
+    return PerplexityResult(perplexity_of(total, count), total, count)
 
 
 @torch.no_grad()

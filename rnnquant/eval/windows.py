@@ -20,6 +20,11 @@ def windows(n_tokens: int, window: int) -> list[tuple[int, int]]:
 POSITION_EDGES = (0, 256, 1024, 4096, 16384)
 
 
+def perplexity_of(nll: float, count: int) -> float:
+    """exp(mean NLL); exp(709) is near float's max: beyond it, inf."""
+    return math.exp(nll / count) if nll / count < 709 else math.inf
+
+
 class PositionBuckets:
     """Summed NLL and token counts per position bucket [a, b) of one long stream (the last bucket
     open-ended), fed a chunk of token NLLs at a time: what ``ppl --by-position`` and compare's
@@ -40,5 +45,5 @@ class PositionBuckets:
     def result(self) -> list[dict]:
         """One entry per bucket the text reached: {from, to (None: open-ended), tokens, ppl}."""
         bounds = [*self.edges, math.inf]
-        return [{"from": a, "to": None if b == math.inf else b, "tokens": int(n), "ppl": math.exp(l / n) if l / n < 709 else math.inf}
+        return [{"from": a, "to": None if b == math.inf else b, "tokens": int(n), "ppl": perplexity_of(l, n)}
                 for a, b, l, n in zip(bounds, bounds[1:], self.nll.tolist(), self.count.tolist()) if n]
