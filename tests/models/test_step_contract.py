@@ -39,6 +39,16 @@ def test_prefill_in_halves_equals_forward(any_arch):
 
 
 @torch.no_grad()
+def test_prefill_state_owns_its_memory(any_arch):
+    """A state that is a view of a whole-sequence tensor keeps that tensor alive (GBs at real size)."""
+    model = tiny_model(any_arch)
+    ids = torch.randint(0, model.vocab_size, (2, T), generator=torch.Generator().manual_seed(3))
+    _, state = model.forward_with_state(ids, model.init_state(2))
+    for spec, s in zip(model.arch_spec().states, state, strict=True):
+        assert s.untyped_storage().nbytes() == s.numel() * s.element_size(), spec.name
+
+
+@torch.no_grad()
 def test_step_is_pure(any_arch):
     """No in-place update: the input state is untouched, and the state shapes and dtypes are fixed
     (an integer state, RecurrentGemma's position count, stays integer)."""
