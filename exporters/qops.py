@@ -89,7 +89,7 @@ def nbits_tensors(qw, K: int):
     zero points packed like B (two 4-bit or one 8-bit per byte) [N * ceil(blocks*bits/8)]."""
     N, bs, bits = qw.q.shape[0], qw.group_size, qw.bits
     blocks = -(-K // bs)
-    u = (qw.q + (2 ** (bits - 1) if qw.symmetric else 0)).to(torch.uint8)  # unsigned codes
+    u = (qw.q.to(torch.int16) + (2 ** (bits - 1) if qw.symmetric else 0)).to(torch.uint8)  # unsigned codes (int8 + 128 would wrap)
     u = torch.nn.functional.pad(u, (0, blocks * bs - K))
     if bits == 4:
         u = u[:, 0::2] | (u[:, 1::2] << 4)
@@ -118,7 +118,7 @@ def prepare(qlinear) -> None:
         return
     if not qw.symmetric:  # int8 asymmetric: stored codes are 0..255 with zero points; re-center is exact only if zero == 128
         raise NotImplementedError("asymmetric 8-bit per-channel weights: use a symmetric grid or group-wise (MatMulNBits)")
-    qlinear._export = ("w8", qw.q.to(torch.int8).T.contiguous(), qw.scale[:, 0].float().contiguous())
+    qlinear._export = ("w8", qw.q.T.contiguous(), qw.scale[:, 0].float().contiguous())
 
 
 def qlinear_forward(m, x):

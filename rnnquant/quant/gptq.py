@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .primitives import QuantizedWeight, quantize_codes, scale_zero
+from .primitives import QuantizedWeight, code_dtype, quantize_codes, scale_zero
 
 
 class HessianAccumulator:
@@ -59,7 +59,7 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, bits: int, granularity: str,
         s_all, z_all = s_all.expand(out, 1), z_all.expand(out, 1)
     elif granularity == "channel":
         s_all, z_all = scale_zero(W, bits, symmetric)
-    Q = torch.zeros(out, cols, dtype=torch.int16)
+    Q = torch.zeros(out, cols, dtype=code_dtype(symmetric))
     scales, zeros = [], []
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)

@@ -18,9 +18,9 @@ import torch
 class QuantizedWeight:
     """The real integer form of a Linear weight [out, in]."""
 
-    q: torch.Tensor  # int16 codes [out, in] (int8 range or 4-bit range)
+    q: torch.Tensor  # codes [out, in]: int8 on a symmetric grid, uint8 on an asymmetric one (code_dtype)
     scale: torch.Tensor  # float32 [out, groups]
-    zero: torch.Tensor  # int16 [out, groups]
+    zero: torch.Tensor  # int16 [out, groups] (wider than the codes, so q - zero cannot wrap)
     bits: int
     group_size: int  # columns per group; == in for per-channel; per-tensor has one shared scale
     symmetric: bool
@@ -50,6 +50,12 @@ def grid(bits: int, symmetric: bool) -> tuple[int, int]:
     return (-(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1) if symmetric else (0, 2**bits - 1)
 
 
+def code_dtype(symmetric: bool) -> torch.dtype:
+    """The narrowest integer type holding every code of a grid of up to 8 bits: codes are the bulk of a
+    quantized model in memory (int16 codes were 2x the int8 bytes at every stage)."""
+    return torch.int8 if symmetric else torch.uint8
+
+
 def scale_zero(w: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Min-max scale and zero point over the last dim of ``w`` (keepdim)."""
     qmin, qmax = grid(bits, symmetric)
@@ -63,7 +69,7 @@ def scale_zero(w: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tenso
 
 def quantize_codes(w, s, z, bits: int, symmetric: bool) -> torch.Tensor:
     qmin, qmax = grid(bits, symmetric)
-    return (torch.round(w / s) + z).clamp(qmin, qmax).to(torch.int16)
+    return (torch.round(w / s) + z).clamp(qmin, qmax).to(code_dtype(symmetric))
 
 
 def quantize_weight_rtn(w: torch.Tensor, bits: int, granularity: str, group_size: int, symmetric: bool) -> QuantizedWeight:

@@ -96,7 +96,7 @@ class QLinear(nn.Module):
         if not hasattr(self, "_gemv_w"):  # the integer form, laid out once for the kernels
             z = qw.zero if not qw.symmetric else torch.full_like(qw.zero, 8)
             self._gemv_w = (pack_codes(qw).to(x.device), qw.scale.to(x.device), z.to(torch.uint8).to(x.device)) if qw.bits == 4 else \
-                (qw.q.to(torch.int8).to(x.device), qw.scale[:, 0].to(x.device))
+                (qw.q.to(x.device), qw.scale[:, 0].to(x.device))
         y = w4_gemv(x, *self._gemv_w, qw.group_size) if qw.bits == 4 else w8_gemv(x, *self._gemv_w)
         return y + self.bias if self.bias is not None else y
 

@@ -23,7 +23,7 @@ from ..errors import RnnquantError
 from ..io import WEIGHTS, atomic_path
 from ..tokenizer import stored_name
 from .hadamard import hadamard_matrix
-from .primitives import QuantizedWeight
+from .primitives import QuantizedWeight, code_dtype
 from .qlinear import QEmbedding, QLinear
 from .recipe import Recipe
 
@@ -33,7 +33,7 @@ FORMAT_VERSION = 1
 
 def pack_codes(qw: QuantizedWeight) -> torch.Tensor:
     if qw.bits == 8:
-        return qw.q.to(torch.int8 if qw.symmetric else torch.uint8)
+        return qw.q
     u = (qw.q + (8 if qw.symmetric else 0)).to(torch.uint8)  # [out, in] in 0..15
     if u.shape[1] % 2:
         u = torch.nn.functional.pad(u, (0, 1))
@@ -42,8 +42,8 @@ def pack_codes(qw: QuantizedWeight) -> torch.Tensor:
 
 def unpack_codes(packed: torch.Tensor, bits: int, symmetric: bool, cols: int) -> torch.Tensor:
     if bits == 8:
-        return packed.to(torch.int16)
-    u = torch.stack([packed & 0xF, packed >> 4], -1).reshape(packed.shape[0], -1)[:, :cols].to(torch.int16)
+        return packed.to(code_dtype(symmetric))
+    u = torch.stack([packed & 0xF, packed >> 4], -1).reshape(packed.shape[0], -1)[:, :cols].to(code_dtype(symmetric))
     return u - (8 if symmetric else 0)
 
 

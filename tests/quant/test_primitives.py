@@ -31,6 +31,16 @@ def test_weight_round_trip_bound(bits, gran, sym, group_size):
         assert qw.scale.shape == (48, 256 // group_size)
 
 
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("sym", [True, False])
+def test_codes_take_one_byte_each(bits, sym):
+    """Codes are the bulk of a quantized model in memory: one byte each, from RTN and from GPTQ."""
+    w = torch.randn(16, 64, generator=torch.Generator().manual_seed(bits))
+    H = torch.eye(64) + 0.1
+    for qw in (quantize_weight_rtn(w, bits, "group", 32, sym), gptq_quantize(w, H, bits, "channel", 32, sym)):
+        assert qw.q.element_size() == 1
+
+
 def test_activation_fake_quant_bounds():
     x = torch.randn(10, 64) * torch.linspace(0.1, 5, 64)
     d = fake_quant_dynamic(x, 8)
