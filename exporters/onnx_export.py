@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -125,12 +126,13 @@ def _initializers(graph):
 def constants_to_initializers(graph) -> None:
     """Large ``Constant`` nodes (the traced quantized weights are Constants, not initializers)
     become initializers of the same name, so ``write_weights`` can move them out too."""
-    from onnx import numpy_helper
+    import onnx
+    from onnx.helper import tensor_dtype_to_np_dtype
 
     for node in list(graph.node):
         value = next((a.t for a in node.attribute if a.name == "value" and a.HasField("t")), None)
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and value is not None:
-            if numpy_helper.to_array(value).nbytes >= WEIGHTS_MIN_BYTES:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and value is not None and value.data_type != onnx.TensorProto.STRING:
+            if math.prod(value.dims) * tensor_dtype_to_np_dtype(value.data_type).itemsize >= WEIGHTS_MIN_BYTES:  # its size, not a copy to measure
                 tensor = graph.initializer.add()
                 tensor.CopyFrom(value)
                 tensor.name = node.output[0]
@@ -238,12 +240,12 @@ def _lowered(model):
     the quantized modules stay ignorant of the exporter."""
     from rnnquant.quant.qlinear import QEmbedding, QLinear
 
-    from .qops import qembedding_forward, qlinear_forward
+    from .qops import gathers_codes, qembedding_forward, qlinear_forward
 
     swapped = [m for m in model.modules() if isinstance(m, (QLinear, QEmbedding))]
     for m in swapped:
         m.forward = types.MethodType(qlinear_forward if isinstance(m, QLinear) else qembedding_forward, m)
-        if isinstance(m, QEmbedding):
+        if isinstance(m, QEmbedding) and not gathers_codes(m.lm_head):  # the float table only where no codes can be gathered (412 MB at mamba-1.4b shape)
             m._table = m.lm_head.w_deq
     try:
         yield
@@ -289,6 +291,8 @@ def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bo
             axes = {k: {0: "batch"} for k in inputs + outputs} | {"prompt_ids": {0: "batch", 1: "seq"}} | ({} if last else {"logits": {0: "batch", 1: "seq"}})
             prefill_proto = _trace(_PrefillGraph(model, last), (torch.tensor([[0, 0]]), *state), inputs, outputs, axes, opset, nbits)
             _share_tied_embedding(prefill_proto, ids_rank=2)
+    for m in qlinears:  # the graphs hold the export-form codes now: drop the model's copies before the checks load a session
+        m.__dict__.pop("_export", None)
     _share_tied_embedding(proto)
     return finish_step_graph(proto, model, out_path, tokenizer_path, force=force, prefill=prefill, prefill_proto=prefill_proto,
                              prefill_logits=prefill_logits)

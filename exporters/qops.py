@@ -10,9 +10,11 @@ Activations go in as uint8 with zero point 128 (exactly the symmetric int8 grid 
 Runtime's fast x86 kernels are U8S8; S8S8 MatMulInteger runs a much slower path (measured:
 docs/RESULTS.md). On AVX2 machines without VNNI, U8S8 can saturate int16 pair sums with
 full-range weights (ORT's `reduce_range` caveat); AVX512-VNNI and ARM dot-product kernels do not.
-    W8, A float:              y = MatMul(x, DequantizeLinear(Wt, w_scale, axis=1))  (faithful but slow: ORT re-runs
-                              the DequantizeLinear every step, and 8-bit MatMulNBits without int8 activations
-                              takes a reference path; presets therefore give W8 Linears int8 activations)
+    W8, A float:              y = com.microsoft.MatMulNBits(x, B, scales), bits 8, one block per row (block_size the
+                              power of two >= K), accuracy_level 0. Not DequantizeLinear -> MatMul: ORT's default
+                              optimizer fuses that pair into MatMulNBits with accuracy_level 4 (its session option
+                              session.qdq_matmulnbits_accuracy_level), silently quantizing the activations
+                              (2e-2 off in a logit). Slow either way: presets give W8 Linears int8 activations.
     group-wise (4 or 8 bit):  y = com.microsoft.MatMulNBits(x, B, scales[, zero_points]); accuracy_level 4
                               (int8 activations, per block) when the recipe quantizes activations
 Wt is the int8 code matrix [in, out]; w_scale is per output column. Rotations and float
@@ -59,23 +61,13 @@ class _StaticW8(torch.autograd.Function):
         return g.op("Mul", g.op("Cast", acc, to_i=1), g.op("Mul", a_scale, w_scale))
 
 
-class _FloatActW8(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, wt, w_scale):
-        return x @ (wt.float() * w_scale)
-
-    @staticmethod
-    def symbolic(g, x, wt, w_scale):
-        return g.op("MatMul", x, g.op("DequantizeLinear", wt, w_scale, _c(g, torch.zeros(wt.type().sizes()[1], dtype=torch.int8)), axis_i=1))
-
-
 class _MatMulNBits(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, b, scales, zeros, w_deq_t, K, N, bits, block_size, accuracy_level, has_zeros):
-        return (fake_quant_dynamic(x, 8) if accuracy_level == 4 else x) @ w_deq_t
+    def forward(ctx, x, b, scales, zeros, K, N, bits, block_size, accuracy_level, has_zeros):
+        return (fake_quant_dynamic(x, 8) if accuracy_level == 4 else x) @ nbits_weight(b, scales, zeros, K, bits, has_zeros).T
 
     @staticmethod
-    def symbolic(g, x, b, scales, zeros, w_deq_t, K, N, bits, block_size, accuracy_level, has_zeros):
+    def symbolic(g, x, b, scales, zeros, K, N, bits, block_size, accuracy_level, has_zeros):
         inputs = [x, b, scales] + ([zeros] if has_zeros else [])
         y = g.op(f"{MS}::MatMulNBits", *inputs, K_i=K, N_i=N, bits_i=bits, block_size_i=block_size, accuracy_level_i=accuracy_level)
         rank = x.type().dim()
@@ -84,10 +76,11 @@ class _MatMulNBits(torch.autograd.Function):
         return y
 
 
-def nbits_tensors(qw, K: int):
+def nbits_tensors(qw, K: int, block_size: int | None = None):
     """MatMulNBits inputs from a QuantizedWeight: B uint8 [N, blocks, block*bits/8], scales [N*blocks],
-    zero points packed like B (two 4-bit or one 8-bit per byte) [N * ceil(blocks*bits/8)]."""
-    N, bs, bits = qw.q.shape[0], qw.group_size, qw.bits
+    zero points packed like B (two 4-bit or one 8-bit per byte) [N * ceil(blocks*bits/8)].
+    ``block_size``: the op's block when it is not the weight's group (one padded block per row)."""
+    N, bs, bits = qw.q.shape[0], block_size or qw.group_size, qw.bits
     blocks = -(-K // bs)
     u = (qw.q.to(torch.int16) + (2 ** (bits - 1) if qw.symmetric else 0)).to(torch.uint8)  # unsigned codes (int8 + 128 would wrap)
     u = torch.nn.functional.pad(u, (0, blocks * bs - K))
@@ -105,16 +98,34 @@ def nbits_tensors(qw, K: int):
     return b, scales, zeros
 
 
+def _unpack(packed: torch.Tensor, bits: int, width: int) -> torch.Tensor:
+    """uint8 [N, bytes] holding ``bits``-bit codes low first -> codes [N, width] (float: exact)."""
+    u = torch.stack([packed & 0xF, packed >> 4], -1).reshape(packed.shape[0], -1) if bits == 4 else packed
+    return u[:, :width].float()
+
+
+def nbits_weight(b: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, K: int, bits: int, has_zeros: bool) -> torch.Tensor:
+    """The float weight [N, K] that MatMulNBits computes from its inputs, (code - zero) * scale: the
+    same values as the QuantizedWeight's ``dequantize()`` (small integers are exact in float32), made
+    per call while tracing instead of a float copy of every weight held through the export."""
+    N, blocks, blob = b.shape
+    block = blob * 8 // bits
+    codes = _unpack(b.reshape(N, -1), bits, blocks * block).reshape(N, blocks, block)
+    z = _unpack(zeros.reshape(N, -1), bits, blocks) if has_zeros else torch.full((N, blocks), 2.0 ** (bits - 1))
+    return ((codes - z.unsqueeze(-1)) * scales.reshape(N, blocks, 1)).reshape(N, -1)[:, :K]
+
+
 def prepare(qlinear) -> None:
     """Attach the export-form buffers of a QLinear (integer codes laid out for the chosen op)."""
     qw = qlinear.qweight
     if qw is None or hasattr(qlinear, "_export"):
         return
     K = len(qlinear.quant_idx)
-    if qw.group_size < K or qw.bits == 4:
-        b, scales, zeros = nbits_tensors(qw, K)
-        qlinear._export = ("nbits", b, scales, zeros if zeros is not None else torch.zeros(0, dtype=torch.uint8), qw.dequantize().T.contiguous(),
-                           zeros is not None, qw.bits, qw.group_size)
+    whole_row = qw.group_size >= K and qw.bits == 8 and qlinear.a_bits is None  # W8 per channel, float activations
+    if qw.group_size < K or qw.bits == 4 or whole_row:
+        block = max(16, 1 << (K - 1).bit_length()) if whole_row else qw.group_size  # MatMulNBits blocks are powers of two >= 16
+        b, scales, zeros = nbits_tensors(qw, K, block)
+        qlinear._export = ("nbits", b, scales, zeros if zeros is not None else torch.zeros(0, dtype=torch.uint8), zeros is not None, qw.bits, block)
         return
     if not qw.symmetric:  # int8 asymmetric: stored codes are 0..255 with zero points; re-center is exact only if zero == 128
         raise NotImplementedError("asymmetric 8-bit per-channel weights: use a symmetric grid or group-wise (MatMulNBits)")
@@ -131,11 +142,9 @@ def qlinear_forward(m, x):
         xq = torch.index_select(x, -1, m.quant_idx) if m.mixed else x
         kind, *t = m._export
         if kind == "nbits":
-            b, scales, zeros, w_deq_t, has_zeros, bits, block = t
+            b, scales, zeros, has_zeros, bits, block = t
             acc = 4 if m.a_bits else 0
-            y = _MatMulNBits.apply(xq, b, scales, zeros, w_deq_t, len(m.quant_idx), m.out_features, bits, block, acc, has_zeros)
-        elif m.a_bits is None:
-            y = _FloatActW8.apply(xq, *t)
+            y = _MatMulNBits.apply(xq, b, scales, zeros, len(m.quant_idx), m.out_features, bits, block, acc, has_zeros)
         elif m.a_mode == "dynamic":
             y = _DynamicW8.apply(xq, *t)
         else:
@@ -143,6 +152,13 @@ def qlinear_forward(m, x):
         if m.mixed:
             y = y + torch.index_select(x, -1, m.float_idx) @ m.w_float.T
     return y + m.bias if m.bias is not None else y
+
+
+def gathers_codes(head) -> bool:
+    """Whether a tied embedding can gather rows of the (prepared) head's 8-bit codes; else the graph
+    needs a float table (``embedding_table``)."""
+    kind, *t = getattr(head, "_export", (None,))
+    return kind == "w8" or (kind == "nbits" and t[4] == 8 and t[0].shape[1] == 1 and not t[3])  # one 8-bit block per row, symmetric
 
 
 def qembedding_forward(e, ids):
@@ -154,8 +170,8 @@ def qembedding_forward(e, ids):
     if kind == "w8":
         wt, w_scale = t
         return torch.index_select(wt, 1, ids).T.float() * torch.index_select(w_scale, 0, ids).unsqueeze(-1)
-    if kind == "nbits" and t[5] == 8 and t[0].shape[1] == 1 and not t[4]:  # one 8-bit block per row, symmetric
+    if gathers_codes(m):
         b, scales = t[0], t[1]
-        rows = torch.index_select(b, 0, ids).reshape(ids.shape[0], -1)  # [B, K] uint8 codes + 128
+        rows = torch.index_select(b, 0, ids).reshape(ids.shape[0], -1)[:, : m.in_features]  # [B, K] uint8 codes + 128 (the block may be padded)
         return (rows.float() - 128) * torch.index_select(scales, 0, ids).unsqueeze(-1)
     return torch.nn.functional.embedding(ids, e._table)  # the dequantized table, made before tracing: an initializer

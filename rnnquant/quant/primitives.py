@@ -26,17 +26,13 @@ class QuantizedWeight:
     symmetric: bool
 
     def dequantize(self) -> torch.Tensor:
-        out, cols = self.q.shape
-        s = self.scale.repeat_interleave(self.group_size, dim=1)[:, :cols]
-        z = self.zero.repeat_interleave(self.group_size, dim=1)[:, :cols]
-        return (self.q - z).float() * s
+        """(q - z) * s as float32 [out, in], in one float allocation (per-element scale and zero
+        copies made a vocabulary head's dequantization 4x its size in temporaries)."""
+        return _dequantize(self.q, self.scale, self.zero, self.group_size)
 
     def dequantize_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """``dequantize()[rows]`` without dequantizing the other rows (a tied embedding's lookup)."""
-        cols = self.q.shape[1]
-        s = self.scale[rows].repeat_interleave(self.group_size, dim=-1)[..., :cols]
-        z = self.zero[rows].repeat_interleave(self.group_size, dim=-1)[..., :cols]
-        return (self.q[rows] - z).float() * s
+        return _dequantize(self.q[rows], self.scale[rows], self.zero[rows], self.group_size)
 
     def nbytes(self) -> int:
         """Bytes of the packed integer form: codes at ``bits`` each, fp32 scales, packed zero points."""
@@ -48,6 +44,16 @@ class QuantizedWeight:
 def grid(bits: int, symmetric: bool) -> tuple[int, int]:
     """(qmin, qmax) of the integer grid."""
     return (-(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1) if symmetric else (0, 2**bits - 1)
+
+
+def _dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int) -> torch.Tensor:
+    """q [..., cols] codes, scale / zero [..., groups] -> (q - z) * s, float32, group by group in place.
+    Codes and zero points are small integers, exact in float32: the same values as (q - z).float() * s."""
+    w = q.float()  # [..., cols]
+    for g in range(scale.shape[-1]):
+        cols = w[..., g * group_size : (g + 1) * group_size]
+        cols.sub_(zero[..., g : g + 1]).mul_(scale[..., g : g + 1])
+    return w
 
 
 def code_dtype(symmetric: bool) -> torch.dtype:

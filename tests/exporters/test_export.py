@@ -86,6 +86,24 @@ def test_quantized_ort_perplexity_matches_simulation(tmp_path, arch, preset):
         assert ("MatMulNBits" in ops) if preset.startswith("w4") else ("MatMulInteger" in ops)
 
 
+@torch.no_grad()
+def test_w8_float_activation_graph_keeps_its_activations_float(tmp_path):
+    """8-bit weights with float activations (per channel where a Linear is one group wide, else group-wise)
+    give the simulation's logits in a default ORT session: a DequantizeLinear -> MatMul lowering was
+    fused by ORT into int8-activation MatMulNBits (2e-2 off)."""
+    from rnnquant.quant.recipe import Recipe, Rule
+
+    m = _model("mamba")
+    q = quantize(m, Recipe("w8g32", [Rule(w_bits=8, w_granularity="group", group_size=32)]), None, None)
+    lm = OrtLM(export_step(q, tmp_path / "q.onnx", TOKENIZER))
+    ids = IDS[:16]
+    state, ort_state = q.init_state(1), lm.init_state(1)
+    for t in ids:
+        ref, state = q.step(t.view(1), state)
+        logits, ort_state = lm.step(t.view(1).numpy(), ort_state)
+        assert np.abs(logits - ref.numpy()).max() <= 1e-4
+
+
 def test_metadata_and_ort_format(tmp_path):
     m = _model("mamba")
     path = export_step(m, tmp_path / "m.onnx", TOKENIZER)
