@@ -82,7 +82,7 @@ def nbits_tensors(qw, K: int, block_size: int | None = None):
     ``block_size``: the op's block when it is not the weight's group (one padded block per row)."""
     N, bs, bits = qw.q.shape[0], block_size or qw.group_size, qw.bits
     blocks = -(-K // bs)
-    u = (qw.q.to(torch.int16) + (2 ** (bits - 1) if qw.symmetric else 0)).to(torch.uint8)  # unsigned codes (int8 + 128 would wrap)
+    u = (qw.q.to(torch.int16) + (2 ** (bits - 1) if qw.symmetric else 0)).to(torch.uint8)  # unsigned codes (int16: +128 is out of int8's range)
     u = torch.nn.functional.pad(u, (0, blocks * bs - K))
     if bits == 4:
         u = u[:, 0::2] | (u[:, 1::2] << 4)
@@ -156,7 +156,7 @@ def qlinear_forward(m, x):
 
 def gathers_codes(head) -> bool:
     """Whether a tied embedding can gather rows of the (prepared) head's 8-bit codes; else the graph
-    needs a float table (``embedding_table``)."""
+    needs the dequantized float table (which the exporter then makes, and only then)."""
     kind, *t = getattr(head, "_export", (None,))
     return kind == "w8" or (kind == "nbits" and t[4] == 8 and t[0].shape[1] == 1 and not t[3])  # one 8-bit block per row, symmetric
 

@@ -87,13 +87,14 @@ def test_quantized_ort_perplexity_matches_simulation(tmp_path, arch, preset):
 
 
 @torch.no_grad()
-def test_w8_float_activation_graph_keeps_its_activations_float(tmp_path):
+@pytest.mark.parametrize("arch", ["mamba", "lstm"])  # lstm: a tied 24-wide head, one padded 32-code block per row
+def test_w8_float_activation_graph_keeps_its_activations_float(tmp_path, arch):
     """8-bit weights with float activations (per channel where a Linear is one group wide, else group-wise)
     give the simulation's logits in a default ORT session: a DequantizeLinear -> MatMul lowering was
     fused by ORT into int8-activation MatMulNBits (2e-2 off)."""
     from rnnquant.quant.recipe import Recipe, Rule
 
-    m = _model("mamba")
+    m = _model(arch)
     q = quantize(m, Recipe("w8g32", [Rule(w_bits=8, w_granularity="group", group_size=32)]), None, None)
     lm = OrtLM(export_step(q, tmp_path / "q.onnx", TOKENIZER))
     ids = IDS[:16]
