@@ -25,6 +25,18 @@ import torch
 from tqdm import tqdm
 
 
+def _trim_heap() -> None:
+    """Hand the heap glibc keeps after frees back to the OS (malloc_trim) once a block is done: a
+    block's replays free many tensors under the mmap threshold, and at mamba-130m shape 0.38 GB of
+    such freed heap stayed resident after an in-place quantization. Elsewhere than glibc: nothing."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 @dataclass(frozen=True)
 class Stage:
     index: int  # the block number; len(layer_stack) for the tail
@@ -72,7 +84,9 @@ class Blockwise:
         stack = tuple(self.spec.layer_stack)
         all_stages = [Stage(i, p, s, stack) for i, (p, s) in enumerate(zip(stack, self.spec.state_slices(), strict=True))]
         all_stages.append(Stage(len(stack), "", slice(0, 0), stack))
-        yield from tqdm(all_stages, desc=desc, unit="block", disable=desc is None)
+        for stage in tqdm(all_stages, desc=desc, unit="block", disable=desc is None):
+            yield stage
+            _trim_heap()
 
     @torch.no_grad()
     def run(self, stage: Stage, hooks: dict[str, Callable[[torch.Tensor], None]] | None = None,
