@@ -195,8 +195,7 @@ def quantize(model, recipe: Recipe, calib=None, batches=None, *, inplace: bool =
     """
     recipe.validate()
     spec = model.arch_spec()
-    modules = dict(model.named_modules())
-    recipe.check_fits(spec, {n: modules[n].in_features for n in spec.linears})
+    recipe.check_fits(spec, {n: model.get_submodule(n).in_features for n in spec.linears})  # (no module dict kept: it would hold every replaced float weight)
     require_calibration(recipe, calib)
     if calib is not None and calib.meta["model_fingerprint"] != model.provenance.fingerprint:
         raise RnnquantError("the calibration directory was made for another model")
