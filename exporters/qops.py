@@ -4,12 +4,15 @@ Each quantized matmul is a ``torch.autograd.Function`` whose ``forward`` is the 
 (so tracing sees the right shapes and values) and whose ``symbolic`` emits the ONNX ops:
 
     W8, A8 dynamic per-token: amax = ReduceMax|x|; s = amax/127; xq = Cast<uint8>(Round(x/s) + 128)
-                              y = Cast<float>(MatMulInteger(xq, Wt, a_zp=128)) * s * w_scale
-    W8, A8 static:            xq = QuantizeLinear(x, a_scale, 128:uint8); y = Cast(MatMulInteger(xq, Wt, 128)) * (a_scale * w_scale)
-Activations go in as uint8 with zero point 128 (exactly the symmetric int8 grid shifted): ONNX
-Runtime's fast x86 kernels are U8S8; S8S8 MatMulInteger runs a much slower path (measured:
-docs/RESULTS.md). On AVX2 machines without VNNI, U8S8 can saturate int16 pair sums with
-full-range weights (ORT's `reduce_range` caveat); AVX512-VNNI and ARM dot-product kernels do not.
+                              y = Cast<float>(MatMulInteger(xq, Wt, a_zp=128, b_zp=128)) * s * w_scale
+    W8, A8 static:            xq = QuantizeLinear(x, a_scale, 128:uint8); y = Cast(MatMulInteger(xq, Wt, 128, 128)) * (a_scale * w_scale)
+Both operands go in as uint8 with zero point 128 (exactly the symmetric int8 grid shifted): U8U8.
+Not U8S8 (int8 weights), though ONNX Runtime's VNNI kernels run that faster: on x86 without
+AVX512-VNNI / AVX-VNNI (every AVX2-only CPU, AMD Zen 1-3 among them) its U8S8 kernel sums pairs
+of u8 x s8 products in int16 (vpmaddubsw), which saturates with full-range weights: measured on
+an AMD EPYC (AVX2), a [1, 768] x [768, 3072] product off by up to 1e5 in 3e5, perplexities
+off by 1-50 %. The U8U8 kernel widens to int16 first and is exact on every CPU (1.3-2x slower
+than the broken U8S8 there). S8S8 runs a much slower path (~50x, docs/RESULTS.md).
     W8, A float:              y = com.microsoft.MatMulNBits(x, B, scales), bits 8, one block per row (block_size the
                               power of two >= K), accuracy_level 0. Not DequantizeLinear -> MatMul: ORT's default
                               optimizer fuses that pair into MatMulNBits with accuracy_level 4 (its session option
@@ -17,14 +20,14 @@ full-range weights (ORT's `reduce_range` caveat); AVX512-VNNI and ARM dot-produc
                               (2e-2 off in a logit). Slow either way: presets give W8 Linears int8 activations.
     group-wise (4 or 8 bit):  y = com.microsoft.MatMulNBits(x, B, scales[, zero_points]); accuracy_level 4
                               (int8 activations, per block) when the recipe quantizes activations
-Wt is the int8 code matrix [in, out]; w_scale is per output column. Rotations and float
+Wt is the code matrix + 128 as uint8 [in, out]; w_scale is per output column. Rotations and float
 outlier columns stay ordinary traced ops (MatMul with the ±1/sqrt(n) matrix, Gather + MatMul).
 """
 from __future__ import annotations
 
 import torch
 
-from rnnquant.quant.primitives import fake_quant_dynamic, fake_quant_static
+from rnnquant.quant.primitives import fake_quant_dynamic
 
 MS = "com.microsoft"
 
@@ -33,10 +36,23 @@ def _c(g, t: torch.Tensor):
     return g.op("Constant", value_t=t)
 
 
+def _int8_matmul(q: torch.Tensor, wt: torch.Tensor) -> torch.Tensor:
+    """q (integer-valued float [..., K]) @ (wt - 128) (wt uint8 [K, N]) in int32, as MatMulInteger
+    computes it, returned as float. The trace-time forward of the W8 ops: no float copy of the
+    weight (4 bytes per weight, held by the allocator through a trace: 5.5 GB at mamba-1.4b shape)."""
+    w = (wt ^ 0x80).to(torch.int8)  # u - 128: the XOR gives q mod 256, the cast wraps it to q
+    return torch._int_mm(q.reshape(-1, q.shape[-1]).to(torch.int8), w).float().reshape(*q.shape[:-1], wt.shape[1])
+
+
+def _zp128(g):
+    return _c(g, torch.tensor(128, dtype=torch.uint8))
+
+
 class _DynamicW8(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, wt, w_scale):
-        return fake_quant_dynamic(x, 8) @ (wt.float() * w_scale)
+        s = (x.abs().amax(-1, keepdim=True) / 127).clamp(min=1e-12)  # fake_quant_dynamic's per-token scale
+        return _int8_matmul(torch.round(x / s).clamp(-127, 127), wt) * s * w_scale
 
     @staticmethod
     def symbolic(g, x, wt, w_scale):
@@ -44,20 +60,20 @@ class _DynamicW8(torch.autograd.Function):
         s = g.op("Div", g.op("Max", amax, _c(g, torch.tensor(1e-12 * 127))), _c(g, torch.tensor(127.0)))
         q = g.op("Round", g.op("Div", x, s))  # |x / s| <= 127 by construction: the simulation's clamp is a no-op, not emitted
         qu = g.op("Cast", g.op("Add", q, _c(g, torch.tensor(128.0))), to_i=2)  # to 2 = UINT8: q + 128
-        acc = g.op("MatMulInteger", qu, wt, _c(g, torch.tensor(128, dtype=torch.uint8)))  # U8S8, a_zero_point 128
+        acc = g.op("MatMulInteger", qu, wt, _zp128(g), _zp128(g))  # U8U8, both zero points 128
         return g.op("Mul", g.op("Mul", g.op("Cast", acc, to_i=1), s), w_scale)
 
 
 class _StaticW8(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, wt, w_scale, a_scale):
-        return fake_quant_static(x, a_scale, 8) @ (wt.float() * w_scale)
+        return _int8_matmul(torch.round(x / a_scale).clamp(-128, 127), wt) * (a_scale * w_scale)  # fake_quant_static's grid
 
     @staticmethod
     def symbolic(g, x, wt, w_scale, a_scale):
-        zp = _c(g, torch.tensor(128, dtype=torch.uint8))  # uint8 with zero point 128: the same grid as int8
+        zp = _zp128(g)  # uint8 with zero point 128: the same grid as int8
         q = g.op("QuantizeLinear", x, a_scale, zp)
-        acc = g.op("MatMulInteger", q, wt, zp)
+        acc = g.op("MatMulInteger", q, wt, zp, zp)
         return g.op("Mul", g.op("Cast", acc, to_i=1), g.op("Mul", a_scale, w_scale))
 
 
@@ -129,7 +145,7 @@ def prepare(qlinear) -> None:
         return
     if not qw.symmetric:  # int8 asymmetric: stored codes are 0..255 with zero points; re-center is exact only if zero == 128
         raise NotImplementedError("asymmetric 8-bit per-channel weights: use a symmetric grid or group-wise (MatMulNBits)")
-    qlinear._export = ("w8", qw.q.T.contiguous(), qw.scale[:, 0].float().contiguous())
+    qlinear._export = ("w8", (qw.q.view(torch.uint8) ^ 0x80).T.contiguous(), qw.scale[:, 0].float().contiguous())  # int8 q -> uint8 q + 128
 
 
 def qlinear_forward(m, x):
@@ -162,14 +178,14 @@ def gathers_codes(head) -> bool:
 
 
 def qembedding_forward(e, ids):
-    """Gather rows of the lm_head's int8 codes (one shared initializer) and scale them."""
+    """Gather rows of the lm_head's 8-bit codes (one shared initializer, uint8 code + 128) and scale them."""
     m = e.lm_head
     kind, *t = getattr(m, "_export", (None,))
     if ids.dim() > 1:  # the prefill graph's [B, T] ids (a trace-time branch on rank, not on data)
         return qembedding_forward(e, ids.reshape(-1)).reshape(*ids.shape, -1)
     if kind == "w8":
         wt, w_scale = t
-        return torch.index_select(wt, 1, ids).T.float() * torch.index_select(w_scale, 0, ids).unsqueeze(-1)
+        return (torch.index_select(wt, 1, ids).T.float() - 128) * torch.index_select(w_scale, 0, ids).unsqueeze(-1)
     if gathers_codes(m):
         b, scales = t[0], t[1]
         rows = torch.index_select(b, 0, ids).reshape(ids.shape[0], -1)[:, : m.in_features]  # [B, K] uint8 codes + 128 (the block may be padded)

@@ -86,6 +86,25 @@ def test_quantized_ort_perplexity_matches_simulation(tmp_path, arch, preset):
         assert ("MatMulNBits" in ops) if preset.startswith("w4") else ("MatMulInteger" in ops)
 
 
+@pytest.mark.parametrize("preset", ["w8a8-dynamic", "w8a8-outlier"])
+def test_int8_matmuls_are_u8u8(tmp_path, preset):
+    """Every MatMulInteger takes uint8 weights with zero point 128 (U8U8): ONNX Runtime's U8S8 kernel
+    saturates int16 pair sums on x86 CPUs without VNNI (every AVX2-only CPU), 1e5 off in 3e5."""
+    from onnx import numpy_helper
+
+    m = _model("mamba")
+    q = quantize(m, PRESETS[preset], calibrate(m, IDS, CalibConfig(samples=8, seq_len=128)), calibration_batches(IDS, 8, 128, 4))
+    proto = onnx.load(export_step(q, tmp_path / "q.onnx", TOKENIZER))
+    inits = {t.name: t for t in proto.graph.initializer}
+    consts = {n.output[0]: n.attribute[0].t for n in proto.graph.node if n.op_type == "Constant"}
+    matmuls = [n for n in proto.graph.node if n.op_type == "MatMulInteger"]
+    assert matmuls
+    for n in matmuls:
+        weight, b_zero = (inits.get(x) or consts.get(x) for x in (n.input[1], n.input[3] if len(n.input) > 3 else ""))
+        assert weight.data_type == onnx.TensorProto.UINT8, n.name
+        assert b_zero is not None and b_zero.data_type == onnx.TensorProto.UINT8 and numpy_helper.to_array(b_zero) == 128, n.name
+
+
 @torch.no_grad()
 @pytest.mark.parametrize("arch", ["mamba", "lstm"])  # lstm: a tied 24-wide head, one padded 32-code block per row
 def test_w8_float_activation_graph_keeps_its_activations_float(tmp_path, arch):
