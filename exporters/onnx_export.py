@@ -139,16 +139,26 @@ def constants_to_initializers(graph) -> None:
                 graph.node.remove(node)
 
 
-def write_weights(protos, data_file: Path) -> None:
-    """Move every initializer of ``WEIGHTS_MIN_BYTES`` or more of every graph in ``protos`` into
-    ``data_file`` (ONNX external data, located by its name beside the graphs): bytes that two
-    graphs hold, as a step graph and its prefill graph hold the same weights, are stored once.
-    Written tensor by tensor, each proto losing its copy as it goes: memory does not double."""
-    import onnx
-    from onnx import numpy_helper
+class WeightsFile:
+    """The ONNX external-data file the graphs of one export share, written graph by graph.
 
-    tensors = []
-    for proto in protos:
+    ``move_out(proto)`` moves every initializer of ``WEIGHTS_MIN_BYTES`` or more into the file,
+    the proto keeping a reference (location, offset, length; ONNX external data, located by its
+    name beside the graphs): bytes that two graphs hold, as a step graph and its prefill graph hold
+    the same weights, are stored once. ``take(proto)`` does that and returns a copy of the proto
+    without the bytes, for the caller to keep instead: protobuf (upb) frees a message's memory only
+    with the whole message, so a proto emptied in place still holds all of it."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._file = open(self.path, "wb")  # noqa: SIM115 - closed by close(), written across calls
+        self._stored: dict[bytes, int] = {}  # sha256 of the bytes -> offset in the file
+
+    def move_out(self, proto) -> None:
+        import onnx
+        from onnx import numpy_helper
+
+        tensors = []
         for t in _initializers(proto.graph):
             if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type == onnx.TensorProto.STRING:
                 continue
@@ -156,57 +166,95 @@ def write_weights(protos, data_file: Path) -> None:
                 t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t), t.name))
             if len(t.raw_data) >= WEIGHTS_MIN_BYTES:
                 tensors.append(t)
-    # the 64 KiB-aligned tensors first, then the rest: a small tensor between two large ones would
-    # cost up to 64 KiB of padding (2.7 MB of a mamba-130m-shape int8 file, written in graph order)
-    tensors.sort(key=lambda t: len(t.raw_data) < MAP_MIN_BYTES)
-    stored: dict[bytes, int] = {}  # sha256 of the bytes -> offset in the file
-    with open(data_file, "wb") as f:
+        # the 64 KiB-aligned tensors first, then the rest: a small tensor between two large ones would
+        # cost up to 64 KiB of padding (2.7 MB of a mamba-130m-shape int8 file, written in graph order)
+        tensors.sort(key=lambda t: len(t.raw_data) < MAP_MIN_BYTES)
+        f = self._file
         for t in tensors:
             raw = t.raw_data
             key = hashlib.sha256(raw).digest()
-            if key not in stored:
+            if key not in self._stored:
                 pos = f.tell()
                 pad = -pos % (MAP_ALIGN_BYTES if len(raw) >= MAP_MIN_BYTES else 64)
                 f.write(b"\0" * pad)
-                stored[key] = pos + pad
+                self._stored[key] = pos + pad
                 f.write(raw)
             t.ClearField("raw_data")
             t.data_location = onnx.TensorProto.EXTERNAL
             del t.external_data[:]
-            for k, v in (("location", data_file.name), ("offset", stored[key]), ("length", len(raw))):
+            for k, v in (("location", self.path.name), ("offset", self._stored[key]), ("length", len(raw))):
                 t.external_data.add(key=k, value=str(v))
 
+    def take(self, proto):
+        """``move_out`` then a fresh copy of what is left (kilobytes): drop ``proto`` after this."""
+        import onnx
 
-def save_graphs(graphs: list[tuple], weights: Path) -> None:
-    """Write ``graphs`` ([(proto, path, what)], the step graph last) and their shared ``weights``
-    file atomically: everything is written, checked (onnx.checker on the path, then an ONNX Runtime
-    session) in a temporary directory beside the outputs, then renamed, the weights first and the
-    step graph last, so a step graph under its final name always has its weights and its prefill."""
-    import onnx
+        constants_to_initializers(proto.graph)
+        self.move_out(proto)
+        light = onnx.ModelProto()
+        light.ParseFromString(proto.SerializeToString())
+        return light
 
+    def close(self) -> None:
+        self._file.close()
+
+
+def write_weights(protos, data_file: Path) -> None:
+    """Move the weights of every graph in ``protos`` into ``data_file`` (``WeightsFile.move_out``)."""
+    w = WeightsFile(data_file)
+    try:
+        for proto in protos:
+            w.move_out(proto)
+    finally:
+        w.close()
+
+
+@contextlib.contextmanager
+def staged_weights(weights: Path):
+    """A ``WeightsFile`` in a temporary directory beside the outputs (``save_graphs`` writes the
+    graphs there, checks them and renames all into place); removed with whatever is left in it."""
     weights = Path(weights)
     try:
         weights.parent.mkdir(parents=True, exist_ok=True)
         tmp_dir = Path(tempfile.mkdtemp(prefix=f".{weights.name}.", dir=weights.parent))
+        w = WeightsFile(tmp_dir / weights.name)
     except OSError as e:
         raise RnnquantError(f"cannot write to {weights.parent}: {e.strerror or e}") from None
     try:
-        write_weights([proto for proto, _, _ in graphs], tmp_dir / weights.name)
+        yield w
+    finally:
+        w.close()
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def save_graphs(graphs: list[tuple], weights: Path, staged: WeightsFile | None = None) -> None:
+    """Write ``graphs`` ([(proto, path, what)], the step graph last) and their shared ``weights``
+    file atomically: everything is written, checked (onnx.checker on the path, then an ONNX Runtime
+    session) in a temporary directory beside the outputs, then renamed, the weights first and the
+    step graph last, so a step graph under its final name always has its weights and its prefill.
+    ``staged``: the weights file the graphs' weights already went to, as they were traced."""
+    if staged is None:
+        with staged_weights(weights) as w:
+            return save_graphs(graphs, weights, w)
+    import onnx
+
+    try:
+        for proto, _, _ in graphs:
+            staged.move_out(proto)  # (nothing left to move for graphs that went through staged.take)
+        staged.close()
         for proto, path, what in graphs:
-            tmp = tmp_dir / Path(path).name
+            tmp = staged.path.parent / Path(path).name
             onnx.save(proto, str(tmp))
             try:
                 onnx.checker.check_model(str(tmp), full_check=True)  # by path: reads the external weights
             except onnx.checker.ValidationError as e:
                 raise RnnquantError(f"{what} fails the ONNX checker: {str(e).splitlines()[0]}") from None
             _check_loads(tmp)
-        os.replace(tmp_dir / weights.name, weights)
+        os.replace(staged.path, weights)
         for _, path, _ in graphs:
-            os.replace(tmp_dir / Path(path).name, path)
+            os.replace(staged.path.parent / Path(path).name, path)
     except OSError as e:
-        raise RnnquantError(f"cannot write {weights.parent}: {e.strerror or e}") from None
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise RnnquantError(f"cannot write {Path(weights).parent}: {e.strerror or e}") from None
 
 
 def _check_loads(path: Path) -> None:
@@ -282,29 +330,40 @@ def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bo
         raise RnnquantError(f"{out_path} already exists (use --force to overwrite)")
     inputs = ["input_ids", *names]
     prefill_proto = None
-    with _lowered(model):
-        proto = _trace(_StepGraph(model), (torch.tensor([0]), *state), inputs, outputs,
-                       {k: {0: "batch"} for k in inputs + outputs}, opset, nbits)
-        if prefill and model.parallel_prefill:
-            inputs = ["prompt_ids", *names]
-            last = prefill_logits == "last"
-            axes = {k: {0: "batch"} for k in inputs + outputs} | {"prompt_ids": {0: "batch", 1: "seq"}} | ({} if last else {"logits": {0: "batch", 1: "seq"}})
-            prefill_proto = _trace(_PrefillGraph(model, last), (torch.tensor([[0, 0]]), *state), inputs, outputs, axes, opset, nbits)
-            _share_tied_embedding(prefill_proto, ids_rank=2)
-    for m in qlinears:  # the graphs hold the export-form codes now: drop the model's copies before the checks load a session
-        m.__dict__.pop("_export", None)
-    _share_tied_embedding(proto)
-    return finish_step_graph(proto, model, out_path, tokenizer_path, force=force, prefill=prefill, prefill_proto=prefill_proto,
-                             prefill_logits=prefill_logits)
+    from .prefill import weights_path
+
+    # each graph's weights go to the weights file as soon as it is traced, the proto kept without
+    # them: the traced graphs never hold the weights in memory together (at mamba-1.4b shape each
+    # held 1.4 GB of int8 codes, twice over once its Constants became initializers)
+    with staged_weights(weights_path(out_path)) as staged:
+        with _lowered(model):
+            step = _trace(_StepGraph(model), (torch.tensor([0]), *state), inputs, outputs,
+                          {k: {0: "batch"} for k in inputs + outputs}, opset, nbits)
+            _share_tied_embedding(step)
+            proto = staged.take(step)
+            del step
+            if prefill and model.parallel_prefill:
+                inputs = ["prompt_ids", *names]
+                last = prefill_logits == "last"
+                axes = {k: {0: "batch"} for k in inputs + outputs} | {"prompt_ids": {0: "batch", 1: "seq"}} | ({} if last else {"logits": {0: "batch", 1: "seq"}})
+                traced = _trace(_PrefillGraph(model, last), (torch.tensor([[0, 0]]), *state), inputs, outputs, axes, opset, nbits)
+                _share_tied_embedding(traced, ids_rank=2)
+                prefill_proto = staged.take(traced)
+                del traced
+        for m in qlinears:  # the weights file holds the export-form codes now: drop the model's copies before the checks load a session
+            m.__dict__.pop("_export", None)
+        return finish_step_graph(proto, model, out_path, tokenizer_path, force=force, prefill=prefill, prefill_proto=prefill_proto,
+                                 prefill_logits=prefill_logits, staged=staged)
 
 
 def finish_step_graph(proto, model, out_path: Path, tokenizer_path=None, force: bool = True, prefill: bool = True,
-                      recipe: str | None = None, prefill_proto=None, prefill_logits: str = "all") -> Path:
+                      recipe: str | None = None, prefill_proto=None, prefill_logits: str = "all", staged: WeightsFile | None = None) -> Path:
     """Add rnnquant's metadata to a step graph and write ``tokenizer.json``, then, as one atomic
     set (``save_graphs``), the weights both graphs share (``<stem>.onnx.data``), the prefill graph
     (``<stem>.prefill.onnx``: ``prefill_proto`` when given, else a Loop over the step graph) and,
     last, the step graph: a step graph under its final name means the whole export is there, even
-    after a SIGKILL anywhere in between."""
+    after a SIGKILL anywhere in between. ``staged``: the weights file (``staged_weights``) the
+    graphs' weights already went to."""
     from .prefill import build_prefill, parallel_prefill_metadata, prefill_path, weights_path
 
     out_path = Path(out_path)
@@ -331,5 +390,5 @@ def finish_step_graph(proto, model, out_path: Path, tokenizer_path=None, force: 
         with atomic_path(out_path.parent / stored_name(tokenizer_path)) as tmp_tok:
             shutil.copyfile(tokenizer_path, tmp_tok)
     graphs = [(prefill_proto, prefill_path(out_path), "prefill graph")] if prefill_proto is not None else []
-    save_graphs([*graphs, (proto, out_path, "exported graph")], weights_path(out_path))
+    save_graphs([*graphs, (proto, out_path, "exported graph")], weights_path(out_path), staged)
     return out_path
