@@ -49,6 +49,37 @@ class _PrefillGraph(_StepGraph):
         return (logits, *new_state)
 
 
+class _WeightsAsInputs(torch.nn.Module):
+    """``graph`` with the export-form weights passed in after its own inputs (and ignored: the
+    lowered modules read the same tensors). The tracer maps a tensor to its graph input wherever it
+    is used, so the weights become named graph inputs, not Constants serialized into the traced
+    proto (the TorchScript exporter holds three copies of its Constants while it serializes them),
+    and ``WeightsFile.take`` writes them from the tensors themselves."""
+
+    def __init__(self, graph: torch.nn.Module, n_inputs: int):
+        super().__init__()
+        self.graph, self.n_inputs = graph, n_inputs
+
+    def forward(self, *args):
+        return self.graph(*args[: self.n_inputs])
+
+
+_EXPORT_FIELDS = {"w8": ("codes", "scales"), "nbits": ("codes", "scales", "zero_points")}
+
+
+def _export_weights(model) -> dict[str, torch.Tensor]:
+    """The large tensors of every prepared QLinear's export form, by a name from its module path."""
+    from rnnquant.quant.qlinear import QLinear
+
+    out = {}
+    for name, m in model.named_modules():
+        kind, *fields = getattr(m, "_export", (None,)) if isinstance(m, QLinear) else (None,)
+        for field, t in zip(_EXPORT_FIELDS.get(kind, ()), fields):
+            if isinstance(t, torch.Tensor) and t.numel() * t.element_size() >= WEIGHTS_MIN_BYTES:
+                out[f"{name}.{field}"] = t
+    return out
+
+
 def state_metadata(model) -> list[dict]:
     """The graph's state inputs as data: what a runtime needs to build the initial state itself."""
     return [{"name": s.name, "shape": list(s.shape), "dtype": str(s.dtype).removeprefix("torch."), "init": s.init}
@@ -169,26 +200,51 @@ class WeightsFile:
         # the 64 KiB-aligned tensors first, then the rest: a small tensor between two large ones would
         # cost up to 64 KiB of padding (2.7 MB of a mamba-130m-shape int8 file, written in graph order)
         tensors.sort(key=lambda t: len(t.raw_data) < MAP_MIN_BYTES)
-        f = self._file
         for t in tensors:
             raw = t.raw_data
-            key = hashlib.sha256(raw).digest()
-            if key not in self._stored:
-                pos = f.tell()
-                pad = -pos % (MAP_ALIGN_BYTES if len(raw) >= MAP_MIN_BYTES else 64)
-                f.write(b"\0" * pad)
-                self._stored[key] = pos + pad
-                f.write(raw)
+            offset = self._write(raw)
             t.ClearField("raw_data")
-            t.data_location = onnx.TensorProto.EXTERNAL
-            del t.external_data[:]
-            for k, v in (("location", self.path.name), ("offset", self._stored[key]), ("length", len(raw))):
-                t.external_data.add(key=k, value=str(v))
+            self._reference(t, offset, len(raw))
 
-    def take(self, proto):
-        """``move_out`` then a fresh copy of what is left (kilobytes): drop ``proto`` after this."""
+    def _write(self, raw) -> int:
+        """``raw`` (a bytes-like object) stored once in the file: its offset."""
+        key = hashlib.sha256(raw).digest()
+        if key not in self._stored:
+            f, n = self._file, memoryview(raw).nbytes
+            pad = -f.tell() % (MAP_ALIGN_BYTES if n >= MAP_MIN_BYTES else 64)
+            f.write(b"\0" * pad)
+            self._stored[key] = f.tell()
+            f.write(raw)
+        return self._stored[key]
+
+    def _reference(self, t, offset: int, length: int) -> None:
         import onnx
 
+        t.data_location = onnx.TensorProto.EXTERNAL
+        del t.external_data[:]
+        for k, v in (("location", self.path.name), ("offset", offset), ("length", length)):
+            t.external_data.add(key=k, value=str(v))
+
+    def inputs_to_initializers(self, proto, tensors: dict[str, torch.Tensor]) -> None:
+        """Graph inputs named in ``tensors`` become initializers whose bytes are the tensors',
+        written straight from their memory (never copied into a proto)."""
+        from onnx import helper
+
+        graph = proto.graph
+        for vi in [i for i in graph.input if i.name in tensors]:
+            arr = tensors[vi.name].detach().contiguous().numpy()
+            t = graph.initializer.add()
+            t.name, t.data_type = vi.name, helper.np_dtype_to_tensor_dtype(arr.dtype)
+            t.dims.extend(arr.shape)
+            self._reference(t, self._write(arr), arr.nbytes)
+            graph.input.remove(vi)
+
+    def take(self, proto, tensors: dict[str, torch.Tensor] | None = None):
+        """``inputs_to_initializers``, ``move_out``, then a fresh copy of what is left (kilobytes):
+        drop ``proto`` after this."""
+        import onnx
+
+        self.inputs_to_initializers(proto, tensors or {})
         constants_to_initializers(proto.graph)
         self.move_out(proto)
         light = onnx.ModelProto()
@@ -337,19 +393,22 @@ def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bo
     # held 1.4 GB of int8 codes, twice over once its Constants became initializers)
     with staged_weights(weights_path(out_path)) as staged:
         with _lowered(model):
-            step = _trace(_StepGraph(model), (torch.tensor([0]), *state), inputs, outputs,
-                          {k: {0: "batch"} for k in inputs + outputs}, opset, nbits)
+            weights = _export_weights(model)
+            step = _trace(_WeightsAsInputs(_StepGraph(model), len(inputs)), (torch.tensor([0]), *state, *weights.values()), [*inputs, *weights],
+                          outputs, {k: {0: "batch"} for k in inputs + outputs}, opset, nbits)
             _share_tied_embedding(step)
-            proto = staged.take(step)
+            proto = staged.take(step, weights)
             del step
             if prefill and model.parallel_prefill:
                 inputs = ["prompt_ids", *names]
                 last = prefill_logits == "last"
                 axes = {k: {0: "batch"} for k in inputs + outputs} | {"prompt_ids": {0: "batch", 1: "seq"}} | ({} if last else {"logits": {0: "batch", 1: "seq"}})
-                traced = _trace(_PrefillGraph(model, last), (torch.tensor([[0, 0]]), *state), inputs, outputs, axes, opset, nbits)
+                traced = _trace(_WeightsAsInputs(_PrefillGraph(model, last), len(inputs)), (torch.tensor([[0, 0]]), *state, *weights.values()),
+                                [*inputs, *weights], outputs, axes, opset, nbits)
                 _share_tied_embedding(traced, ids_rank=2)
-                prefill_proto = staged.take(traced)
+                prefill_proto = staged.take(traced, weights)
                 del traced
+            del weights
         for m in qlinears:  # the weights file holds the export-form codes now: drop the model's copies before the checks load a session
             m.__dict__.pop("_export", None)
         return finish_step_graph(proto, model, out_path, tokenizer_path, force=force, prefill=prefill, prefill_proto=prefill_proto,
