@@ -92,13 +92,19 @@ class _MatMulNBits(torch.autograd.Function):
         return y
 
 
+def _unsigned(q: torch.Tensor, bits: int) -> torch.Tensor:
+    """Symmetric int8 codes -> uint8 code + 2^(bits-1), with no wider temporary (8 bits: flipping
+    the sign bit adds 128 modulo 256)."""
+    return q.view(torch.uint8) ^ 0x80 if bits == 8 else (q + 2 ** (bits - 1)).view(torch.uint8)
+
+
 def nbits_tensors(qw, K: int, block_size: int | None = None):
     """MatMulNBits inputs from a QuantizedWeight: B uint8 [N, blocks, block*bits/8], scales [N*blocks],
     zero points packed like B (two 4-bit or one 8-bit per byte) [N * ceil(blocks*bits/8)].
     ``block_size``: the op's block when it is not the weight's group (one padded block per row)."""
     N, bs, bits = qw.q.shape[0], block_size or qw.group_size, qw.bits
     blocks = -(-K // bs)
-    u = (qw.q.to(torch.int16) + (2 ** (bits - 1) if qw.symmetric else 0)).to(torch.uint8)  # unsigned codes (int16: +128 is out of int8's range)
+    u = _unsigned(qw.q, bits) if qw.symmetric else qw.q  # asymmetric codes are uint8 already
     u = torch.nn.functional.pad(u, (0, blocks * bs - K))
     if bits == 4:
         u = u[:, 0::2] | (u[:, 1::2] << 4)
@@ -145,7 +151,7 @@ def prepare(qlinear) -> None:
         return
     if not qw.symmetric:  # int8 asymmetric: stored codes are 0..255 with zero points; re-center is exact only if zero == 128
         raise NotImplementedError("asymmetric 8-bit per-channel weights: use a symmetric grid or group-wise (MatMulNBits)")
-    qlinear._export = ("w8", (qw.q.view(torch.uint8) ^ 0x80).T.contiguous(), qw.scale[:, 0].float().contiguous())  # int8 q -> uint8 q + 128
+    qlinear._export = ("w8", _unsigned(qw.q, 8).T.contiguous(), qw.scale[:, 0].float().contiguous())
 
 
 def qlinear_forward(m, x):
