@@ -185,7 +185,8 @@ class WeightsFile:
         self._file = open(self.path, "wb")  # noqa: SIM115 - closed by close(), written across calls
         self._stored: dict[bytes, int] = {}  # sha256 of the bytes -> offset in the file
 
-    def move_out(self, proto) -> None:
+    def _moveable(self, proto) -> list:
+        """The initializers of ``WEIGHTS_MIN_BYTES`` or more still held in ``proto``."""
         import onnx
         from onnx import numpy_helper
 
@@ -196,57 +197,60 @@ class WeightsFile:
             if not t.HasField("raw_data"):  # typed fields (float_data, ...) -> the raw little-endian bytes
                 t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t), t.name))
             if len(t.raw_data) >= WEIGHTS_MIN_BYTES:
-                tensors.append(t)
-        # the 64 KiB-aligned tensors first, then the rest: a small tensor between two large ones would
-        # cost up to 64 KiB of padding (2.7 MB of a mamba-130m-shape int8 file, written in graph order)
-        tensors.sort(key=lambda t: len(t.raw_data) < MAP_MIN_BYTES)
-        for t in tensors:
-            raw = t.raw_data
-            offset = self._write(raw)
-            t.ClearField("raw_data")
-            self._reference(t, offset, len(raw))
+                tensors.append((t, None))
+        return tensors
 
-    def _write(self, raw) -> int:
-        """``raw`` (a bytes-like object) stored once in the file: its offset."""
-        key = hashlib.sha256(raw).digest()
-        if key not in self._stored:
-            f, n = self._file, memoryview(raw).nbytes
-            pad = -f.tell() % (MAP_ALIGN_BYTES if n >= MAP_MIN_BYTES else 64)
-            f.write(b"\0" * pad)
-            self._stored[key] = f.tell()
-            f.write(raw)
-        return self._stored[key]
-
-    def _reference(self, t, offset: int, length: int) -> None:
-        import onnx
-
-        t.data_location = onnx.TensorProto.EXTERNAL
-        del t.external_data[:]
-        for k, v in (("location", self.path.name), ("offset", offset), ("length", length)):
-            t.external_data.add(key=k, value=str(v))
-
-    def inputs_to_initializers(self, proto, tensors: dict[str, torch.Tensor]) -> None:
-        """Graph inputs named in ``tensors`` become initializers whose bytes are the tensors',
+    def _inputs_as_initializers(self, proto, tensors: dict[str, torch.Tensor]) -> list:
+        """Graph inputs named in ``tensors`` become initializers whose bytes will be the tensors',
         written straight from their memory (never copied into a proto)."""
+        import onnx
         from onnx import helper
 
-        graph = proto.graph
+        graph, pending = proto.graph, []
         for vi in [i for i in graph.input if i.name in tensors]:
             arr = tensors[vi.name].detach().contiguous().numpy()
             t = graph.initializer.add()
             t.name, t.data_type = vi.name, helper.np_dtype_to_tensor_dtype(arr.dtype)
             t.dims.extend(arr.shape)
-            self._reference(t, self._write(arr), arr.nbytes)
+            t.data_location = onnx.TensorProto.EXTERNAL  # (its reference is written with its bytes)
+            pending.append((t, arr))
             graph.input.remove(vi)
+        return pending
 
-    def take(self, proto, tensors: dict[str, torch.Tensor] | None = None):
-        """``inputs_to_initializers``, ``move_out``, then a fresh copy of what is left (kilobytes):
-        drop ``proto`` after this."""
+    def _write_all(self, pending: list) -> None:
+        """Write [(initializer, array or None: its raw_data)] and point each initializer at its bytes:
+        the 64 KiB-aligned tensors first, then the rest (a small tensor between two large ones would
+        cost up to 64 KiB of padding: 2.7 MB of a mamba-130m-shape int8 file, written in graph order)."""
         import onnx
 
-        self.inputs_to_initializers(proto, tensors or {})
+        size = lambda p: p[1].nbytes if p[1] is not None else len(p[0].raw_data)  # noqa: E731
+        for t, arr in sorted(pending, key=lambda p: size(p) < MAP_MIN_BYTES):
+            raw = arr if arr is not None else t.raw_data
+            n = size((t, arr))
+            key = hashlib.sha256(raw).digest()
+            if key not in self._stored:
+                f = self._file
+                f.write(b"\0" * (-f.tell() % (MAP_ALIGN_BYTES if n >= MAP_MIN_BYTES else 64)))
+                self._stored[key] = f.tell()
+                f.write(raw)
+            if arr is None:
+                t.ClearField("raw_data")
+            t.data_location = onnx.TensorProto.EXTERNAL
+            del t.external_data[:]
+            for k, v in (("location", self.path.name), ("offset", self._stored[key]), ("length", n)):
+                t.external_data.add(key=k, value=str(v))
+
+    def move_out(self, proto) -> None:
+        self._write_all(self._moveable(proto))
+
+    def take(self, proto, tensors: dict[str, torch.Tensor] | None = None):
+        """Move the graph inputs named in ``tensors`` and every large initializer into the file,
+        then return a fresh copy of what is left (kilobytes): drop ``proto`` after this."""
+        import onnx
+
+        pending = self._inputs_as_initializers(proto, tensors or {})
         constants_to_initializers(proto.graph)
-        self.move_out(proto)
+        self._write_all(pending + self._moveable(proto))
         light = onnx.ModelProto()
         light.ParseFromString(proto.SerializeToString())
         return light
