@@ -65,18 +65,22 @@ class _WeightsAsInputs(torch.nn.Module):
 
 
 _EXPORT_FIELDS = {"w8": ("codes", "scales"), "nbits": ("codes", "scales", "zero_points")}
+_FLOAT_FIELDS = {"_weight_t": "weight_t", "_w_float_t": "w_float_t", "_rotation": "rotation", "_rows": "weight", "_cols": None}  # (_cols: the tied head's weight_t)
 
 
 def _export_weights(model) -> dict[str, torch.Tensor]:
-    """The large tensors of every prepared QLinear's export form, by a name from its module path."""
+    """The large tensors the lowered modules read (``_lowered``): every prepared QLinear's export
+    form and the float Linears' and embeddings' tables, by a name from the module path."""
     from rnnquant.quant.qlinear import QLinear
 
     out = {}
     for name, m in model.named_modules():
         kind, *fields = getattr(m, "_export", (None,)) if isinstance(m, QLinear) else (None,)
-        for field, t in zip(_EXPORT_FIELDS.get(kind, ()), fields):
+        named = [(f"{name}.{field}", t) for field, t in zip(_EXPORT_FIELDS.get(kind, ()), fields)]
+        named += [(f"{name}.{field}", m.__dict__[attr]) for attr, field in _FLOAT_FIELDS.items() if field and attr in m.__dict__]
+        for key, t in named:
             if isinstance(t, torch.Tensor) and t.numel() * t.element_size() >= WEIGHTS_MIN_BYTES:
-                out[f"{name}.{field}"] = t
+                out[key] = t
     return out
 
 
@@ -110,36 +114,6 @@ def metadata(model, tokenizer_path: Path | None) -> dict[str, str]:
         "eos_token_id": str(cfg.get("eos_token_id", 0)),
         "tokenizer_sha256": hashlib.sha256(tokenizer_path.read_bytes()).hexdigest() if tokenizer_path else "",
     }
-
-
-def _share_tied_embedding(proto, ids_rank: int = 1) -> None:
-    """A tied fp32 embedding is exported twice: the Gather table [V, D] and the head's folded
-    transpose [D, V]. Read the rows from the head's copy instead (Gather on axis 1, then a
-    Transpose of the [D, *ids] result) and drop the table."""
-    import onnx
-    from onnx import helper, numpy_helper
-
-    inits = {t.name: t for t in proto.graph.initializer}
-    by_shape = {}
-    for t in inits.values():
-        if len(t.dims) == 2 and t.data_type == onnx.TensorProto.FLOAT:
-            by_shape.setdefault(tuple(t.dims), []).append(t)
-    for i, node in enumerate(list(proto.graph.node)):
-        table = inits.get(node.input[0]) if node.op_type == "Gather" else None
-        if table is None or len(table.dims) != 2 or any(a.name == "axis" and a.i != 0 for a in node.attribute):
-            continue
-        rows = numpy_helper.to_array(table)
-        head = next((t for t in by_shape.get((table.dims[1], table.dims[0]), []) if (numpy_helper.to_array(t) == rows.T).all()), None)
-        if head is None or sum(node.input[0] in n.input for n in proto.graph.node) > 1:
-            continue
-        cols = f"{node.output[0]}_cols"
-        new = [helper.make_node("Gather", [head.name, node.input[1]], [cols], axis=1, name=f"{node.name}_tied"),
-               helper.make_node("Transpose", [cols], [node.output[0]], perm=[*range(1, ids_rank + 1), 0], name=f"{node.name}_tied_t")]
-        proto.graph.node.remove(node)
-        for j, n in enumerate(new):
-            proto.graph.node.insert(i + j, n)
-        proto.graph.initializer.remove(table)
-        return
 
 
 WEIGHTS_MIN_BYTES = 1024  # smaller initializers (shapes, scalars, tiny scale vectors) stay in the graph
@@ -202,15 +176,16 @@ class WeightsFile:
 
     def _inputs_as_initializers(self, proto, tensors: dict[str, torch.Tensor]) -> list:
         """Graph inputs named in ``tensors`` become initializers whose bytes will be the tensors',
-        written straight from their memory (never copied into a proto)."""
+        written straight from their memory (never copied into a proto; a transposed view is laid
+        out one tensor at a time, as it is written)."""
         import onnx
         from onnx import helper
 
         graph, pending = proto.graph, []
         for vi in [i for i in graph.input if i.name in tensors]:
-            arr = tensors[vi.name].detach().contiguous().numpy()
+            arr = tensors[vi.name].detach()
             t = graph.initializer.add()
-            t.name, t.data_type = vi.name, helper.np_dtype_to_tensor_dtype(arr.dtype)
+            t.name, t.data_type = vi.name, helper.np_dtype_to_tensor_dtype(arr.numpy().dtype)
             t.dims.extend(arr.shape)
             t.data_location = onnx.TensorProto.EXTERNAL  # (its reference is written with its bytes)
             pending.append((t, arr))
@@ -218,14 +193,14 @@ class WeightsFile:
         return pending
 
     def _write_all(self, pending: list) -> None:
-        """Write [(initializer, array or None: its raw_data)] and point each initializer at its bytes:
+        """Write [(initializer, tensor or None: its raw_data)] and point each initializer at its bytes:
         the 64 KiB-aligned tensors first, then the rest (a small tensor between two large ones would
         cost up to 64 KiB of padding: 2.7 MB of a mamba-130m-shape int8 file, written in graph order)."""
         import onnx
 
-        size = lambda p: p[1].nbytes if p[1] is not None else len(p[0].raw_data)  # noqa: E731
+        size = lambda p: p[1].numel() * p[1].element_size() if p[1] is not None else len(p[0].raw_data)  # noqa: E731
         for t, arr in sorted(pending, key=lambda p: size(p) < MAP_MIN_BYTES):
-            raw = arr if arr is not None else t.raw_data
+            raw = arr.contiguous().numpy() if arr is not None else t.raw_data
             n = size((t, arr))
             key = hashlib.sha256(raw).digest()
             if key not in self._stored:
@@ -318,11 +293,14 @@ def save_graphs(graphs: list[tuple], weights: Path, staged: WeightsFile | None =
 
 
 def _check_loads(path: Path) -> None:
-    """An exported graph ONNX Runtime cannot load is an error, never a file left behind."""
+    """An exported graph ONNX Runtime cannot load is an error, never a file left behind. Loaded
+    without pre-packing: ORT maps the external weights and touches none of them (a float
+    mamba-130m-shape step graph: 0.06 GB instead of 0.71 GB of packed copies beside the model)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 4
+    opts.add_session_config_entry("session.disable_prepacking", "1")
     try:
         ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
@@ -344,23 +322,40 @@ def _trace(module, args, inputs: list[str], outputs: list[str], dynamic_axes: di
 
 @contextlib.contextmanager
 def _lowered(model):
-    """While tracing, every QLinear / QEmbedding runs its ONNX lowering (``qops``) as its forward:
-    the quantized modules stay ignorant of the exporter."""
+    """While tracing, every QLinear / QEmbedding runs its ONNX lowering (``qops``) as its forward,
+    and every float nn.Linear / nn.Embedding reads its table through a detached view the trace
+    takes as a graph input (``_export_weights``): the modules stay ignorant of the exporter."""
     from rnnquant.quant.qlinear import QEmbedding, QLinear
 
-    from .qops import gathers_codes, qembedding_forward, qlinear_forward
+    from .qops import embedding_forward, gathers_codes, linear_forward, qembedding_forward, qlinear_forward
 
-    swapped = [m for m in model.modules() if isinstance(m, (QLinear, QEmbedding))]
+    def lowering(m):
+        for kind, forward in ((QLinear, qlinear_forward), (QEmbedding, qembedding_forward), (torch.nn.Linear, linear_forward),
+                              (torch.nn.Embedding, embedding_forward)):
+            if isinstance(m, kind):
+                return forward
+        return None
+
+    swapped = [m for m in model.modules() if lowering(m) is not None]
     for m in swapped:
-        m.forward = types.MethodType(qlinear_forward if isinstance(m, QLinear) else qembedding_forward, m)
+        m.forward = types.MethodType(lowering(m), m)
         if isinstance(m, QEmbedding) and not gathers_codes(m.lm_head):  # the float table only where no codes can be gathered (412 MB at mamba-1.4b shape)
             m._table = m.lm_head.w_deq
+        if isinstance(m, QLinear):
+            m._w_float_t, m._rotation = m.w_float.detach().T, m.rotation.detach() if m.rotation is not None else None
+        if isinstance(m, torch.nn.Linear):
+            m._weight_t = m.weight.detach().T  # a view: laid out [in, out] only as its bytes are written
+    heads = {id(m.weight): m._weight_t for m in swapped if isinstance(m, torch.nn.Linear)}
+    for m in swapped:
+        if isinstance(m, torch.nn.Embedding):  # tied to a float head: gather the head's columns, one table in the graph
+            m._rows, m._cols = (m.weight.detach(), None) if id(m.weight) not in heads else (None, heads[id(m.weight)])
     try:
         yield
     finally:
         for m in swapped:
             del m.forward
-            m.__dict__.pop("_table", None)
+            for attr in ("_table", *_FLOAT_FIELDS):
+                m.__dict__.pop(attr, None)
 
 
 @torch.no_grad()
@@ -400,7 +395,6 @@ def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bo
             weights = _export_weights(model)
             step = _trace(_WeightsAsInputs(_StepGraph(model), len(inputs)), (torch.tensor([0]), *state, *weights.values()), [*inputs, *weights],
                           outputs, {k: {0: "batch"} for k in inputs + outputs}, opset, nbits)
-            _share_tied_embedding(step)
             proto = staged.take(step, weights)
             del step
             if prefill and model.parallel_prefill:
@@ -409,7 +403,6 @@ def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bo
                 axes = {k: {0: "batch"} for k in inputs + outputs} | {"prompt_ids": {0: "batch", 1: "seq"}} | ({} if last else {"logits": {0: "batch", 1: "seq"}})
                 traced = _trace(_WeightsAsInputs(_PrefillGraph(model, last), len(inputs)), (torch.tensor([[0, 0]]), *state, *weights.values()),
                                 [*inputs, *weights], outputs, axes, opset, nbits)
-                _share_tied_embedding(traced, ids_rank=2)
                 prefill_proto = staged.take(traced, weights)
                 del traced
             del weights

@@ -156,10 +156,10 @@ def prepare(qlinear) -> None:
 
 def qlinear_forward(m, x):
     """Export-mode forward of a QLinear (same math as QLinear.forward, ONNX-friendly ops)."""
-    if m.rotation is not None:
-        x = x @ m.rotation
+    if m._rotation is not None:
+        x = x @ m._rotation
     if m.qweight is None:
-        y = x @ m.w_float.T
+        y = x @ m._w_float_t
     else:
         xq = torch.index_select(x, -1, m.quant_idx) if m.mixed else x
         kind, *t = m._export
@@ -172,8 +172,24 @@ def qlinear_forward(m, x):
         else:
             y = _StaticW8.apply(xq, *t, m.a_scale)
         if m.mixed:
-            y = y + torch.index_select(x, -1, m.float_idx) @ m.w_float.T
+            y = y + torch.index_select(x, -1, m.float_idx) @ m._w_float_t
     return y + m.bias if m.bias is not None else y
+
+
+def linear_forward(m, x):
+    """Export-mode forward of a float nn.Linear: x @ W^T through ``m._weight_t`` (a transposed view,
+    traced as a graph input), so the graph reads W^T [in, out] as the TorchScript exporter's folded
+    transpose did, without the exporter holding a copy of it."""
+    y = x @ m._weight_t
+    return y + m.bias if m.bias is not None else y
+
+
+def embedding_forward(e, ids):
+    """Export-mode forward of a float nn.Embedding: rows of its table ``e._rows`` [V, D], or, tied to a
+    float head, columns of the head's W^T [D, V] (``e._cols``): the graph then holds the table once."""
+    if e._cols is None:
+        return torch.nn.functional.embedding(ids, e._rows)
+    return torch.index_select(e._cols, 1, ids.reshape(-1)).T.reshape(*ids.shape, -1)
 
 
 def gathers_codes(head) -> bool:

@@ -105,6 +105,33 @@ def test_int8_matmuls_are_u8u8(tmp_path, preset):
         assert b_zero is not None and b_zero.data_type == onnx.TensorProto.UINT8 and numpy_helper.to_array(b_zero) == 128, n.name
 
 
+def _matmul_and_gather_weights(path):
+    """Names of the 2-D weights (external data) the graph's matmuls and gathers read."""
+    proto = onnx.load(path, load_external_data=False)
+    inits = {t.name: t for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL and len(t.dims) == 2}
+    weight_input = {"Gather": 0, "MatMul": 1, "Gemm": 1, "MatMulInteger": 1, "MatMulNBits": 1}
+    nodes = [*proto.graph.node, *(n for node in proto.graph.node for a in node.attribute if a.g for n in a.g.node)]  # (a Loop prefill's body)
+    return {n.input[weight_input[n.op_type]] for n in nodes if n.op_type in weight_input} & set(inits)
+
+
+@pytest.mark.parametrize("preset", [None, "w8a8-outlier"])
+def test_weights_go_to_the_file_under_their_modules_names(tmp_path, any_arch, preset):
+    """Every matmul's weight and every embedding table is traced as a named graph input and written
+    from the model's own tensors (``<module path>.weight_t``, ``.codes``, ...), not serialized by the
+    TorchScript exporter as ``onnx::MatMul_123`` (which held three copies of them: 18 GB at mamba-1.4b shape)."""
+    if preset and any_arch not in ("mamba", "lstm"):
+        pytest.skip("the quantized lowering is the same for every architecture: two suffice")
+    m = _model(any_arch)
+    if preset:
+        m = quantize(m, PRESETS[preset], calibrate(m, IDS, CalibConfig(samples=4, seq_len=64)), calibration_batches(IDS, 4, 64, 4))
+    out = export_step(m, tmp_path / "m.onnx", TOKENIZER)
+    modules = {name for name, _ in m.named_modules()}
+    for graph in (out, out.with_suffix(".prefill.onnx")):
+        names = _matmul_and_gather_weights(graph)
+        assert names, graph.name
+        assert {n for n in names if n.rsplit(".", 1)[0] not in modules} == set(), graph.name
+
+
 @torch.no_grad()
 @pytest.mark.parametrize("arch", ["mamba", "lstm"])  # lstm: a tied 24-wide head, one padded 32-code block per row
 def test_w8_float_activation_graph_keeps_its_activations_float(tmp_path, arch):
