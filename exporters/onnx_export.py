@@ -129,7 +129,7 @@ def _initializers(graph):
 
 
 def constants_to_initializers(graph) -> None:
-    """Large ``Constant`` nodes (the traced quantized weights are Constants, not initializers)
+    """Large ``Constant`` nodes (what the tracer still folds: small float parameters, a dequantized table)
     become initializers of the same name, so ``write_weights`` can move them out too."""
     import onnx
     from onnx.helper import tensor_dtype_to_np_dtype
