@@ -8,7 +8,8 @@ d_state 16, expand 2; or an LSTM LM of similar size) and times, at batch 1:
   - rnnquant's ORT float step graph;
   - ORT's quantize_dynamic applied to that float graph (the peer tool's default);
   - rnnquant's w8a8-dynamic, w8a8-smooth (static activation scales, calibrated on random tokens:
-    right for timing, meaningless for accuracy), w4a16-rtn and w4a8-rtn step graphs;
+    right for timing, meaningless for accuracy), w4a16-rtn and w4a8-rtn step graphs; on a CPU with
+    VNNI or AMX also both int8 graphs exported with `--cpu vnni` (int8 weights: U8S8);
   - the memory-bandwidth floor: weight bytes read per token / read bandwidth measured now, both
     by one numpy thread and by ONNX Runtime's own int8 MatMulInteger at the same thread count
     (`over_ort_floor`: each variant's time / the floor for its weight width);
@@ -32,6 +33,7 @@ import torch
 from rnnquant.calibrate import CalibConfig, calibrate, calibration_batches
 from rnnquant.exporters.measure import measure_in_process
 from rnnquant.exporters.onnx_export import export_step
+from rnnquant.exporters.runner import VNNI_FLAGS, cpu_flags
 from rnnquant.models import build, fingerprint
 from rnnquant.quant import PRESETS, quantize
 from rnnquant.zoo import MODELS_DIR
@@ -115,7 +117,7 @@ def ort_int8_read_gbs(nbytes: int, threads: int, reps: int = 20) -> float:
 
 # the floor each variant is held to: bytes per weight it reads
 BITS = {"rnnquant fp32": 32, "llama.cpp F32": 32, "HF transformers fp32": 32, "ORT quantize_dynamic (int8)": 8, "rnnquant w8a8-dynamic": 8,
-        "rnnquant w8a8-smooth (static)": 8, "llama.cpp Q8_0": 8, "rnnquant w4a16-rtn": 4, "rnnquant w4a8-rtn": 4, "llama.cpp Q4_0": 4,
+        "rnnquant w8a8-smooth (static)": 8, "rnnquant w8a8-dynamic --cpu vnni": 8, "rnnquant w8a8-smooth (static) --cpu vnni": 8, "llama.cpp Q8_0": 8, "rnnquant w4a16-rtn": 4, "rnnquant w4a8-rtn": 4, "llama.cpp Q4_0": 4,
         "llama.cpp Q4_0 --pure": 4}
 
 
@@ -159,6 +161,10 @@ def ratios(ms: dict) -> dict:
         "int8 vs ORT quantize_dynamic": ("rnnquant w8a8-dynamic", "ORT quantize_dynamic (int8)"),
         "int8 static vs llama.cpp Q8_0": ("rnnquant w8a8-smooth (static)", "llama.cpp Q8_0"),
         "int8 static vs ORT quantize_dynamic": ("rnnquant w8a8-smooth (static)", "ORT quantize_dynamic (int8)"),
+        "int8 --cpu vnni vs llama.cpp Q8_0": ("rnnquant w8a8-dynamic --cpu vnni", "llama.cpp Q8_0"),
+        "int8 --cpu vnni vs ORT quantize_dynamic": ("rnnquant w8a8-dynamic --cpu vnni", "ORT quantize_dynamic (int8)"),
+        "int8 static --cpu vnni vs llama.cpp Q8_0": ("rnnquant w8a8-smooth (static) --cpu vnni", "llama.cpp Q8_0"),
+        "int8 static --cpu vnni vs ORT quantize_dynamic": ("rnnquant w8a8-smooth (static) --cpu vnni", "ORT quantize_dynamic (int8)"),
         "int4 (w4a16) vs llama.cpp Q4_0": ("rnnquant w4a16-rtn", "llama.cpp Q4_0"),
         "int4 (w4a8) vs llama.cpp Q4_0": ("rnnquant w4a8-rtn", "llama.cpp Q4_0"),
         "fp32 vs llama.cpp F32": ("rnnquant fp32", "llama.cpp F32"),
@@ -186,9 +192,14 @@ def main() -> None:
 
         quantize_dynamic(str(paths["rnnquant fp32"]), str(td / "ort_dyn.onnx"), weight_type=QuantType.QInt8)
         paths["ORT quantize_dynamic (int8)"] = td / "ort_dyn.onnx"
-        paths["rnnquant w8a8-dynamic"] = export_step(quantize(model, PRESETS["w8a8-dynamic"]), td / "w8.onnx", MODELS_DIR / "tokenizer.json", prefill=False)
+        vnni = bool((cpu_flags() or set()) & set(VNNI_FLAGS))  # where U8S8 is exact (the runner refuses it elsewhere)
+        int8 = {"rnnquant w8a8-dynamic": quantize(model, PRESETS["w8a8-dynamic"])}
         if model.arch_spec().smoothing_pairs:
-            paths["rnnquant w8a8-smooth (static)"] = export_step(static_int8(model), td / "w8s.onnx", MODELS_DIR / "tokenizer.json", prefill=False)
+            int8["rnnquant w8a8-smooth (static)"] = static_int8(model)
+        for i, (name, q) in enumerate(int8.items()):
+            paths[name] = export_step(q, td / f"w8_{i}.onnx", MODELS_DIR / "tokenizer.json", prefill=False)
+            if vnni:
+                paths[f"{name} --cpu vnni"] = export_step(q, td / f"w8_{i}_vnni.onnx", MODELS_DIR / "tokenizer.json", prefill=False, int8_weights="int8")
         paths["rnnquant w4a16-rtn"] = export_step(quantize(model, PRESETS["w4a16-rtn"]), td / "w4.onnx", MODELS_DIR / "tokenizer.json", prefill=False)
         paths["rnnquant w4a8-rtn"] = export_step(quantize(model, W4A8_RTN), td / "w4a8.onnx", MODELS_DIR / "tokenizer.json", prefill=False)
         ggufs = llamacpp.to_gguf(model, td) if llamacpp.supports(model) and llamacpp.available() else {}

@@ -26,7 +26,7 @@ from rnnquant.io import atomic_path
 from rnnquant.tokenizer import stored_name
 
 METADATA_KEYS = ("rnnquant_version", "graph", "architecture", "config", "recipe", "prune", "calib_fingerprint", "model_fingerprint",
-                 "origin_fingerprint", "states", "vocab_size", "bos_token_id", "eos_token_id", "tokenizer_sha256")
+                 "origin_fingerprint", "states", "vocab_size", "bos_token_id", "eos_token_id", "tokenizer_sha256", "int8_weights")
 
 
 class _StepGraph(torch.nn.Module):
@@ -360,11 +360,15 @@ def _lowered(model):
 
 @torch.no_grad()
 def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bool = True, prefill: bool = True,
-                prefill_logits: str = "all") -> Path:
+                prefill_logits: str = "all", int8_weights: str = "uint8") -> Path:
     """Trace ``model.step`` to ``out_path`` (atomically), check it, write the prefill graph
     (``<stem>.prefill.onnx``: a trace of ``forward_with_state`` where the model has a parallel
     one, else a Loop over the step graph; ``prefill_logits`` "all" positions or the "last" only)
-    and ``tokenizer.json`` beside it."""
+    and ``tokenizer.json`` beside it. ``int8_weights``: how W8 Linears' codes are stored, "uint8"
+    (U8U8 MatMulInteger, exact on every CPU) or "int8" (U8S8: faster on VNNI / AMX CPUs, wrong on
+    AVX2-only x86; see ``qops``)."""
+    from .qops import INT8_WEIGHTS
+
     from rnnquant.quant.qlinear import QLinear
 
     out_path = Path(out_path)
@@ -372,11 +376,13 @@ def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bo
         raise RnnquantError(f"{out_path}: the output must end in .onnx")
     if prefill_logits not in ("all", "last"):
         raise RnnquantError(f"prefill logits must be 'all' or 'last', not {prefill_logits!r}")
+    if int8_weights not in INT8_WEIGHTS:
+        raise RnnquantError(f"int8 weights must be one of {', '.join(INT8_WEIGHTS)}, not {int8_weights!r}")
     qlinears = [m for m in model.modules() if isinstance(m, QLinear)]
     for m in qlinears:
         from .qops import prepare
 
-        prepare(m)
+        prepare(m, int8_weights)
     nbits = any(m._export[0] == "nbits" for m in qlinears if hasattr(m, "_export"))
     names = [s.name for s in model.arch_spec().states]
     state = model.init_state(1)
@@ -409,23 +415,25 @@ def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bo
         for m in qlinears:  # the weights file holds the export-form codes now: drop the model's copies before the checks load a session
             m.__dict__.pop("_export", None)
         return finish_step_graph(proto, model, out_path, tokenizer_path, force=force, prefill=prefill, prefill_proto=prefill_proto,
-                                 prefill_logits=prefill_logits, staged=staged)
+                                 prefill_logits=prefill_logits, staged=staged, int8_weights=int8_weights)
 
 
 def finish_step_graph(proto, model, out_path: Path, tokenizer_path=None, force: bool = True, prefill: bool = True,
-                      recipe: str | None = None, prefill_proto=None, prefill_logits: str = "all", staged: WeightsFile | None = None) -> Path:
+                      recipe: str | None = None, prefill_proto=None, prefill_logits: str = "all", staged: WeightsFile | None = None,
+                      int8_weights: str | None = None) -> Path:
     """Add rnnquant's metadata to a step graph and write ``tokenizer.json``, then, as one atomic
     set (``save_graphs``), the weights both graphs share (``<stem>.onnx.data``), the prefill graph
     (``<stem>.prefill.onnx``: ``prefill_proto`` when given, else a Loop over the step graph) and,
     last, the step graph: a step graph under its final name means the whole export is there, even
     after a SIGKILL anywhere in between. ``staged``: the weights file (``staged_weights``) the
-    graphs' weights already went to."""
+    graphs' weights already went to. ``int8_weights``: the W8 MatMulIntegers' weight storage, recorded for the runner
+    (absent from graphs whose int8 ops ONNX Runtime made, ``--format qoperator``)."""
     from .prefill import build_prefill, parallel_prefill_metadata, prefill_path, weights_path
 
     out_path = Path(out_path)
     if out_path.exists() and not force:
         raise RnnquantError(f"{out_path} already exists (use --force to overwrite)")
-    meta = metadata(model, Path(tokenizer_path) if tokenizer_path else None) | ({"recipe": recipe} if recipe else {})
+    meta = metadata(model, Path(tokenizer_path) if tokenizer_path else None) | ({"recipe": recipe} if recipe else {}) | ({"int8_weights": int8_weights} if int8_weights else {})
     for k, v in meta.items():
         proto.metadata_props.add(key=k, value=v)
     proto.doc_string = f"rnnquant {__version__} step graph: O(1) work per token"

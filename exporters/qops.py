@@ -6,13 +6,16 @@ Each quantized matmul is a ``torch.autograd.Function`` whose ``forward`` is the 
     W8, A8 dynamic per-token: amax = ReduceMax|x|; s = amax/127; xq = Cast<uint8>(Round(x/s) + 128)
                               y = Cast<float>(MatMulInteger(xq, Wt, a_zp=128, b_zp=128)) * s * w_scale
     W8, A8 static:            xq = QuantizeLinear(x, a_scale, 128:uint8); y = Cast(MatMulInteger(xq, Wt, 128, 128)) * (a_scale * w_scale)
-Both operands go in as uint8 with zero point 128 (exactly the symmetric int8 grid shifted): U8U8.
-Not U8S8 (int8 weights), though ONNX Runtime's VNNI kernels run that faster: on x86 without
-AVX512-VNNI / AVX-VNNI (every AVX2-only CPU, AMD Zen 1-3 among them) its U8S8 kernel sums pairs
-of u8 x s8 products in int16 (vpmaddubsw), which saturates with full-range weights: measured on
-an AMD EPYC (AVX2), a [1, 768] x [768, 3072] product off by up to 1e5 in 3e5, perplexities
-off by 1-50 %. The U8U8 kernel widens to int16 first and is exact on every CPU (1.3-2x slower
-than the broken U8S8 there). S8S8 runs a much slower path (~50x, docs/RESULTS.md).
+Activations go in as uint8 with zero point 128 (exactly the symmetric int8 grid shifted). The
+weights' form is the export's ``int8_weights`` choice (``rnnquant export --cpu``):
+  "uint8" (``--cpu any``, the default): code + 128, zero point 128: U8U8, exact on every CPU.
+  "int8" (``--cpu vnni``): the codes as they are, zero point 0: U8S8, which ONNX Runtime's x86 VNNI
+      and AMX kernels run ~1.5x faster per step (mamba-130m shape, docs/RESULTS.md §18), but which on
+      x86 without AVX512-VNNI / AVX-VNNI / AMX (every AVX2-only CPU, AMD Zen 1-3, Skylake) sums pairs
+      of u8 x s8 products in int16 (vpmaddubsw) and saturates with full-range weights: a
+      [1, 768] x [768, 3072] product off by up to 1e5 in 3e5, perplexities off by 1-50 %. The
+      runner refuses such a graph on such a CPU (``runner.check_int8_kernels``).
+S8S8 runs a much slower path (~50x, docs/RESULTS.md §16).
     W8, A float:              y = com.microsoft.MatMulNBits(x, B, scales), bits 8, one block per row (block_size the
                               power of two >= K), accuracy_level 0. Not DequantizeLinear -> MatMul: ORT's default
                               optimizer fuses that pair into MatMulNBits with accuracy_level 4 (its session option
@@ -20,7 +23,7 @@ than the broken U8S8 there). S8S8 runs a much slower path (~50x, docs/RESULTS.md
                               (2e-2 off in a logit). Slow either way: presets give W8 Linears int8 activations.
     group-wise (4 or 8 bit):  y = com.microsoft.MatMulNBits(x, B, scales[, zero_points]); accuracy_level 4
                               (int8 activations, per block) when the recipe quantizes activations
-Wt is the code matrix + 128 as uint8 [in, out]; w_scale is per output column. Rotations and float
+Wt is the code matrix [in, out] (uint8 code + 128, or int8); w_scale is per output column. Rotations and float
 outlier columns stay ordinary traced ops (MatMul with the ±1/sqrt(n) matrix, Gather + MatMul).
 """
 from __future__ import annotations
@@ -36,11 +39,15 @@ def _c(g, t: torch.Tensor):
     return g.op("Constant", value_t=t)
 
 
+INT8_WEIGHTS = ("uint8", "int8")  # the W8 weights' storage in the graph: U8U8 (exact on every CPU) or U8S8 (VNNI / AMX)
+
+
 def _int8_matmul(q: torch.Tensor, wt: torch.Tensor) -> torch.Tensor:
-    """q (integer-valued float [..., K]) @ (wt - 128) (wt uint8 [K, N]) in int32, as MatMulInteger
-    computes it, returned as float. The trace-time forward of the W8 ops: no float copy of the
-    weight (4 bytes per weight, held by the allocator through a trace: 5.5 GB at mamba-1.4b shape)."""
-    w = (wt ^ 0x80).to(torch.int8)  # u - 128: the XOR gives q mod 256, the cast wraps it to q
+    """q (integer-valued float [..., K]) @ codes (wt [K, N]: uint8 code + 128, or int8 codes) in
+    int32, as MatMulInteger computes it, returned as float. The trace-time forward of the W8 ops: no
+    float copy of the weight (4 bytes per weight, held by the allocator through a trace: 5.5 GB at
+    mamba-1.4b shape)."""
+    w = wt if wt.dtype == torch.int8 else (wt ^ 0x80).to(torch.int8)  # u - 128: the XOR gives q mod 256, the cast wraps it to q
     return torch._int_mm(q.reshape(-1, q.shape[-1]).to(torch.int8), w).float().reshape(*q.shape[:-1], wt.shape[1])
 
 
@@ -48,32 +55,37 @@ def _zp128(g):
     return _c(g, torch.tensor(128, dtype=torch.uint8))
 
 
+def _weight_zp(g, signed: bool):
+    """The weights' zero point: 0 for int8 codes, 128 for uint8 code + 128 (the same grid)."""
+    return _c(g, torch.tensor(0, dtype=torch.int8)) if signed else _zp128(g)
+
+
 class _DynamicW8(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, wt, w_scale):
+    def forward(ctx, x, wt, w_scale, signed):
         s = (x.abs().amax(-1, keepdim=True) / 127).clamp(min=1e-12)  # fake_quant_dynamic's per-token scale
         return _int8_matmul(torch.round(x / s).clamp(-127, 127), wt) * s * w_scale
 
     @staticmethod
-    def symbolic(g, x, wt, w_scale):
+    def symbolic(g, x, wt, w_scale, signed):
         amax = g.op("ReduceMax", g.op("Abs", x), axes_i=[-1], keepdims_i=1)
         s = g.op("Div", g.op("Max", amax, _c(g, torch.tensor(1e-12 * 127))), _c(g, torch.tensor(127.0)))
         q = g.op("Round", g.op("Div", x, s))  # |x / s| <= 127 by construction: the simulation's clamp is a no-op, not emitted
         qu = g.op("Cast", g.op("Add", q, _c(g, torch.tensor(128.0))), to_i=2)  # to 2 = UINT8: q + 128
-        acc = g.op("MatMulInteger", qu, wt, _zp128(g), _zp128(g))  # U8U8, both zero points 128
+        acc = g.op("MatMulInteger", qu, wt, _zp128(g), _weight_zp(g, signed))  # U8U8 or U8S8
         return g.op("Mul", g.op("Mul", g.op("Cast", acc, to_i=1), s), w_scale)
 
 
 class _StaticW8(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, wt, w_scale, a_scale):
+    def forward(ctx, x, wt, w_scale, a_scale, signed):
         return _int8_matmul(torch.round(x / a_scale).clamp(-128, 127), wt) * (a_scale * w_scale)  # fake_quant_static's grid
 
     @staticmethod
-    def symbolic(g, x, wt, w_scale, a_scale):
+    def symbolic(g, x, wt, w_scale, a_scale, signed):
         zp = _zp128(g)  # uint8 with zero point 128: the same grid as int8
         q = g.op("QuantizeLinear", x, a_scale, zp)
-        acc = g.op("MatMulInteger", q, wt, zp, zp)
+        acc = g.op("MatMulInteger", q, wt, zp, _weight_zp(g, signed))
         return g.op("Mul", g.op("Cast", acc, to_i=1), g.op("Mul", a_scale, w_scale))
 
 
@@ -137,8 +149,9 @@ def nbits_weight(b: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, K: 
     return ((codes - z.unsqueeze(-1)) * scales.reshape(N, blocks, 1)).reshape(N, -1)[:, :K]
 
 
-def prepare(qlinear) -> None:
-    """Attach the export-form buffers of a QLinear (integer codes laid out for the chosen op)."""
+def prepare(qlinear, int8_weights: str = "uint8") -> None:
+    """Attach the export-form buffers of a QLinear (integer codes laid out for the chosen op; a W8
+    Linear's codes stored as ``int8_weights``, one of ``INT8_WEIGHTS``)."""
     qw = qlinear.qweight
     if qw is None or hasattr(qlinear, "_export"):
         return
@@ -151,7 +164,8 @@ def prepare(qlinear) -> None:
         return
     if not qw.symmetric:  # int8 asymmetric: stored codes are 0..255 with zero points; re-center is exact only if zero == 128
         raise NotImplementedError("asymmetric 8-bit per-channel weights: use a symmetric grid or group-wise (MatMulNBits)")
-    qlinear._export = ("w8", _unsigned(qw.q, 8).T.contiguous(), qw.scale[:, 0].float().contiguous())
+    codes = qw.q if int8_weights == "int8" else _unsigned(qw.q, 8)  # symmetric codes are stored as int8
+    qlinear._export = ("w8", codes.T.contiguous(), qw.scale[:, 0].float().contiguous())
 
 
 def qlinear_forward(m, x):
@@ -168,9 +182,9 @@ def qlinear_forward(m, x):
             acc = 4 if m.a_bits else 0
             y = _MatMulNBits.apply(xq, b, scales, zeros, len(m.quant_idx), m.out_features, bits, block, acc, has_zeros)
         elif m.a_mode == "dynamic":
-            y = _DynamicW8.apply(xq, *t)
+            y = _DynamicW8.apply(xq, *t, t[0].dtype == torch.int8)
         else:
-            y = _StaticW8.apply(xq, *t, m.a_scale)
+            y = _StaticW8.apply(xq, *t, m.a_scale, t[0].dtype == torch.int8)
         if m.mixed:
             y = y + torch.index_select(x, -1, m.float_idx) @ m._w_float_t
     return y + m.bias if m.bias is not None else y
@@ -200,14 +214,16 @@ def gathers_codes(head) -> bool:
 
 
 def qembedding_forward(e, ids):
-    """Gather rows of the lm_head's 8-bit codes (one shared initializer, uint8 code + 128) and scale them."""
+    """Gather rows of the lm_head's 8-bit codes (one shared initializer: uint8 code + 128, or int8) and scale them."""
     m = e.lm_head
     kind, *t = getattr(m, "_export", (None,))
     if ids.dim() > 1:  # the prefill graph's [B, T] ids (a trace-time branch on rank, not on data)
         return qembedding_forward(e, ids.reshape(-1)).reshape(*ids.shape, -1)
     if kind == "w8":
         wt, w_scale = t
-        return (torch.index_select(wt, 1, ids).T.float() - 128) * torch.index_select(w_scale, 0, ids).unsqueeze(-1)
+        codes = torch.index_select(wt, 1, ids).T.float()
+        codes = codes if wt.dtype == torch.int8 else codes - 128
+        return codes * torch.index_select(w_scale, 0, ids).unsqueeze(-1)
     if gathers_codes(m):
         b, scales = t[0], t[1]
         rows = torch.index_select(b, 0, ids).reshape(ids.shape[0], -1)[:, : m.in_features]  # [B, K] uint8 codes + 128 (the block may be padded)

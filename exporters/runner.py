@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,31 @@ def read_metadata(path) -> dict[str, str]:
     return meta
 
 
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # /proc/cpuinfo flags of the x86 kernels that run U8S8 exactly
+
+
+def cpu_flags() -> set[str] | None:
+    """This CPU's /proc/cpuinfo flags; None where there is no /proc/cpuinfo to read."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    return next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), None)
+
+
+def check_int8_kernels(meta: dict[str, str], path) -> None:
+    """Refuse a graph exported with int8 weights (``rnnquant export --cpu vnni``: U8S8 MatMulInteger)
+    on an x86 CPU without VNNI or AMX, where ONNX Runtime's U8S8 kernel saturates int16 pair sums
+    (logits off, perplexity 1-50 % off). Elsewhere (VNNI / AMX, or where the flags cannot be read,
+    ARM included: not checked there) the graph runs."""
+    if meta.get("int8_weights") != "int8" or platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return
+    flags = cpu_flags()
+    if flags is not None and not flags & set(VNNI_FLAGS):
+        raise RnnquantError(f"{path}: exported with --cpu vnni (U8S8 int8 matmuls), which ONNX Runtime gets wrong on this CPU "
+                            "(no AVX512-VNNI / AVX-VNNI / AMX: its int16 pair sums saturate); re-export with --cpu any")
+
+
 def release_large_frees() -> None:
     """glibc keeps freed memory in the heap once its dynamic mmap threshold has grown (loading a
     model frees many large protobuf buffers), so a session's resident memory stays at its load
@@ -75,6 +101,7 @@ class OrtLM:
         self.meta = read_metadata(path) if self.path.suffix == ".onnx" else self._ort_metadata()
         self.states = json.loads(self.meta["states"])
         self.vocab_size = int(self.meta["vocab_size"])
+        check_int8_kernels(self.meta, self.path)
         opts = ort.SessionOptions()
         opts.log_severity_level = 4  # failures are reported as one-line errors below, not ORT's log
         if threads:

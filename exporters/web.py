@@ -69,6 +69,8 @@ def manifest(step_path: Path) -> dict:
     """What the JavaScript runner needs, read from the exported graphs' metadata as ``OrtLM`` reads it."""
     step_path = Path(step_path)
     meta = read_metadata(step_path)
+    if meta.get("int8_weights") == "int8":  # U8S8 is right on x86 VNNI / AMX kernels; WebAssembly's are not checked
+        raise RnnquantError(f"{step_path}: exported with --cpu vnni (for native x86 ONNX Runtime); export with --cpu any for the web")
     pre = prefill_path(step_path)
     pre_meta = read_metadata(pre) if pre.is_file() else None
     states = json.loads(meta["states"])

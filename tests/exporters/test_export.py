@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -16,7 +17,7 @@ from rnnquant.errors import RnnquantError
 from rnnquant.eval import perplexity_by_position, perplexity_ids
 from rnnquant.exporters.onnx_export import export_step
 from rnnquant.exporters.ort_format import convert_to_ort
-from rnnquant.exporters.runner import OrtLM
+from rnnquant.exporters.runner import VNNI_FLAGS, OrtLM, cpu_flags
 from rnnquant.generate import generate
 from rnnquant.io import save_checkpoint
 from rnnquant.artifacts import load
@@ -90,19 +91,69 @@ def test_quantized_ort_perplexity_matches_simulation(tmp_path, arch, preset):
 def test_int8_matmuls_are_u8u8(tmp_path, preset):
     """Every MatMulInteger takes uint8 weights with zero point 128 (U8U8): ONNX Runtime's U8S8 kernel
     saturates int16 pair sums on x86 CPUs without VNNI (every AVX2-only CPU), 1e5 off in 3e5."""
+    _assert_int8_form(export_step(_w8(preset), tmp_path / "q.onnx", TOKENIZER), onnx.TensorProto.UINT8, 128)
+
+
+@pytest.mark.parametrize("preset", ["w8a8-dynamic", "w8a8-outlier"])
+def test_int8_weights_int8_makes_every_int8_matmul_u8s8(tmp_path, preset):
+    """``int8_weights="int8"`` (``--cpu vnni``): every MatMulInteger takes the int8 codes with zero point
+    0, the activations staying uint8 with zero point 128, and the graph says so in its metadata."""
+    path = export_step(_w8(preset), tmp_path / "q.onnx", TOKENIZER, int8_weights="int8")
+    _assert_int8_form(path, onnx.TensorProto.INT8, 0)
+    assert {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}["int8_weights"] == "int8"
+
+
+def _w8(preset):
+    m = _model("mamba")
+    return quantize(m, PRESETS[preset], calibrate(m, IDS, CalibConfig(samples=8, seq_len=128)), calibration_batches(IDS, 8, 128, 4))
+
+
+def _assert_int8_form(path, weight_type, weight_zero):
     from onnx import numpy_helper
 
-    m = _model("mamba")
-    q = quantize(m, PRESETS[preset], calibrate(m, IDS, CalibConfig(samples=8, seq_len=128)), calibration_batches(IDS, 8, 128, 4))
-    proto = onnx.load(export_step(q, tmp_path / "q.onnx", TOKENIZER))
+    proto = onnx.load(path)
     inits = {t.name: t for t in proto.graph.initializer}
     consts = {n.output[0]: n.attribute[0].t for n in proto.graph.node if n.op_type == "Constant"}
     matmuls = [n for n in proto.graph.node if n.op_type == "MatMulInteger"]
     assert matmuls
     for n in matmuls:
-        weight, b_zero = (inits.get(x) or consts.get(x) for x in (n.input[1], n.input[3] if len(n.input) > 3 else ""))
-        assert weight.data_type == onnx.TensorProto.UINT8, n.name
-        assert b_zero is not None and b_zero.data_type == onnx.TensorProto.UINT8 and numpy_helper.to_array(b_zero) == 128, n.name
+        weight, a_zero, b_zero = (inits.get(x) or consts.get(x) for x in (n.input[1], n.input[2], n.input[3] if len(n.input) > 3 else ""))
+        assert weight.data_type == weight_type, n.name
+        assert b_zero is not None and b_zero.data_type == weight_type and numpy_helper.to_array(b_zero) == weight_zero, n.name
+        assert a_zero.data_type == onnx.TensorProto.UINT8 and numpy_helper.to_array(a_zero) == 128, n.name
+
+
+U8S8_EXACT_HERE = not (platform.machine().lower() in ("x86_64", "amd64") and cpu_flags() is not None and not cpu_flags() & set(VNNI_FLAGS))
+
+
+@pytest.mark.skipif(not U8S8_EXACT_HERE, reason="x86 without VNNI / AMX: ONNX Runtime's U8S8 kernel saturates here (the refusal is tested)")
+@pytest.mark.parametrize("preset", ["w8a8-dynamic", "w8a8-outlier"])
+def test_int8_weights_give_the_same_logits_where_u8s8_is_exact(tmp_path, preset):
+    """On a CPU whose U8S8 kernel is exact (VNNI / AMX), the int8-weights graph computes the same
+    integer products as the U8U8 one: the same logits and states, step and prefill."""
+    q = _w8(preset)
+    a = OrtLM(export_step(q, tmp_path / "u8.onnx", TOKENIZER))
+    b = OrtLM(export_step(q, tmp_path / "s8.onnx", TOKENIZER, int8_weights="int8"))
+    ids = IDS[:40].numpy()[None]
+    (la, sa), (lb, sb) = a.prefill(ids, a.init_state(1)), b.prefill(ids, b.init_state(1))
+    np.testing.assert_allclose(lb, la, rtol=0, atol=1e-5)
+    (la, sa), (lb, sb) = a.step(ids[:, -1], sa), b.step(ids[:, -1], sb)
+    np.testing.assert_allclose(lb, la, rtol=0, atol=1e-5)
+    for x, y in zip(sa, sb):
+        np.testing.assert_allclose(y, x, rtol=0, atol=1e-5)
+
+
+def test_runner_refuses_int8_weights_on_a_cpu_without_vnni(tmp_path, monkeypatch):
+    """A ``--cpu vnni`` graph on an x86 CPU without VNNI / AMX is a one-line error, not wrong logits."""
+    from rnnquant.exporters import runner
+
+    path = export_step(_w8("w8a8-dynamic"), tmp_path / "s8.onnx", TOKENIZER, int8_weights="int8")
+    monkeypatch.setattr(runner.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(runner, "cpu_flags", lambda: {"sse2", "avx2", "fma"})
+    with pytest.raises(RnnquantError, match="--cpu any"):
+        OrtLM(path)
+    monkeypatch.setattr(runner, "cpu_flags", lambda: {"avx2", "avx512_vnni"})
+    assert OrtLM(path).meta["int8_weights"] == "int8"
 
 
 def _matmul_and_gather_weights(path):
@@ -195,6 +246,14 @@ def test_export_refusals(capsys, tmp_path, saved):
     assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob(".*"))
     (tmp_path / "exists.onnx").write_text("x")
     assert_one_line_error(capsys, "export", saved, "--out", tmp_path / "exists.onnx", match="already exists")
+
+
+@pytest.mark.parametrize("other", [["--web"], ["--format", "qoperator"]])
+def test_export_refuses_cpu_vnni_where_it_does_not_apply(capsys, tmp_path, saved, other):
+    """``--cpu vnni`` (U8S8) is for native x86 ONNX Runtime's integer graph: not the page (WebAssembly's
+    int8 kernels are not checked) nor ONNX Runtime's own QOperator graph."""
+    assert_one_line_error(capsys, "export", saved, "--cpu", "vnni", *other, "--out", tmp_path / "a.onnx", match="--cpu vnni")
+    assert not list(tmp_path.glob("*.onnx*"))
 
 
 def test_run_refuses_foreign_onnx(capsys, tmp_path):
