@@ -10,7 +10,8 @@ Activations go in as uint8 with zero point 128 (exactly the symmetric int8 grid 
 weights' form is the export's ``int8_weights`` choice (``rnnquant export --cpu``):
   "uint8" (``--cpu any``, the default): code + 128, zero point 128: U8U8, exact on every CPU.
   "int8" (``--cpu vnni``): the codes as they are, zero point 0: U8S8, which ONNX Runtime's x86 VNNI
-      and AMX kernels run ~1.5x faster per step (mamba-130m shape, docs/RESULTS.md §18), but which on
+      and AMX kernels run faster (the head's matmul 2.1x, the int8 step 14-36 % less at mamba-130m
+      shape, docs/RESULTS.md §18), but which on
       x86 without AVX512-VNNI / AVX-VNNI / AMX (every AVX2-only CPU, AMD Zen 1-3, Skylake) sums pairs
       of u8 x s8 products in int16 (vpmaddubsw) and saturates with full-range weights: a
       [1, 768] x [768, 3072] product off by up to 1e5 in 3e5, perplexities off by 1-50 %. The
