@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import platform
 from pathlib import Path
 
 import numpy as np
 
 from rnnquant.errors import RnnquantError
-from rnnquant.eval.windows import POSITION_EDGES, PositionBuckets, windows
+from rnnquant.eval.windows import POSITION_EDGES, PositionBuckets, perplexity_of, windows
 from rnnquant.exporters.prefill import PREFILL_WINDOW, prefill_path
 from rnnquant.exporters.states import initial_state
 from rnnquant.text import encode_prompt
@@ -49,6 +48,20 @@ def read_metadata(path) -> dict[str, str]:
     except (ValueError, TypeError):
         raise RnnquantError(f"{p}: corrupt rnnquant metadata (states / vocab_size)") from None
     return meta
+
+
+def op_types(path) -> set[str]:
+    """The operator types of an .onnx graph and of its subgraphs (a Loop's body), weights not read."""
+    import onnx
+
+    def ops(graph):
+        for n in graph.node:
+            yield n.op_type
+            for a in n.attribute:
+                for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    yield from ops(g)
+
+    return set(ops(onnx.load(str(path), load_external_data=False).graph))
 
 
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # /proc/cpuinfo flags of the x86 kernels that run U8S8 exactly
@@ -94,38 +107,51 @@ def release_large_frees() -> None:
 
 class OrtLM:
     def __init__(self, path, threads: int | None = None, tokenizer: str | None = None):
-        import onnxruntime as ort
-
         release_large_frees()
         self.path = Path(path)
         self.meta = read_metadata(path) if self.path.suffix == ".onnx" else self._ort_metadata()
         self.states = json.loads(self.meta["states"])
         self.vocab_size = int(self.meta["vocab_size"])
         check_int8_kernels(self.meta, self.path)
+        self.session = self._session(self.path, threads, prepack=True)
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        pre = prefill_path(self.path)
+        if self.path.suffix == ".ort" and pre.with_suffix(".ort").is_file():  # an .ort step graph prefers an .ort prefill graph
+            pre = pre.with_suffix(".ort")
+        self.prefill_session = None
+        self.prefill_window = 2**62  # a Loop prefill takes any length
+        self.prefill_last_only = False  # the graph returns the last position's logits only
+        if pre.is_file():
+            pre_meta = read_metadata(pre.with_suffix(".onnx"))
+            if any(pre_meta.get(k) != self.meta.get(k) for k in ("model_fingerprint", "recipe", "states", "tokenizer_sha256")):
+                raise RnnquantError(f"{pre}: this prefill graph was exported with another model or recipe than {self.path.name}; re-export")
+            parallel = pre_meta.get("prefill") == "parallel"
+            if parallel:
+                self.prefill_window = min(PREFILL_WINDOW, int(pre_meta["prefill_max_tokens"]))
+            self.prefill_last_only = pre_meta.get("prefill_logits") == "last"
+            self.prefill_session = self._session(pre, threads, prepack=not parallel or "MatMulNBits" in op_types(pre.with_suffix(".onnx")))
+        self.tokenizer = self._tokenizer(tokenizer)
+
+    @staticmethod
+    def _session(path: Path, threads: int | None, prepack: bool):
+        """An ONNX Runtime CPU session. ``prepack=False`` for a parallel prefill graph without
+        MatMulNBits: its MatMul / MatMulInteger have a row per prompt token, so packing their weights
+        on the fly costs nothing measurable, while pre-packing makes a second copy of the weights
+        beside the step session's (unpacked, ORT reads the initializers from the mapped weights
+        file the two sessions share: docs/RESULTS.md §20). MatMulNBits has no fast unpacked path."""
+        import onnxruntime as ort
+
         opts = ort.SessionOptions()
         opts.log_severity_level = 4  # failures are reported as one-line errors below, not ORT's log
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
+        if not prepack:
+            opts.add_session_config_entry("session.disable_prepacking", "1")
         try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+            return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
-            raise RnnquantError(f"{self.path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:160]})") from None
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        pre = prefill_path(self.path)
-        if self.path.suffix == ".ort" and pre.with_suffix(".ort").is_file():  # an .ort step graph prefers an .ort prefill graph
-            pre = pre.with_suffix(".ort")
-        self.prefill_session = ort.InferenceSession(str(pre), opts, providers=["CPUExecutionProvider"]) if pre.is_file() else None
-        self.prefill_window = 2**62  # a Loop prefill takes any length
-        self.prefill_last_only = False  # the graph returns the last position's logits only
-        if self.prefill_session is not None:
-            pre_meta = read_metadata(pre.with_suffix(".onnx")) if pre.suffix == ".ort" else self.prefill_session.get_modelmeta().custom_metadata_map
-            if any(pre_meta.get(k) != self.meta.get(k) for k in ("model_fingerprint", "recipe", "states", "tokenizer_sha256")):
-                raise RnnquantError(f"{pre}: this prefill graph was exported with another model or recipe than {self.path.name}; re-export")
-            if pre_meta.get("prefill") == "parallel":
-                self.prefill_window = min(PREFILL_WINDOW, int(pre_meta["prefill_max_tokens"]))
-            self.prefill_last_only = pre_meta.get("prefill_logits") == "last"
-        self.tokenizer = self._tokenizer(tokenizer)
+            raise RnnquantError(f"{path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:160]})") from None
 
     def _ort_metadata(self) -> dict[str, str]:
         """An .ort file keeps the metadata of the .onnx it was converted from, stored beside it."""
@@ -204,7 +230,7 @@ class OrtLM:
                 count += batch.size - len(batch)
                 bar.update(len(batch))
         bar.close()
-        return math.exp(nll / count), count
+        return perplexity_of(nll, count), count
 
     def perplexity_by_position(self, ids, edges=POSITION_EDGES, chunk: int = 1024, progress: bool = False) -> list[dict]:
         """``rnnquant.eval.perplexity_by_position`` through the exported graphs: one stream, batch 1,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -275,6 +276,36 @@ def test_export_quantized_directory(capsys, tmp_path, saved):
     assert code == 0, err
     meta = {p.key: p.value for p in onnx.load(tmp_path / "q.onnx").metadata_props}
     assert json.loads(meta["recipe"])["name"] == "w4a16-rtn" and meta["model_fingerprint"] == m.provenance.fingerprint
+
+
+def test_ort_perplexity_of_a_model_far_from_the_text_is_inf_not_an_overflow(tmp_path):
+    """Like the PyTorch evaluator: a mean NLL past exp's range (a broken quantization, say) is an
+    infinite perplexity to report, not a traceback from ``rnnquant compare``."""
+    m = _model("lstm")
+    with torch.no_grad():
+        m.lm_head.weight.mul_(1e4)  # logits ~1e4 apart
+    lm = OrtLM(export_step(m, tmp_path / "m.onnx", TOKENIZER))
+    assert lm.perplexity(IDS[:300].numpy(), window=100)[0] == math.inf
+
+
+def _prepacks(session) -> bool:
+    try:
+        return session.get_session_options().get_session_config_entry("session.disable_prepacking") != "1"
+    except Exception:  # noqa: BLE001 - ORT raises when the entry was never set: its default, pre-packing
+        return True
+
+
+@pytest.mark.parametrize(("arch", "preset", "prefill_prepacks"), [("mamba", "w8a8-dynamic", False), ("mamba", None, False),
+                                                                   ("mamba", "w4a16-rtn", True), ("lstm", "w8a8-dynamic", True)])
+def test_only_the_step_session_keeps_packed_weights(tmp_path, arch, preset, prefill_prepacks):
+    """The step session pre-packs its weights (a batch-1 matmul needs them packed); a parallel
+    prefill graph's MatMul / MatMulInteger pack theirs per call instead (many rows: no slower),
+    which spares a second copy of the weights. MatMulNBits (no fast unpacked path) and a Loop
+    prefill (the step graph, one token per iteration) keep pre-packing."""
+    m = _model(arch)
+    lm = OrtLM(export_step(quantize(m, PRESETS[preset]) if preset else m, tmp_path / "m.onnx", TOKENIZER))
+    assert _prepacks(lm.session)
+    assert _prepacks(lm.prefill_session) == prefill_prepacks
 
 
 @pytest.mark.parametrize("arch", ["mamba", "mamba2-groups", "lstm", "lstmp", "gru-tied-nobias"])
