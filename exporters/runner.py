@@ -210,9 +210,12 @@ class OrtLM:
             if i + 1 < max_new_tokens:  # the last token's logits are never read
                 logits = bound.step(nxt)
 
-    def perplexity(self, ids, window: int = 512, batch_size: int = 8, progress: bool = False) -> tuple[float, int]:
+    def perplexity(self, ids, window: int = 512, batch_size: int = 8, progress: bool = False,
+                   logits_bytes: int = 256 * 2**20) -> tuple[float, int]:
         """Same windows as ``rnnquant.eval.perplexity_ids``, computed through the prefill graph
-        (or the step graph when no prefill graph was exported)."""
+        (or the step graph when no prefill graph was exported), up to ``batch_size`` windows per
+        call and fewer where their float32 logits would pass ``logits_bytes`` (8 windows of 512
+        positions of a 50,280-word vocabulary are 822 MB, held about three times over)."""
         from tqdm import tqdm
 
         ids = np.asarray(ids, dtype=np.int64)
@@ -222,9 +225,10 @@ class OrtLM:
             groups.setdefault(e - s, []).append(ids[s:e])
         nll, count = 0.0, 0
         bar = tqdm(total=len(spans), desc="ppl (onnx)", unit="win", disable=not progress, leave=False)
-        for seqs in groups.values():
-            for i in range(0, len(seqs), batch_size):
-                batch = np.stack(seqs[i : i + batch_size])
+        for length, seqs in groups.items():
+            per_call = max(1, min(batch_size, logits_bytes // (4 * max(length - 1, 1) * self.vocab_size)))  # logits [B, length - 1, V]
+            for i in range(0, len(seqs), per_call):
+                batch = np.stack(seqs[i : i + per_call])
                 logits, _ = self.prefill(batch[:, :-1], self.init_state(len(batch)))  # [B, T-1, V]
                 nll += float(token_nll(logits, batch[:, 1:]).sum())
                 count += batch.size - len(batch)

@@ -288,6 +288,19 @@ def test_ort_perplexity_of_a_model_far_from_the_text_is_inf_not_an_overflow(tmp_
     assert lm.perplexity(IDS[:300].numpy(), window=100)[0] == math.inf
 
 
+def test_ort_perplexity_bounds_the_logits_of_one_call(tmp_path):
+    """Windows go to the prefill graph in batches whose float32 logits fit ``logits_bytes``, the
+    perplexity unchanged (at a 50,280-word vocabulary 8 windows of 512 were 822 MB of logits)."""
+    lm = OrtLM(export_step(_model("mamba"), tmp_path / "m.onnx", TOKENIZER))
+    ids = IDS[:1000].numpy()
+    whole = lm.perplexity(ids, window=64)
+    seen, prefill = [], lm.prefill
+    lm.prefill = lambda x, state, **kw: seen.append(len(x)) or prefill(x, state, **kw)
+    bounded = lm.perplexity(ids, window=64, logits_bytes=2 * 64 * lm.vocab_size * 4)  # two windows of 64 predicted positions
+    assert max(seen) == 2 and sum(seen) == 16
+    assert bounded[1] == whole[1] and math.isclose(bounded[0], whole[0], rel_tol=1e-6)
+
+
 def _prepacks(session) -> bool:
     try:
         return session.get_session_options().get_session_config_entry("session.disable_prepacking") != "1"
