@@ -457,6 +457,10 @@ def export(model, recipe, calib, data, samples, seq_len, prune_spec, out, to_ort
         raise RnnquantError(f"{out} already exists (use --force to overwrite)")
     if cpu == "vnni" and (to_web or fmt == "qoperator"):
         raise RnnquantError(f"--cpu vnni is for the integer format on native x86 ONNX Runtime; not with {'--web' if to_web else '--format qoperator'}")
+    if cpu == "vnni" and to_ort:  # --ort checks the .ort against the .onnx by running both: refuse before any work where they cannot run
+        from .exporters.runner import check_int8_kernels
+
+        check_int8_kernels({"int8_weights": "int8"}, out)
     if to_web:
         from .exporters.web import node_modules
 

@@ -144,6 +144,17 @@ def test_int8_weights_give_the_same_logits_where_u8s8_is_exact(tmp_path, preset)
         np.testing.assert_allclose(y, x, rtol=0, atol=1e-5)
 
 
+def test_export_cpu_vnni_ort_refuses_before_any_work_on_a_cpu_without_vnni(capsys, tmp_path, saved, monkeypatch):
+    """``--ort`` runs the graph to check the .ort file: on a CPU where a ``--cpu vnni`` graph cannot
+    run, the export stops before writing anything, not after the .onnx."""
+    from rnnquant.exporters import runner
+
+    monkeypatch.setattr(runner.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(runner, "cpu_flags", lambda: {"sse2", "avx2"})
+    assert_one_line_error(capsys, "export", saved, "--cpu", "vnni", "--ort", "--out", tmp_path / "a.onnx", match="--cpu any")
+    assert not list(tmp_path.glob("*.onnx*"))
+
+
 def test_runner_refuses_int8_weights_on_a_cpu_without_vnni(tmp_path, monkeypatch):
     """A ``--cpu vnni`` graph on an x86 CPU without VNNI / AMX is a one-line error, not wrong logits."""
     from rnnquant.exporters import runner
