@@ -25,15 +25,23 @@ REQUIRED_META = ("graph", "architecture", "states", "vocab_size", "tokenizer_sha
 
 def read_metadata(path) -> dict[str, str]:
     """rnnquant metadata of an .onnx/.ort file; a file without it is an error."""
+    return _checked_metadata(_load_graph(path), Path(path))
+
+
+def _load_graph(path):
+    """The ModelProto of an .onnx file, its external weights not read."""
     import onnx
 
     p = Path(path)
     if not p.is_file():
         raise RnnquantError(f"{p}: no such file")
     try:
-        proto = onnx.load(str(p), load_external_data=False)
+        return onnx.load(str(p), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - any protobuf failure means not an ONNX model
         raise RnnquantError(f"{p}: not a readable ONNX model ({type(e).__name__})") from None
+
+
+def _checked_metadata(proto, p: Path) -> dict[str, str]:
     meta = {m.key: m.value for m in proto.metadata_props}
     missing = [k for k in REQUIRED_META if k not in meta]
     if missing:
@@ -50,18 +58,16 @@ def read_metadata(path) -> dict[str, str]:
     return meta
 
 
-def op_types(path) -> set[str]:
-    """The operator types of an .onnx graph and of its subgraphs (a Loop's body), weights not read."""
-    import onnx
-
-    def ops(graph):
-        for n in graph.node:
+def op_types(graph) -> set[str]:
+    """The operator types of a GraphProto and of its subgraphs (a Loop's body)."""
+    def ops(g):
+        for n in g.node:
             yield n.op_type
             for a in n.attribute:
-                for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-                    yield from ops(g)
+                for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    yield from ops(sub)
 
-    return set(ops(onnx.load(str(path), load_external_data=False).graph))
+    return set(ops(graph))
 
 
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # /proc/cpuinfo flags of the x86 kernels that run U8S8 exactly
@@ -76,15 +82,20 @@ def cpu_flags() -> set[str] | None:
     return next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), None)
 
 
-def check_int8_kernels(meta: dict[str, str], path) -> None:
-    """Refuse a graph exported with int8 weights (``rnnquant export --cpu vnni``: U8S8 MatMulInteger)
-    on an x86 CPU without VNNI or AMX, where ONNX Runtime's U8S8 kernel saturates int16 pair sums
-    (logits off, perplexity 1-50 % off). Elsewhere (VNNI / AMX, or where the flags cannot be read,
-    ARM included: not checked there) the graph runs."""
-    if meta.get("int8_weights") != "int8" or platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
-        return
+def u8s8_saturates_here() -> bool:
+    """Whether this is an x86 CPU without VNNI or AMX, where ONNX Runtime's U8S8 kernel saturates
+    int16 pair sums (logits off, perplexity 1-50 % off). False where the flags cannot be read and
+    off x86 (ARM included: not checked there)."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return False
     flags = cpu_flags()
-    if flags is not None and not flags & set(VNNI_FLAGS):
+    return flags is not None and not flags & set(VNNI_FLAGS)
+
+
+def check_int8_kernels(int8_weights: str | None, path) -> None:
+    """Refuse a graph with int8 weights (``rnnquant export --cpu vnni``: U8S8 MatMulInteger; the
+    graph's ``int8_weights`` metadata) where ``u8s8_saturates_here``."""
+    if int8_weights == "int8" and u8s8_saturates_here():
         raise RnnquantError(f"{path}: exported with --cpu vnni (U8S8 int8 matmuls), which ONNX Runtime gets wrong on this CPU "
                             "(no AVX512-VNNI / AVX-VNNI / AMX: its int16 pair sums saturate); re-export with --cpu any")
 
@@ -112,7 +123,7 @@ class OrtLM:
         self.meta = read_metadata(path) if self.path.suffix == ".onnx" else self._ort_metadata()
         self.states = json.loads(self.meta["states"])
         self.vocab_size = int(self.meta["vocab_size"])
-        check_int8_kernels(self.meta, self.path)
+        check_int8_kernels(self.meta.get("int8_weights"), self.path)
         self.session = self._session(self.path, threads, prepack=True)
         self.output_names = [o.name for o in self.session.get_outputs()]
         pre = prefill_path(self.path)
@@ -122,15 +133,23 @@ class OrtLM:
         self.prefill_window = 2**62  # a Loop prefill takes any length
         self.prefill_last_only = False  # the graph returns the last position's logits only
         if pre.is_file():
-            pre_meta = read_metadata(pre.with_suffix(".onnx"))
-            if any(pre_meta.get(k) != self.meta.get(k) for k in ("model_fingerprint", "recipe", "states", "tokenizer_sha256")):
-                raise RnnquantError(f"{pre}: this prefill graph was exported with another model or recipe than {self.path.name}; re-export")
-            parallel = pre_meta.get("prefill") == "parallel"
-            if parallel:
-                self.prefill_window = min(PREFILL_WINDOW, int(pre_meta["prefill_max_tokens"]))
-            self.prefill_last_only = pre_meta.get("prefill_logits") == "last"
-            self.prefill_session = self._session(pre, threads, prepack=not parallel or "MatMulNBits" in op_types(pre.with_suffix(".onnx")))
+            self._open_prefill(pre, threads)
         self.tokenizer = self._tokenizer(tokenizer)
+
+    def _open_prefill(self, pre: Path, threads: int | None) -> None:
+        """Check the prefill graph against the step graph, read its form and open its session (the
+        graph read once, for its metadata and its operators; an .ort's from the .onnx beside it)."""
+        proto = _load_graph(pre.with_suffix(".onnx"))
+        pre_meta = _checked_metadata(proto, pre.with_suffix(".onnx"))
+        if any(pre_meta.get(k) != self.meta.get(k) for k in ("model_fingerprint", "recipe", "states", "tokenizer_sha256")):
+            raise RnnquantError(f"{pre}: this prefill graph was exported with another model or recipe than {self.path.name}; re-export")
+        parallel = pre_meta.get("prefill") == "parallel"
+        if parallel:
+            self.prefill_window = min(PREFILL_WINDOW, int(pre_meta["prefill_max_tokens"]))
+        self.prefill_last_only = pre_meta.get("prefill_logits") == "last"
+        prepack = not parallel or "MatMulNBits" in op_types(proto.graph)
+        del proto
+        self.prefill_session = self._session(pre, threads, prepack)
 
     @staticmethod
     def _session(path: Path, threads: int | None, prepack: bool):

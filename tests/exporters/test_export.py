@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 
@@ -18,7 +17,7 @@ from rnnquant.errors import RnnquantError
 from rnnquant.eval import perplexity_by_position, perplexity_ids
 from rnnquant.exporters.onnx_export import export_step
 from rnnquant.exporters.ort_format import convert_to_ort
-from rnnquant.exporters.runner import VNNI_FLAGS, OrtLM, cpu_flags
+from rnnquant.exporters.runner import OrtLM, u8s8_saturates_here
 from rnnquant.generate import generate
 from rnnquant.io import save_checkpoint
 from rnnquant.artifacts import load
@@ -124,7 +123,7 @@ def _assert_int8_form(path, weight_type, weight_zero):
         assert a_zero.data_type == onnx.TensorProto.UINT8 and numpy_helper.to_array(a_zero) == 128, n.name
 
 
-U8S8_EXACT_HERE = not (platform.machine().lower() in ("x86_64", "amd64") and cpu_flags() is not None and not cpu_flags() & set(VNNI_FLAGS))
+U8S8_EXACT_HERE = not u8s8_saturates_here()
 
 
 @pytest.mark.skipif(not U8S8_EXACT_HERE, reason="x86 without VNNI / AMX: ONNX Runtime's U8S8 kernel saturates here (the refusal is tested)")
