@@ -37,3 +37,15 @@ def test_parallel_scan_in_pieces_carries_the_state():
     y1, h1 = selective_scan_parallel(u[:, :23], dt[:, :23], A, Bm[:, :23], Cm[:, :23], D, h0)
     y2, h2 = selective_scan_parallel(u[:, 23:], dt[:, 23:], A, Bm[:, 23:], Cm[:, 23:], D, h1)
     assert (torch.cat([y1, y2], 1) - y_all).abs().max() <= 1e-5 and (h2 - h_all).abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize("T", [1, 63, 64, 65, 200])
+def test_inference_scan_is_the_training_scan_bit_for_bit(T):
+    """Without autograd the scan runs in place (``_scan_in_place``): the zoo's perplexities and the
+    GPTQ weights depend on it giving exactly the values of the autograd form the models trained with."""
+    args = _inputs(T)
+    with torch.no_grad():
+        y, h = selective_scan(*args)
+    y_grad, h_grad = selective_scan(*(a.clone().requires_grad_() for a in args))
+    assert torch.equal(y, y_grad.detach()) and torch.equal(h, h_grad.detach())
+    assert h.untyped_storage().nbytes() == h.numel() * h.element_size()  # the state owns its memory
