@@ -80,6 +80,7 @@ class Blockwise:
             self.cache = [model.stem(b) for b in batches]  # [B,T,D] per batch
         self.peak_cache_bytes = self.cache_bytes()
         self.replay_s = 0.0
+        self._kept: tuple[Stage, dict[str, list[torch.Tensor]]] | None = None  # a declared exit's inputs (``keep_exit``)
 
     def cache_bytes(self) -> int:
         return sum(x.numel() * x.element_size() for x in self.cache)
@@ -98,20 +99,59 @@ class Blockwise:
             tqdm.write(f"{desc}: {total:.1f} s over {len(stack)} blocks: {replay:.1f} s replaying them over the calibration batches "
                        f"(statistics and Hessians included), {total - replay:.1f} s between replays (per-Linear solves)", file=sys.stderr)
 
+    def exit_linear(self, stage: Stage) -> str | None:
+        """L when the adapter declares the block's output as R's input + L(L's input) (``ArchSpec.block_exits``)."""
+        exit_ = self.spec.block_exits.get(stage.prefix)
+        return exit_[1] if exit_ else None
+
     @torch.no_grad()
     def run(self, stage: Stage, hooks: dict[str, Callable[[torch.Tensor], None]] | None = None,
-            on_state: Callable[[tuple], None] | None = None, advance: bool = False, until: str | None = None) -> None:
+            on_state: Callable[[tuple], None] | None = None, advance: bool = False, until: str | None = None,
+            keep_exit: bool = False) -> None:
         """Replay ``stage`` over every cached batch. ``hooks[name](x)`` gets each input of module
         ``name``; ``on_state(states)`` the stage's states after each segment; with ``advance`` the
         outputs replace the cache (the next stage's inputs). ``until``: a hooked module after whose
         input nothing is needed; the block call stops there when the model runs each module once
-        per call (``parallel_prefill``: no loop over time), else it runs to the end."""
+        per call (``parallel_prefill``: no loop over time), else it runs to the end. ``keep_exit``:
+        keep the inputs of the block's declared exit (R, L) for ``advance`` (they cost L's input
+        width per cached position: twice the cache at Mamba's d_inner = 2 d_model)."""
         assert not (until and (advance or self.segment)), "a stage cut short has no outputs, and carries no state to a next segment"
+        hooks = dict(hooks or {})
+        self._kept = None
+        if keep_exit and stage.prefix in self.spec.block_exits and not self.segment:
+            kept = {m: [] for m in self.spec.block_exits[stage.prefix]}
+            for m, inputs in kept.items():
+                hooks[m] = self._keeping(inputs, hooks.get(m))
+            self._kept = (stage, kept)
         t0 = time.perf_counter()
         try:
-            self._run(stage, hooks or {}, on_state, advance, until)
+            self._run(stage, hooks, on_state, advance, until)
         finally:
             self.replay_s += time.perf_counter() - t0
+
+    @staticmethod
+    def _keeping(inputs: list, then: Callable | None) -> Callable:
+        def keep(x):
+            inputs.append(x)
+            if then is not None:
+                then(x)
+        return keep
+
+    @torch.no_grad()
+    def advance(self, stage: Stage) -> None:
+        """The cache becomes ``stage``'s outputs: R's input + L(L's input) from the inputs the last
+        ``run(keep_exit=True)`` of this stage kept, with L as it is now (GPTQ: quantized), which is
+        the block's output bit for bit (the contract suite checks each declaration); else a replay."""
+        kept, self._kept = self._kept, None
+        if kept is None or kept[0] != stage or any(len(v) != len(self.cache) for v in kept[1].values()):
+            return self.run(stage, advance=True)  # no declared exit, or a module ran more than once per block call
+        (res, lin), inputs = self.spec.block_exits[stage.prefix], kept[1]
+        t0, L = time.perf_counter(), self.model.get_submodule(lin)
+        for k in range(len(self.cache)):
+            self.cache[k] = inputs[res][k] + L(inputs[lin][k])
+            inputs[res][k] = inputs[lin][k] = None  # each batch's inputs go as soon as its output is made
+        self.peak_cache_bytes = max(self.peak_cache_bytes, self.cache_bytes())
+        self.replay_s += time.perf_counter() - t0
 
     def _run(self, stage: Stage, hooks: dict, on_state, advance: bool, until: str | None) -> None:
         fired = dict.fromkeys(hooks, False)

@@ -105,6 +105,10 @@ class ArchSpec:
     num_layers_key: str = "num_hidden_layers"  # the config field that counts the blocks of layer_stack
     fixed_blocks: list[int] = field(default_factory=list)  # blocks layer removal keeps (ones with parameters no other block has)
     layer_pattern_keys: list[str] = field(default_factory=list)  # config lists cycled over the blocks (block i: entry i % len)
+    # block -> (R, L): the block's output is R's input (the residual stream) + L(L's input), L the
+    # block's last Linear, each module run once per block call. GPTQ then takes a block's outputs
+    # from what its last probe replay saw, instead of replaying the block once more.
+    block_exits: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def check(self, model: nn.Module) -> None:
         """Every name resolves to the kind of thing it claims to be (raises ValueError naming the first
@@ -131,6 +135,9 @@ class ArchSpec:
         need([s.block for s in self.states] == sorted(s.block for s in self.states) and all(0 <= s.block < len(self.layer_stack) for s in self.states),
              "states must be grouped by block, blocks in layer_stack order")
         need(model.config.get(self.num_layers_key) == len(self.layer_stack), f"config[{self.num_layers_key!r}] is not the number of blocks")
+        for block, (res, lin) in self.block_exits.items():
+            need(block in self.layer_stack and res in mods and res.startswith(block + ".") and lin in self.linears and lin.startswith(block + "."),
+                 f"block exit of {block!r}: {res!r} and {lin!r} must be a module and a declared linear of that block")
         for gname, group in self.channel_groups.items():
             need(isinstance(model.config.get(group.config_key), int), f"channel group {gname!r}: no int config[{group.config_key!r}]")
             width = model.config[group.config_key]

@@ -180,7 +180,7 @@ class MambaLM(RecurrentLM):
         d_state = ChannelGroup("state_size", [self._d_state_slices(f"{p}.mixer") for p in layers])
         return ArchSpec(linears, pairs, rot, taps, floats, states, embedding="backbone.embeddings",
                         channel_groups={"d_inner": d_inner, "d_state": d_state},
-                        layer_stack=layers)
+                        layer_stack=layers, block_exits={p: (f"{p}.norm", f"{p}.mixer.out_proj") for p in layers})
 
     def _d_inner_slices(self, m: str) -> ChannelLayer:
         """A d_inner channel e: in_proj rows e (x) and E+e (z), its conv filter, x_proj column,

@@ -155,7 +155,7 @@ class Mamba2LM(MambaLM):
         groups = {"heads": ChannelGroup("num_heads", [self._head_slices(f"{p}.mixer") for p in layers],
                                         scaled_keys=(("intermediate_size", c["head_dim"]),))} if c["n_groups"] == 1 else {}
         return ArchSpec(linears, pairs, rot, taps, floats, states, embedding="backbone.embeddings", channel_groups=groups,
-                        layer_stack=layers)
+                        layer_stack=layers, block_exits={p: (f"{p}.norm", f"{p}.mixer.out_proj") for p in layers})
 
     def _head_slices(self, m: str) -> ChannelLayer:
         """Head h: its head_dim rows of in_proj's z and x parts and one row of its dt part, its x

@@ -168,7 +168,7 @@ class _MinRNNLM(RecurrentLM):
         mlp = ChannelGroup("mlp_size", [ChannelLayer([(f"{p}.mlp.up.weight", 0, (0,)), (f"{p}.mlp.down.weight", 1, (0,))],
                                                      (f"{p}.mlp.down.input",), f"{p}.mlp.down.weight") for p in layers])
         return ArchSpec(linears, pairs, rot, taps, floats, states, embedding="embed", channel_groups={"hidden": hidden, "mlp": mlp},
-                        layer_stack=layers)
+                        layer_stack=layers, block_exits={p: (f"{p}.norm2", f"{p}.mlp.down") for p in layers})
 
 
 class MinGRULM(_MinRNNLM):

@@ -275,4 +275,5 @@ class RecurrentGemmaLM(RecurrentLM):
         # no smoothing pairs: the norms scale by (1 + w), which a per-channel factor on w does not scale;
         # no channel groups: the MLP is intermediate_size // 2 wide, a width no config field states
         return ArchSpec(linears, [], rot, taps, floats, states, embedding="model.embed_tokens", layer_stack=layers,
-                        layer_pattern_keys=["block_types"])  # removing a block keeps every other block's kind
+                        layer_pattern_keys=["block_types"],  # removing a block keeps every other block's kind
+                        block_exits={p: (f"{p}.channel_pre_norm", f"{p}.mlp_block.down_proj") for p in layers})

@@ -257,4 +257,4 @@ class XLSTMLM(RecurrentLM):
             + ([(f"{b}.ffn.proj_up_gate.bias", 0, (0,)), (f"{b}.ffn.proj_up.bias", 0, (0,))] if c["use_bias"] else []),
             (f"{b}.ffn.proj_down.input",), f"{b}.ffn.proj_down.weight") for b in layers])
         return ArchSpec(linears, pairs, rot, taps, floats, states, embedding="backbone.embeddings", channel_groups={"ffn": ffn},
-                        layer_stack=layers)
+                        layer_stack=layers, block_exits={p: (f"{p}.norm_ffn", f"{p}.ffn.proj_down") for p in layers})

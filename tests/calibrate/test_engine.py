@@ -63,17 +63,26 @@ def _whole_model_quantize(model, recipe, calib, batches, sequential: bool):
 
 
 def _assert_same_weights(a, b):
+    """Every tensor, the QLinears' integer codes, scales and zero points included (a QuantizedWeight
+    is not a registered buffer: state_dict() alone would compare no GPTQ result at all)."""
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys()
     for k in sa:
         assert torch.equal(sa[k], sb[k]), k
+    qa, qb = ({n: m.qweight for n, m in x.named_modules() if getattr(m, "qweight", None) is not None} for x in (a, b))
+    assert qa.keys() == qb.keys()
+    for n in qa:
+        for field in ("q", "scale", "zero"):
+            assert torch.equal(getattr(qa[n], field), getattr(qb[n], field)), f"{n}.qweight.{field}"
 
 
-@pytest.mark.parametrize("arch", ["mamba", "lstmp", "mamba2"])
+@pytest.mark.parametrize("arch", ["mamba", "lstmp", "mamba2", "mingru", "xlstm", "recurrent_gemma"])
 def test_blockwise_gptq_equals_whole_model_sequential(arch):
     model, calib, batches = _setup(arch)
     recipe = PRESETS["w4a16-gptq"]
-    _assert_same_weights(quantize(model, recipe, calib, batches), _whole_model_quantize(model, recipe, calib, batches, sequential=True))
+    a, b = quantize(model, recipe, calib, batches), _whole_model_quantize(model, recipe, calib, batches, sequential=True)
+    assert any(getattr(m, "qweight", None) is not None for m in a.modules())
+    _assert_same_weights(a, b)
 
 
 @pytest.mark.parametrize("arch", ["mamba", "gru"])
@@ -114,6 +123,18 @@ def test_gptq_runs_blocks_never_the_whole_model(monkeypatch):
     per_block = len(model.arch_spec().linears) // len(model.arch_spec().layer_stack)
     for i in range(len(model.arch_spec().layer_stack)):
         assert 0 < calls.count(i) <= (per_block + 1) * len(batches)
+
+
+def test_gptq_takes_a_declared_exit_instead_of_a_last_replay(monkeypatch):
+    """Mamba declares block(x) = x + out_proj(its input): GPTQ's out_proj probe replay also gives
+    the block's outputs, so each block runs once per Linear per batch, not once more to advance."""
+    model, calib, batches = _setup("mamba")
+    calls = []
+    real_block = model.block
+    monkeypatch.setattr(model, "block", lambda i, x, s: calls.append(i) or real_block(i, x, s))
+    quantize(model, PRESETS["w4a16-gptq"], calib, batches, inplace=True)
+    per_block = len(model.arch_spec().linears) // len(model.arch_spec().layer_stack)
+    assert [calls.count(i) for i in range(len(model.arch_spec().layer_stack))] == [per_block * len(batches)] * len(model.arch_spec().layer_stack)
 
 
 def test_every_declared_point_runs_in_exactly_one_stage(any_arch):

@@ -120,6 +120,26 @@ def test_a_declared_nonzero_initial_value_reaches_torch_and_the_runtimes(monkeyp
         assert bool((t == s.init).all()) and (a == s.init).all() and a.dtype.name == "float32"
 
 
+def test_declared_block_exits_are_the_blocks_outputs(any_arch):
+    """ArchSpec.block_exits: block i's output is R's input + L(L's input), bit for bit (GPTQ builds
+    the next block's inputs from exactly that instead of replaying the block)."""
+    m = tiny_model(any_arch)
+    spec = m.arch_spec()
+    x = m.stem(IDS[:40].view(2, 20))
+    with torch.no_grad():
+        for i, (block, part) in enumerate(zip(spec.layer_stack, spec.state_slices(), strict=True)):
+            seen = {name: [] for name in spec.block_exits.get(block, ())}
+            hooks = [m.get_submodule(n).register_forward_pre_hook(lambda mod, a, n=n: seen[n].append(a[0])) for n in seen]
+            out, _ = m.block(i, x, m.init_state(2)[part])
+            for h in hooks:
+                h.remove()
+            if seen:
+                (res, lin) = spec.block_exits[block]
+                assert len(seen[res]) == len(seen[lin]) == 1
+                assert torch.equal(out, seen[res][0] + m.get_submodule(lin)(seen[lin][0]))
+            x = out
+
+
 def test_removing_a_layer_equals_skipping_its_block(any_arch):
     """`prune layers:1` on every adapter: the smaller model computes what the original computes
     with the removed block skipped (its config rewritten from the adapter's declarations only)."""
