@@ -43,8 +43,9 @@ class ChannelStats:
         self.min = torch.minimum(self.min, lo)
         self.max = torch.maximum(self.max, hi)
         xd = x.to(torch.float64, copy=True)  # [M,C]; a copy even of float64 input: the histogram overwrites it
-        p = xd.clone()
-        for k in range(4):
+        self.moments[0] += xd.sum(0)
+        p = xd * xd  # x^2, then x^3, x^4 in place
+        for k in range(1, 4):
             self.moments[k] += p.sum(0)
             if k < 3:
                 p.mul_(xd)

@@ -52,3 +52,15 @@ def test_zoo_table_columns_line_up(capsys):
     for row in rows:
         assert row[arch - 1] == " " and row[arch] != " ", row  # the name column is as wide as the longest name
         assert len(row) == len(header), row  # the numbers are right-aligned under their headings
+
+
+def test_the_cli_asks_for_huge_pages_before_torch_allocates():
+    """torch reads THP_MEM_ALLOC_ENABLE once, at its first allocation: main() can only set it while
+    importing the CLI has not imported torch (a module-level torch import here would silently undo it)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, os; os.environ.pop('THP_MEM_ALLOC_ENABLE', None); import rnnquant.cli as c; assert 'torch' not in sys.modules; "
+            "c._large_tensors_in_huge_pages(); import torch; torch.zeros(1 << 20); print(os.environ['THP_MEM_ALLOC_ENABLE'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"
