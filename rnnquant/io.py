@@ -75,7 +75,7 @@ def save_checkpoint(model, out_dir, tokenizer_path=None, force: bool = True) -> 
     """
     state = model.state_dict()
     state.pop(model.tied_head_key(), None)
-    state = {k: v.detach().contiguous().clone() for k, v in state.items()}
+    state = _unshared(state)
     with atomic_path(out_dir, directory=True, force=force) as tmp:
         (tmp / "config.json").write_text(json.dumps({"model_type": model.model_type} | model.config, indent=2, sort_keys=True) + "\n")
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
@@ -83,6 +83,22 @@ def save_checkpoint(model, out_dir, tokenizer_path=None, force: bool = True) -> 
             shutil.copyfile(tokenizer_path, tmp / stored_name(tokenizer_path))
         if model.provenance.prune_report:
             (tmp / PRUNE_REPORT).write_text(json.dumps(model.provenance.prune_report, indent=1, sort_keys=True) + "\n")
+
+
+def _unshared(state: dict) -> dict:
+    """What safetensors will write: each tensor contiguous, and a copy only where one shares its
+    storage with a tensor before it (safetensors refuses shared memory). Copying every tensor, as
+    this did, held the model twice while saving: 11.5 GB for `prune` at mamba-1.4b shape
+    (5.5 GB of weights, docs/RESULTS.md §21); safetensors writes from the tensors' own memory."""
+    out, storages = {}, set()
+    for k, v in state.items():
+        v = v.detach().contiguous()
+        ptr = v.untyped_storage().data_ptr()
+        if ptr in storages or v.numel() == 0:
+            v = v.clone()
+        storages.add(ptr)
+        out[k] = v
+    return out
 
 
 def read_mapping(path: Path, what: str) -> dict:
