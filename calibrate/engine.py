@@ -26,17 +26,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-
-def _trim_heap() -> None:
-    """Hand the heap glibc keeps after frees back to the OS (malloc_trim) once a block is done: a
-    block's replays free many tensors under the mmap threshold, and at mamba-130m shape 0.38 GB of
-    such freed heap stayed resident after an in-place quantization. Elsewhere than glibc: nothing."""
-    import ctypes
-
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+from ..heap import trim_heap
 
 
 @dataclass(frozen=True)
@@ -80,7 +70,6 @@ class Blockwise:
             self.cache = [model.stem(b) for b in batches]  # [B,T,D] per batch
         self.peak_cache_bytes = self.cache_bytes()
         self.replay_s = 0.0
-        self._kept: tuple[Stage, dict[str, list[torch.Tensor]]] | None = None  # a declared exit's inputs (``keep_exit``)
 
     def cache_bytes(self) -> int:
         return sum(x.numel() * x.element_size() for x in self.cache)
@@ -93,7 +82,7 @@ class Blockwise:
         t0, replayed = time.perf_counter(), self.replay_s
         for stage in tqdm(all_stages, desc=desc, unit="block", disable=desc is None):
             yield stage
-            _trim_heap()
+            trim_heap()
         if desc is not None:  # the issue's time targets are for the replays; the solves are reported beside them
             total, replay = time.perf_counter() - t0, self.replay_s - replayed
             tqdm.write(f"{desc}: {total:.1f} s over {len(stack)} blocks: {replay:.1f} s replaying them over the calibration batches "
@@ -107,27 +96,27 @@ class Blockwise:
     @torch.no_grad()
     def run(self, stage: Stage, hooks: dict[str, Callable[[torch.Tensor], None]] | None = None,
             on_state: Callable[[tuple], None] | None = None, advance: bool = False, until: str | None = None,
-            keep_exit: bool = False) -> None:
+            keep_exit: bool = False) -> dict[str, list[torch.Tensor]] | None:
         """Replay ``stage`` over every cached batch. ``hooks[name](x)`` gets each input of module
         ``name``; ``on_state(states)`` the stage's states after each segment; with ``advance`` the
         outputs replace the cache (the next stage's inputs). ``until``: a hooked module after whose
         input nothing is needed; the block call stops there when the model runs each module once
         per call (``parallel_prefill``: no loop over time), else it runs to the end. ``keep_exit``:
-        keep the inputs of the block's declared exit (R, L) for ``advance`` (they cost L's input
-        width per cached position: twice the cache at Mamba's d_inner = 2 d_model)."""
+        return the inputs of the block's declared exit (R, L) over the batches, for ``advance``
+        (they cost L's input width per cached position: twice the cache at Mamba's d_inner = 2 d_model);
+        None where the block declares none."""
         assert not (until and (advance or self.segment)), "a stage cut short has no outputs, and carries no state to a next segment"
-        hooks = dict(hooks or {})
-        self._kept = None
+        hooks, kept = dict(hooks or {}), None
         if keep_exit and stage.prefix in self.spec.block_exits and not self.segment:
             kept = {m: [] for m in self.spec.block_exits[stage.prefix]}
             for m, inputs in kept.items():
                 hooks[m] = self._keeping(inputs, hooks.get(m))
-            self._kept = (stage, kept)
         t0 = time.perf_counter()
         try:
             self._run(stage, hooks, on_state, advance, until)
         finally:
             self.replay_s += time.perf_counter() - t0
+        return kept
 
     @staticmethod
     def _keeping(inputs: list, then: Callable | None) -> Callable:
@@ -138,14 +127,13 @@ class Blockwise:
         return keep
 
     @torch.no_grad()
-    def advance(self, stage: Stage) -> None:
-        """The cache becomes ``stage``'s outputs: R's input + L(L's input) from the inputs the last
-        ``run(keep_exit=True)`` of this stage kept, with L as it is now (GPTQ: quantized), which is
-        the block's output bit for bit (the contract suite checks each declaration); else a replay."""
-        kept, self._kept = self._kept, None
-        if kept is None or kept[0] != stage or any(len(v) != len(self.cache) for v in kept[1].values()):
+    def advance(self, stage: Stage, kept: dict[str, list[torch.Tensor]] | None = None) -> None:
+        """The cache becomes ``stage``'s outputs: R's input + L(L's input) from ``kept`` (what
+        ``run(stage, keep_exit=True)`` returned), with L as it is now (GPTQ: quantized), which is the
+        block's output bit for bit (the contract suite checks each declaration); else a replay."""
+        if kept is None or any(len(v) != len(self.cache) for v in kept.values()):
             return self.run(stage, advance=True)  # no declared exit, or a module ran more than once per block call
-        (res, lin), inputs = self.spec.block_exits[stage.prefix], kept[1]
+        (res, lin), inputs = self.spec.block_exits[stage.prefix], kept
         t0, L = time.perf_counter(), self.model.get_submodule(lin)
         for k in range(len(self.cache)):
             self.cache[k] = inputs[res][k] + L(inputs[lin][k])

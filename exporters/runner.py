@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from rnnquant.errors import RnnquantError
+from rnnquant.heap import release_large_frees
 from rnnquant.eval.windows import POSITION_EDGES, PositionBuckets, perplexity_of, windows
 from rnnquant.exporters.prefill import PREFILL_WINDOW, prefill_path
 from rnnquant.exporters.states import initial_state
@@ -98,22 +99,6 @@ def check_int8_kernels(int8_weights: str | None, path) -> None:
     if int8_weights == "int8" and u8s8_saturates_here():
         raise RnnquantError(f"{path}: exported with --cpu vnni (U8S8 int8 matmuls), which ONNX Runtime gets wrong on this CPU "
                             "(no AVX512-VNNI / AVX-VNNI / AMX: its int16 pair sums saturate); re-export with --cpu any")
-
-
-def release_large_frees() -> None:
-    """glibc keeps freed memory in the heap once its dynamic mmap threshold has grown (loading a
-    model frees many large protobuf buffers), so a session's resident memory stays at its load
-    peak. A fixed 128 KiB threshold sends large blocks back to the OS on free: measured 30 % less
-    steady RSS on a mamba-130m-shape int8 step graph at the same latency
-    (benchmarks/session_memory.py, docs/RESULTS.md). No-op off glibc."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
 
 
 class OrtLM:

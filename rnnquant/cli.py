@@ -566,22 +566,8 @@ def compare(float_model, variants, data, window, threads, tokens, out, by_positi
     click.echo(f"wrote {Path(out)}/report.json, report.md, report.html")
 
 
-def _large_frees_go_back_to_the_os() -> None:
-    """glibc raises its mmap threshold (up to 32 MB) each time a large block is freed, after which
-    tensors of that size come from the heap and stay resident when freed: a stage that replaces a
-    model's weights one Linear at a time then holds the old and the new. A fixed 128 KiB threshold
-    keeps every large tensor mmapped, returned to the OS on free (the same as setting
-    MALLOC_MMAP_THRESHOLD_=131072). Elsewhere than glibc: nothing to do."""
-    import ctypes
-
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
 def _large_tensors_in_huge_pages() -> None:
-    """With every large tensor mmapped (above), each allocation faults its pages in afresh, 4 KiB at
+    """With every large tensor mmapped (``release_large_frees``), each allocation faults its pages in afresh, 4 KiB at
     a time: that made the block engine's replays 1.4x slower than with glibc's default heap reuse
     (mamba-130m shape calibration, docs/RESULTS.md §21). torch's CPU allocator asks for transparent
     huge pages on allocations of 2 MiB and more when THP_MEM_ALLOC_ENABLE is set, which it reads once,
@@ -593,7 +579,9 @@ def _large_tensors_in_huge_pages() -> None:
 
 
 def main(argv=None) -> None:
-    _large_frees_go_back_to_the_os()
+    from .heap import release_large_frees
+
+    release_large_frees()
     _large_tensors_in_huge_pages()
     try:
         cli.main(args=argv, prog_name="rnnquant", standalone_mode=False)

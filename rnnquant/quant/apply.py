@@ -119,13 +119,14 @@ def _apply_blockwise(qm, plan: dict[str, dict], batches, sequential: bool, progr
     for stage in engine.stages("quantize" if progress else None):
         names = stage.select(plan)
         if sequential:
+            kept = None
             for name in names:
                 probe = _probe_for(plan[name])  # made here: one Hessian [in, in] alive at a time
                 keep = name == names[-1] == engine.exit_linear(stage)  # its replay also gives the block's outputs
                 if probe is not None or keep:
-                    engine.run(stage, {name: _feeder(plan[name], probe)} if probe is not None else {}, until=name, keep_exit=keep)
+                    kept = engine.run(stage, {name: _feeder(plan[name], probe)} if probe is not None else {}, until=name, keep_exit=keep)
                 qm.set_submodule(name, _quantize_linear(qm.get_submodule(name), plan[name], probe))
-            engine.advance(stage)
+            engine.advance(stage, kept)
         else:
             probes = {n: _probe_for(plan[n]) for n in names}
             engine.run(stage, {n: _feeder(plan[n], pr) for n, pr in probes.items() if pr is not None}, advance=True)
