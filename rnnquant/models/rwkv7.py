@@ -103,6 +103,76 @@ def delta_rule_chunked(S, r, w, k, v, kk, a, chunk: int = CHUNK):
     return torch.cat(outs, 1), S
 
 
+PARALLEL_DOUBLINGS = 3  # chunks one parallel call composes: 2**3 chunks of CHUNK = 128 tokens, the runner's window
+PARALLEL_MAX_TOKENS = CHUNK * 2**PARALLEL_DOUBLINGS
+
+
+def _unit_lower_inverse(A):
+    """(I - A)^-1 for A strictly lower triangular [..., Q, Q]. A is nilpotent (A^Q = 0), so the inverse
+    is I + A + ... + A^{Q-1} = (I + A)(I + A^2)(I + A^4)...: log2 Q matmuls of squares, no
+    triangular solve (ONNX has none)."""
+    eye = torch.eye(A.shape[-1], dtype=A.dtype)
+    inv, power = eye + A, A
+    for _ in range(1, math.ceil(math.log2(A.shape[-1]))):
+        power = power @ power
+        inv = inv @ (eye + power)  # the factors are polynomials in A: they commute
+    return inv
+
+
+def _shift_chunks(x, d: int, head):
+    """x [B,H,C,...] shifted d chunks later along axis 2, the first d filled from ``head`` (broadcast
+    like x): static slices only, so a traced graph works for every number of chunks."""
+    return torch.cat([(torch.zeros_like(x) + head)[:, :, :d], x[:, :, :-d]], 2)
+
+
+def _compose_chunks(P, Qm):
+    """Inclusive scan of S -> P_c S + Q_c over the chunks (axis 2 of [B,H,C,N,N]) from S = 0, a
+    doubling (Hillis-Steele) scan: after k doublings each chunk has composed the 2**k ending at it,
+    later after earlier: (P, Q) then (P', Q') = (P' P, P' Q + Q'). Returns (prod P, S)."""
+    eye = torch.eye(P.shape[-1], dtype=P.dtype)
+    for k in range(PARALLEL_DOUBLINGS):
+        d = 2**k
+        P, Qm = P @ _shift_chunks(P, d, eye), P @ _shift_chunks(Qm, d, 0.0) + Qm
+    return P, Qm
+
+
+def delta_rule_parallel(S, r, w, k, v, kk, a):
+    """``delta_rule_chunked`` with no loop over chunks: what the ONNX prefill graph runs, exact for up
+    to PARALLEL_MAX_TOKENS positions per call (the runner feeds longer prompts in pieces).
+
+    Time is padded to whole chunks with identity positions (w = 0: no decay; r = k = v = kk = 0: no
+    read, no write). Every chunk's read-outs are linear in its entry state S_in:
+        U = U0 + W S_in,   U0 = (I - A_ab)^-1 A_ak V,   W = (I - A_ab)^-1 a_up
+    (the unit triangular system of ``delta_rule_chunked``), so the chunk maps S_in to
+        S_out = P S_in + Q,   P = diag(e^{G_C}) + B^T W,   Q = B^T U0 + K^T V
+    with B = b e^{G_C - G}, K = k e^{G_C - G}. A doubling scan over the chunks' (P, Q) gives every
+    entry state from S_0, then o = (r_up + A_rb W) S_in + A_rb U0 + A_rk V.
+    S [B,H,N,N]; r, w, k, v, kk, a [B,T,H,N] -> (o [B,T,H,N], S')."""
+    Bsz, T, H, N = r.shape
+    Q = CHUNK
+    pad = (-T) % Q
+    r, w, k, v, kk, a = (F.pad(t, (0, 0, 0, 0, 0, pad)).reshape(Bsz, -1, Q, H, N).permute(0, 3, 1, 2, 4) for t in (r, w, k, v, kk, a))  # [B,H,C,Q,N]
+    G = w.cumsum(3)  # cumulative log decay inside each chunk
+    up, back = torch.exp(G), torch.exp(-G)
+    r_up, a_up = r * up, -kk * torch.exp(G - w)  # e^{G_t}, e^{G_{t-1}} sides
+    b = kk * a  # the write-back of the removed value
+    k_back, b_back = k * back, b * back  # e^{-G_j} side
+    incl = torch.ones(Q, Q, dtype=torch.bool).tril()
+    strict = torch.ones(Q, Q, dtype=torch.bool).tril(-1)
+    A_rk, A_rb = ((r_up @ x.transpose(-1, -2)).masked_fill(~incl, 0) for x in (k_back, b_back))  # j <= t  [B,H,C,Q,Q]
+    A_ak, A_ab = ((a_up @ x.transpose(-1, -2)).masked_fill(~strict, 0) for x in (k_back, b_back))  # j < t
+    inv = _unit_lower_inverse(A_ab)
+    U0, W = inv @ (A_ak @ v), inv @ a_up  # [B,H,C,Q,N]
+    to_end = torch.exp(G[:, :, :, -1:] - G)  # [B,H,C,Q,N]
+    Bt, Kt = (b * to_end).transpose(-1, -2), (k * to_end).transpose(-1, -2)  # [B,H,C,N,Q]
+    P = up[:, :, :, -1].unsqueeze(-1) * torch.eye(N, dtype=r.dtype) + Bt @ W  # [B,H,C,N,N]
+    carry, S_c = _compose_chunks(P, Bt @ U0 + Kt @ v)
+    S_out = carry @ S.unsqueeze(2) + S_c  # [B,H,C,N,N] state after each chunk
+    S_in = torch.cat([S.unsqueeze(2), S_out[:, :, :-1]], 2)  # state entering each chunk
+    o = (r_up + A_rb @ W) @ S_in + A_rb @ U0 + A_rk @ v  # [B,H,C,Q,N]
+    return o.permute(0, 2, 3, 1, 4).reshape(Bsz, -1, H, N)[:, :T], S_out[:, :, -1]
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: dict, i: int):
         super().__init__()
@@ -156,7 +226,8 @@ class Attention(nn.Module):
     def forward(self, x, v_first, shift, S):
         """x [B,T,D], v_first [B,T,H N] -> (out [B,T,D], v_first, shift', S')."""
         r, w, k, v, kk, a, g, v_first = self._inputs(x, shifted(x, shift), v_first)
-        o, S = delta_rule_chunked(S, r, w, k, v, kk, a)
+        delta_rule = delta_rule_parallel if torch.onnx.is_in_onnx_export() else delta_rule_chunked
+        o, S = delta_rule(S, r, w, k, v, kk, a)
         return self._output(o, r, k, v, g), v_first, x[:, -1], S
 
     def step(self, x, v_first, shift, S):
@@ -240,6 +311,8 @@ class Rwkv7LM(RecurrentLM):
     model_type = "rwkv7"
     roles = frozenset({"att_receptance", "att_key", "att_value", "att_output", "lora_in", "ffn_key", "ffn_value", "lm_head"})
     required_config = ("vocab_size", "hidden_size", "num_hidden_layers")
+    parallel_prefill = True  # delta_rule_parallel under export
+    prefill_max_tokens = PARALLEL_MAX_TOKENS
 
     def __init__(self, config: dict):
         super().__init__(normalize_config(config))

@@ -5,21 +5,28 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rnnquant.models.rwkv7 import LOG_DECAY_SCALE, delta_rule_chunked, delta_rule_step
+from rnnquant.models.rwkv7 import LOG_DECAY_SCALE, PARALLEL_MAX_TOKENS, delta_rule_chunked, delta_rule_parallel, delta_rule_step
 
 
-@pytest.mark.parametrize("decay", ["strongest", "mixed"])
-def test_chunked_delta_rule_equals_the_recurrence(decay):
-    """37 positions: two whole chunks of 16 and a short one, from a non-zero state. "strongest" puts
-    every log decay at RWKV-7's bound -e^-0.5, where the factored pairwise decays are largest."""
+@pytest.mark.parametrize(("form", "T"), [(delta_rule_chunked, 37), (delta_rule_parallel, 37), (delta_rule_parallel, 1),
+                                         (delta_rule_parallel, PARALLEL_MAX_TOKENS)])
+@pytest.mark.parametrize("decay", ["strongest", "mixed", "weak"])
+def test_chunked_delta_rule_equals_the_recurrence(decay, form, T):
+    """37 positions: two whole chunks of 16 and a short one, from a non-zero state; the parallel form
+    (the prefill graph's) also at one position and at the most one call takes. "strongest" puts
+    every log decay at RWKV-7's bound -e^-0.5, where the factored pairwise decays are largest; "weak"
+    near 0, so that the state remembers every chunk (with the others, chunks a hundred positions
+    back have decayed below the tolerance)."""
     g = torch.Generator().manual_seed(0)
-    B, T, H, N = 2, 37, 3, 8
+    B, H, N = 2, 3, 8
     r, k, v = (torch.randn(B, T, H, N, generator=g) for _ in range(3))
     kk = F.normalize(torch.randn(B, T, H, N, generator=g), dim=-1)
     a = torch.rand(B, T, H, N, generator=g)
-    w = torch.full((B, T, H, N), LOG_DECAY_SCALE * (1 - 1e-6)) if decay == "strongest" else LOG_DECAY_SCALE * torch.rand(B, T, H, N, generator=g)
+    scale = {"strongest": torch.full((B, T, H, N), 1 - 1e-6), "mixed": torch.rand(B, T, H, N, generator=g),
+             "weak": 1e-3 * torch.rand(B, T, H, N, generator=g)}[decay]
+    w = LOG_DECAY_SCALE * scale
     S0 = torch.randn(B, H, N, N, generator=g)
-    o, S = delta_rule_chunked(S0, r, w, k, v, kk, a)
+    o, S = form(S0, r, w, k, v, kk, a)
     S_ref, outs = S0, []
     for t in range(T):
         o_t, S_ref = delta_rule_step(S_ref, r[:, t], w[:, t], k[:, t], v[:, t], kk[:, t], a[:, t])
