@@ -1,7 +1,8 @@
 """minGRU and minLSTM language models ("Were RNNs All We Needed?", Feng et al. 2024): rnnquant's layout.
 
 The gates depend on the input only, so the recurrence is a first-order linear scan with
-positive terms, computed in log space over all positions at once (no loop over time).
+positive terms, computed in log space over all positions at once (no loop over time; the exported
+prefill graph runs it as a doubling scan in plain space, ``scan_parallel``).
 
 Glossary (the paper's section 3, its log-space appendix):
     x_t                  the block's normalised input [D];  E = intermediate_size (the cell width)
@@ -25,9 +26,12 @@ from torch import nn
 
 from .base import ArchSpec, ChannelGroup, ChannelLayer, RecurrentLM, StateSpec, Tap
 from .mamba import RMSNorm
+from .ssm import _linear_scan
 
 SCAN_CHUNK = 256  # positions per log-space scan: the cumulative log decay stays small enough for float32
 TINY = 1e-30  # log of a zero state (the initial one): its term vanishes, as it should
+PARALLEL_DOUBLINGS = 7  # positions one exported prefill call composes: 2**7 = 128, the runner's window
+PARALLEL_MAX_TOKENS = 2**PARALLEL_DOUBLINGS
 
 
 def g(u):
@@ -39,7 +43,11 @@ def log_g(u):
 
 
 def log_scan(log_a, log_b, h0):
-    """h_t = a_t h_{t-1} + b_t for every t, from log a, log b [B,T,E] and h0 [B,E] >= 0 -> h [B,T,E]."""
+    """h_t = a_t h_{t-1} + b_t for every t, from log a, log b [B,T,E] and h0 [B,E] >= 0 -> h [B,T,E].
+    Under ONNX export, ``scan_parallel`` (ONNX has no logcumsumexp, and a loop over chunks would be
+    unrolled at the traced length)."""
+    if torch.onnx.is_in_onnx_export():
+        return scan_parallel(log_a, log_b, h0)
     outs = []
     for s in range(0, log_a.shape[1], SCAN_CHUNK):
         la, lb = log_a[:, s : s + SCAN_CHUNK], log_b[:, s : s + SCAN_CHUNK]
@@ -49,6 +57,15 @@ def log_scan(log_a, log_b, h0):
         outs.append(h)
         h0 = h[:, -1]
     return torch.cat(outs, 1)
+
+
+def scan_parallel(log_a, log_b, h0):
+    """``log_scan`` in plain space with no loop over time: what the prefill graph runs, exact for up
+    to PARALLEL_MAX_TOKENS positions per call. A doubling (Hillis-Steele) scan of the (a, b) pairs;
+    a is in (0, 1) and b >= 0, so no product can overflow, and one that underflows is a contribution
+    that has decayed away (the log form is for training's gradients, not needed here)."""
+    carry, h = _linear_scan(torch.exp(log_a), torch.exp(log_b), 1, PARALLEL_DOUBLINGS)
+    return carry * h0.unsqueeze(1) + h
 
 
 class MinGRUCell(nn.Module):
@@ -111,6 +128,8 @@ class _MinRNNLM(RecurrentLM):
     cell_cls: type[MinGRUCell] = MinGRUCell
     required_config = ("vocab_size", "hidden_size", "num_hidden_layers")
     roles = frozenset({"rnn_in", "rnn_out", "mlp_up", "mlp_down", "lm_head"})
+    parallel_prefill = True  # scan_parallel under export
+    prefill_max_tokens = PARALLEL_MAX_TOKENS
 
     def __init__(self, config: dict):
         cfg = {"layer_norm_epsilon": 1e-5, "tie_word_embeddings": True, "bos_token_id": 0, "eos_token_id": 0} | dict(config)

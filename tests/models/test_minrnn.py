@@ -1,9 +1,10 @@
 """minGRU / minLSTM: the log-space scan against the plain recurrence it replaces."""
 from __future__ import annotations
 
+import pytest
 import torch
 
-from rnnquant.models.minrnn import SCAN_CHUNK, MinGRUCell, MinLSTMCell, log_scan
+from rnnquant.models.minrnn import PARALLEL_MAX_TOKENS, SCAN_CHUNK, MinGRUCell, MinLSTMCell, log_scan, scan_parallel
 
 
 def test_log_scan_equals_the_recurrence_across_chunks():
@@ -19,6 +20,23 @@ def test_log_scan_equals_the_recurrence_across_chunks():
             ref.append(h)
         ref = torch.stack(ref, 1)
         assert ((log_scan(a.log(), b.log(), h0) - ref).abs() / ref).max() <= 1e-4
+
+
+@pytest.mark.parametrize("T", [1, 37, PARALLEL_MAX_TOKENS])
+def test_parallel_scan_equals_the_recurrence(T):
+    """The prefill graph's doubling scan, up to the most positions one call takes; a near 1, so the
+    first position still counts at the last."""
+    g = torch.Generator().manual_seed(2)
+    B, E = 2, 5
+    a = 1 - 0.01 * torch.rand(B, T, E, generator=g)
+    b = torch.rand(B, T, E, generator=g)
+    h0 = torch.rand(B, E, generator=g) + 10
+    h, ref = h0, []
+    for t in range(T):
+        h = a[:, t] * h + b[:, t]
+        ref.append(h)
+    ref = torch.stack(ref, 1)
+    assert ((scan_parallel(a.log(), b.log(), h0) - ref).abs() / ref).max() <= 1e-5
 
 
 def test_cells_coefficients_are_their_updates():
