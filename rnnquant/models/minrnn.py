@@ -26,7 +26,7 @@ from torch import nn
 
 from .base import ArchSpec, ChannelGroup, ChannelLayer, RecurrentLM, StateSpec, Tap
 from .mamba import RMSNorm
-from .ssm import _linear_scan
+from .ssm import linear_recurrence
 
 SCAN_CHUNK = 256  # positions per log-space scan: the cumulative log decay stays small enough for float32
 TINY = 1e-30  # log of a zero state (the initial one): its term vanishes, as it should
@@ -64,8 +64,7 @@ def scan_parallel(log_a, log_b, h0):
     to PARALLEL_MAX_TOKENS positions per call. A doubling (Hillis-Steele) scan of the (a, b) pairs;
     a is in (0, 1) and b >= 0, so no product can overflow, and one that underflows is a contribution
     that has decayed away (the log form is for training's gradients, not needed here)."""
-    carry, h = _linear_scan(torch.exp(log_a), torch.exp(log_b), 1, PARALLEL_DOUBLINGS)
-    return carry * h0.unsqueeze(1) + h
+    return linear_recurrence(torch.exp(log_a), torch.exp(log_b), h0, PARALLEL_DOUBLINGS)
 
 
 class MinGRUCell(nn.Module):

@@ -32,6 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import ArchSpec, RecurrentLM, StateSpec, Tap
+from .ssm import linear_recurrence
+
+PARALLEL_DOUBLINGS = 7  # positions one exported prefill call composes: 2**7 = 128, the runner's window
 
 
 class RMSNorm(nn.Module):
@@ -94,11 +97,15 @@ class RecurrentBlock(nn.Module):
         conv_in = torch.cat([conv, self.linear_x(x)], dim=1)  # [B,K-1+T,L]
         u = F.conv1d(conv_in.transpose(1, 2), self.conv_1d.weight, self.conv_1d.bias, groups=conv_in.shape[-1]).transpose(1, 2)
         a, xn = self.rg_lru.coefficients(u, pos + torch.arange(T, device=x.device))
-        hs = []
-        for t in range(T):
-            h = a[:, t] * h + xn[:, t]
-            hs.append(h)
-        return self.linear_out(torch.stack(hs, 1) * y), conv_in[:, conv_in.shape[1] - (self.K - 1) :], h, pos + T
+        if torch.onnx.is_in_onnx_export():  # the prefill graph: no loop over time (a in [0, 1): the products cannot grow)
+            hs = linear_recurrence(a, xn, h, PARALLEL_DOUBLINGS)
+        else:
+            hs = []
+            for t in range(T):
+                h = a[:, t] * h + xn[:, t]
+                hs.append(h)
+            hs = torch.stack(hs, 1)
+        return self.linear_out(hs * y), conv_in[:, conv_in.shape[1] - (self.K - 1) :], hs[:, -1], pos + T
 
     def step(self, x, conv, h, pos):
         y = gelu(self.linear_y(x))
@@ -210,6 +217,8 @@ class RecurrentGemmaLM(RecurrentLM):
     model_type = "recurrent_gemma"
     roles = frozenset({"rg_x", "rg_y", "rg_out", "attn_q", "attn_k", "attn_v", "attn_o", "mlp_gate", "mlp_up", "mlp_down", "lm_head"})
     required_config = ("vocab_size", "hidden_size", "num_hidden_layers")
+    parallel_prefill = True  # the RG-LRU as linear_recurrence under export; attention over cache + prompt at once
+    prefill_max_tokens = 2**PARALLEL_DOUBLINGS
 
     def __init__(self, config: dict):
         super().__init__(normalize_config(config))

@@ -107,6 +107,13 @@ def _linear_scan(a, b, dim: int, doublings: int):
     return a, b
 
 
+def linear_recurrence(a, b, h0, doublings: int):
+    """h_t = a_t h_{t-1} + b_t along axis 1 from h0, every t at once (a doubling scan, no loop over
+    time): exact for up to 2**doublings positions per call. a, b [B,T,...], h0 [B,...] -> h [B,T,...]."""
+    carry, h = _linear_scan(a, b, 1, doublings)
+    return carry * h0.unsqueeze(1) + h
+
+
 def selective_scan_parallel(u, dt, A, Bm, Cm, D, h0):
     """``selective_scan`` with no loop over time: what the ONNX prefill graph runs.
 

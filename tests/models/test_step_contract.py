@@ -1,6 +1,7 @@
 """The step contract: step == forward at every position, prefill in halves, O(1) work per token."""
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -36,6 +37,25 @@ def test_prefill_in_halves_equals_forward(any_arch):
     _, stepped_state = _stepped(model, ids)
     for s, r in zip(state, stepped_state, strict=True):
         assert (s - r).abs().max() <= 1e-4
+
+
+@torch.no_grad()
+def test_export_form_equals_forward_for_the_longest_call(any_arch, monkeypatch):
+    """An adapter with a parallel prefill traces another form of its scan under export (no loop
+    over time, a fixed number of doublings): at the most tokens one call may take (up to 256), from
+    a non-zero state, it gives the eager forward's logits and state."""
+    model = tiny_model(any_arch)
+    if not model.parallel_prefill:
+        pytest.skip("the prefill graph is a Loop over the step graph")
+    n = min(model.prefill_max_tokens, 256)
+    ids = torch.randint(0, model.vocab_size, (2, 7 + n), generator=torch.Generator().manual_seed(4))
+    _, state = model.forward_with_state(ids[:, :7], model.init_state(2))
+    ref, ref_state = model.forward_with_state(ids[:, 7:], state)
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+    out, out_state = model.forward_with_state(ids[:, 7:], state)
+    assert (out - ref).abs().max() <= 1e-4 * ref.abs().max()
+    for a, b in zip(out_state, ref_state, strict=True):
+        assert (a.double() - b.double()).abs().max() <= 1e-4 * max(b.abs().max(), 1)
 
 
 @torch.no_grad()
