@@ -15,7 +15,8 @@ Glossary (Beck et al. 2024, "xLSTM"; Beck et al. 2025, "xLSTM 7B"), per head:
     h_t = (q' C_t) / (max(|q' . n_t|, exp(-m_t)) + eps),  q' = q / sqrt(d_qk)
     out = W_o (sigmoid(o~) * MultiHeadLayerNorm(h));  FFN: W_down (SiLU(W_gate x) * W_up x)
 Logits are soft-capped at ``output_logit_soft_cap``. The forward (prefill, calibration, training) runs
-the chunkwise-parallel form (``mlstm_chunked``), the step the recurrence; they are the same function. State per layer: C [H, d_qk, d_v], n [H, d_qk],
+the chunkwise-parallel form (``mlstm_chunked``), the step the recurrence; they are the same function.
+The exported prefill graph runs each call (up to PARALLEL_MAX_TOKENS) as one chunk: no loop over time. State per layer: C [H, d_qk, d_v], n [H, d_qk],
 m [H] (all float32). d_qk = int(hidden_size * qk_dim_factor) / H, d_v likewise: the layer's own
 widths (transformers' cache rounds the q/k width up to a multiple of 64, which breaks its own step
 at other widths; this adapter does not inherit that).
@@ -77,6 +78,9 @@ def mlstm_step(q, k, v, i_pre, f_pre, C, n, m, eps: float):
 
 
 CHUNK = 64  # positions per chunk of the parallel form
+# under export the whole prefill call is one chunk (a loop over chunks would be unrolled at the
+# traced length): its [T, T] weights per head stay small up to the runner's window
+PARALLEL_MAX_TOKENS = 128
 
 
 def mlstm_chunked(q, k, v, i_pre, f_pre, C, n, m, eps: float, chunk: int = CHUNK):
@@ -141,7 +145,8 @@ class MLSTMLayer(nn.Module):
     def forward(self, x, C, n, m):
         """x [B,T,D] -> (out [B,T,D], C', n', m')."""
         q, k, v, o, i, f = self._inputs(x)
-        h, C, n, m = mlstm_chunked(q, k, v, i, f, C, n, m, self.eps)
+        chunk = PARALLEL_MAX_TOKENS if torch.onnx.is_in_onnx_export() else CHUNK
+        h, C, n, m = mlstm_chunked(q, k, v, i, f, C, n, m, self.eps, chunk)
         return self._out(h, o), C, n, m
 
     def step(self, x, C, n, m):
@@ -203,6 +208,8 @@ class XLSTMLM(RecurrentLM):
     model_type = "xlstm"
     roles = frozenset({"mlstm_qkvo", "mlstm_gates", "mlstm_out", "ffn_up", "ffn_down", "lm_head"})
     required_config = ("vocab_size",)
+    parallel_prefill = True  # one chunk of mlstm_chunked per call under export
+    prefill_max_tokens = PARALLEL_MAX_TOKENS
 
     def __init__(self, config: dict):
         super().__init__(normalize_config(config))
