@@ -21,6 +21,7 @@ divided by 2^(i // rescale_every) and the stream halves after every rescale_ever
 checkpoint keeps the training-scale weights; the division is a power of two on the Linear's output
 (exactly transformers' result, which divides the weight), so quantization sees the stored weights.
 State per layer: ffn_shift [D], att_shift [D], num [A], den [A], max [A] (transformers' five).
+The exported prefill graph runs the WKV sums of a whole call at once (``wkv_parallel``).
 """
 from __future__ import annotations
 
@@ -41,6 +42,36 @@ def wkv_step(w, u, k, v, num, den, pmax):
     m_state = torch.maximum(pmax + w, k)
     e1, e2 = torch.exp(pmax + w - m_state), torch.exp(k - m_state)
     return wkv, e1 * num + e2 * v, e1 * den + e2, m_state
+
+
+# positions per exported prefill call: the parallel WKV below is exact at any length, but its
+# pairwise weights are [T, T, A] per call (12.6 MB at T = 64, A = 768)
+PARALLEL_MAX_TOKENS = 64
+
+
+def wkv_parallel(w, u, k, v, num, den, pmax):
+    """``wkv_step`` over T positions with no loop over time: what the prefill graph runs.
+
+    Unrolled, the state after position t stands for the sums e^{p_t} num_t = e^{p_0 + (t+1) w} num_0 +
+    sum_{j<=t} e^{(t-j) w + k_j} v_j (den likewise, v = 1), and the recurrence's running max is the
+    max of those exponents. So the output at t weighs the entry state by e^{p_0 + t w}, position j < t
+    by e^{(t-1-j) w + k_j} and t itself by e^{u + k_t}, each over their max m_t (every weight <= 1),
+    and the new state is the same sums at t = T - 1 with p_T their max: the representation stepping
+    produces. w, u [A]; k, v [B,T,A]; num, den, pmax [B,A] -> (wkv [B,T,A], num', den', pmax')."""
+    T = k.shape[1]
+    t = torch.arange(T, device=k.device)
+    lag = (t.unsqueeze(1) - 1 - t.unsqueeze(0)).to(k.dtype)  # [t, j]: t - 1 - j
+    E = (lag.unsqueeze(-1) * w + k.unsqueeze(1)).masked_fill((t.unsqueeze(1) <= t.unsqueeze(0)).unsqueeze(-1), -torch.inf)  # [B,t,j,A], j < t
+    E = torch.where((t.unsqueeze(1) == t.unsqueeze(0)).unsqueeze(-1), (u + k).unsqueeze(1), E)  # j = t: the bonus
+    E0 = pmax.unsqueeze(1) + t.to(k.dtype).unsqueeze(-1) * w  # [B,t,A]: the entry state's exponent
+    m = torch.maximum(E0, E.amax(2))  # [B,t,A]
+    P, g = torch.exp(E - m.unsqueeze(2)), torch.exp(E0 - m)
+    wkv = (g * num.unsqueeze(1) + (P * v.unsqueeze(1)).sum(2)) / (g * den.unsqueeze(1) + P.sum(2))
+    E_end = (T - 1 - t).to(k.dtype).unsqueeze(-1) * w + k  # [B,j,A]: position j's exponent after the last
+    E0_end = pmax + T * w  # [B,A]
+    p_end = torch.maximum(E0_end, E_end.amax(1))
+    Q, g_end = torch.exp(E_end - p_end.unsqueeze(1)), torch.exp(E0_end - p_end)
+    return wkv, g_end * num + (Q * v).sum(1), g_end * den + Q.sum(1), p_end
 
 
 def shifted(x, prev):
@@ -80,6 +111,9 @@ class Attention(nn.Module):
         """x [B,T,D] -> (out [B,T,D], shift', num', den', max')."""
         k, v, r = self._kvr(x, shifted(x, shift))  # [B,T,A] each
         w = -torch.exp(self.time_decay)
+        if torch.onnx.is_in_onnx_export():
+            wkv, num, den, pmax = wkv_parallel(w, self.time_first, k, v, num, den, pmax)
+            return self._out(r, wkv), x[:, -1], num, den, pmax
         outs = []
         for kt, vt in zip(k.unbind(1), v.unbind(1)):
             wkv, num, den, pmax = wkv_step(w, self.time_first, kt, vt, num, den, pmax)
@@ -147,6 +181,8 @@ class RwkvLM(RecurrentLM):
     roles = frozenset({"att_key", "att_value", "att_receptance", "att_output", "ffn_key", "ffn_receptance", "ffn_value", "lm_head"})
     required_config = ("vocab_size", "hidden_size", "num_hidden_layers")
     STATES = ("ffn_shift", "att_shift", "num", "den", "max")
+    parallel_prefill = True  # wkv_parallel under export
+    prefill_max_tokens = PARALLEL_MAX_TOKENS
 
     def __init__(self, config: dict):
         super().__init__(normalize_config(config))

@@ -331,7 +331,7 @@ def test_only_the_step_session_keeps_packed_weights(tmp_path, arch, preset, pref
     assert _prepacks(lm.prefill_session) == prefill_prepacks
 
 
-@pytest.mark.parametrize("arch", ["mamba", "mamba2-groups", "rwkv7", "mingru", "minlstm", "recurrent_gemma", "xlstm", "lstm", "lstmp", "gru-tied-nobias"])
+@pytest.mark.parametrize("arch", ["mamba", "mamba2-groups", "rwkv7", "mingru", "minlstm", "recurrent_gemma", "xlstm", "rwkv", "lstm", "lstmp", "gru-tied-nobias"])
 def test_prefill_then_step_equals_stepping(tmp_path, arch):
     m = _model(arch)
     q = quantize(m, PRESETS["w8a8-dynamic"]) if m.model_type in ("lstm", "gru") else m
@@ -351,12 +351,12 @@ def test_prefill_then_step_equals_stepping(tmp_path, arch):
         assert np.abs(a - b).max() <= 1e-4
 
 
-@pytest.mark.parametrize("arch", ["mamba", "mamba2", "rwkv7", "mingru", "recurrent_gemma", "xlstm", "lstm"])
+@pytest.mark.parametrize("arch", ["mamba", "mamba2", "rwkv", "rwkv7", "mingru", "recurrent_gemma", "xlstm", "lstm"])
 def test_prefill_form(tmp_path, arch):
-    """Mamba's, RWKV-7's, minGRU's, RecurrentGemma's and xLSTM's prefill graphs are forward_with_state traced
+    """Every prefill graph but the LSTM's is forward_with_state traced
     (no Loop: projections over the whole sequence, a parallel scan; RecurrentGemma's local attention
     over its cache and the whole call, 128 tokens past its window of 8), fed in windows by the runner;
-    the LSTM's is a Loop."""
+    the LSTM's is a Loop over the step graph."""
     lm = OrtLM(export_step(_model(arch), tmp_path / "m.onnx", TOKENIZER))
     graph = onnx.load(tmp_path / "m.prefill.onnx")
     meta = {p.key: p.value for p in graph.metadata_props}
