@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from rnnquant.cli import main
 
@@ -21,3 +22,16 @@ def assert_one_line_error(capsys, *args, match: str) -> str:
     assert "Traceback" not in err
     assert match in err, err
     return err
+
+
+@torch.no_grad()
+def assert_export_form_matches_forward(monkeypatch, model, ids, state) -> None:
+    """The form an adapter traces under ONNX export (``torch.onnx.is_in_onnx_export()``) gives its
+    eager forward's logits and state for ``ids`` from ``state``."""
+    ref, ref_state = model.forward_with_state(ids, state)
+    with monkeypatch.context() as m:
+        m.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
+        out, out_state = model.forward_with_state(ids, state)
+    assert (out - ref).abs().max() <= 1e-4 * ref.abs().max()
+    for a, b in zip(out_state, ref_state, strict=True):
+        assert (a.double() - b.double()).abs().max() <= 1e-4 * max(b.abs().max(), 1)

@@ -26,12 +26,10 @@ from torch import nn
 
 from .base import ArchSpec, ChannelGroup, ChannelLayer, RecurrentLM, StateSpec, Tap
 from .mamba import RMSNorm
-from .ssm import linear_recurrence
+from .ssm import RECURRENCE_MAX_TOKENS, linear_recurrence
 
 SCAN_CHUNK = 256  # positions per log-space scan: the cumulative log decay stays small enough for float32
 TINY = 1e-30  # log of a zero state (the initial one): its term vanishes, as it should
-PARALLEL_DOUBLINGS = 7  # positions one exported prefill call composes: 2**7 = 128, the runner's window
-PARALLEL_MAX_TOKENS = 2**PARALLEL_DOUBLINGS
 
 
 def g(u):
@@ -61,10 +59,10 @@ def log_scan(log_a, log_b, h0):
 
 def scan_parallel(log_a, log_b, h0):
     """``log_scan`` in plain space with no loop over time: what the prefill graph runs, exact for up
-    to PARALLEL_MAX_TOKENS positions per call. A doubling (Hillis-Steele) scan of the (a, b) pairs;
+    to RECURRENCE_MAX_TOKENS positions per call. A doubling (Hillis-Steele) scan of the (a, b) pairs;
     a is in (0, 1) and b >= 0, so no product can overflow, and one that underflows is a contribution
     that has decayed away (the log form is for training's gradients, not needed here)."""
-    return linear_recurrence(torch.exp(log_a), torch.exp(log_b), h0, PARALLEL_DOUBLINGS)
+    return linear_recurrence(torch.exp(log_a), torch.exp(log_b), h0)
 
 
 class MinGRUCell(nn.Module):
@@ -128,7 +126,7 @@ class _MinRNNLM(RecurrentLM):
     required_config = ("vocab_size", "hidden_size", "num_hidden_layers")
     roles = frozenset({"rnn_in", "rnn_out", "mlp_up", "mlp_down", "lm_head"})
     parallel_prefill = True  # scan_parallel under export
-    prefill_max_tokens = PARALLEL_MAX_TOKENS
+    prefill_max_tokens = RECURRENCE_MAX_TOKENS
 
     def __init__(self, config: dict):
         cfg = {"layer_norm_epsilon": 1e-5, "tie_word_embeddings": True, "bos_token_id": 0, "eos_token_id": 0} | dict(config)

@@ -32,9 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import ArchSpec, RecurrentLM, StateSpec, Tap
-from .ssm import linear_recurrence
-
-PARALLEL_DOUBLINGS = 7  # positions one exported prefill call composes: 2**7 = 128, the runner's window
+from .ssm import RECURRENCE_MAX_TOKENS, linear_recurrence
 
 
 class RMSNorm(nn.Module):
@@ -98,7 +96,7 @@ class RecurrentBlock(nn.Module):
         u = F.conv1d(conv_in.transpose(1, 2), self.conv_1d.weight, self.conv_1d.bias, groups=conv_in.shape[-1]).transpose(1, 2)
         a, xn = self.rg_lru.coefficients(u, pos + torch.arange(T, device=x.device))
         if torch.onnx.is_in_onnx_export():  # the prefill graph: no loop over time (a in [0, 1): the products cannot grow)
-            hs = linear_recurrence(a, xn, h, PARALLEL_DOUBLINGS)
+            hs = linear_recurrence(a, xn, h)
         else:
             hs = []
             for t in range(T):
@@ -218,7 +216,7 @@ class RecurrentGemmaLM(RecurrentLM):
     roles = frozenset({"rg_x", "rg_y", "rg_out", "attn_q", "attn_k", "attn_v", "attn_o", "mlp_gate", "mlp_up", "mlp_down", "lm_head"})
     required_config = ("vocab_size", "hidden_size", "num_hidden_layers")
     parallel_prefill = True  # the RG-LRU as linear_recurrence under export; attention over cache + prompt at once
-    prefill_max_tokens = 2**PARALLEL_DOUBLINGS
+    prefill_max_tokens = RECURRENCE_MAX_TOKENS
 
     def __init__(self, config: dict):
         super().__init__(normalize_config(config))

@@ -107,7 +107,11 @@ def _linear_scan(a, b, dim: int, doublings: int):
     return a, b
 
 
-def linear_recurrence(a, b, h0, doublings: int):
+RECURRENCE_DOUBLINGS = 7  # positions one exported prefill call composes: 2**7 = 128, the runner's window
+RECURRENCE_MAX_TOKENS = 2**RECURRENCE_DOUBLINGS
+
+
+def linear_recurrence(a, b, h0, doublings: int = RECURRENCE_DOUBLINGS):
     """h_t = a_t h_{t-1} + b_t along axis 1 from h0, every t at once (a doubling scan, no loop over
     time): exact for up to 2**doublings positions per call. a, b [B,T,...], h0 [B,...] -> h [B,T,...]."""
     carry, h = _linear_scan(a, b, 1, doublings)

@@ -4,7 +4,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rnnquant.models.minrnn import PARALLEL_MAX_TOKENS, SCAN_CHUNK, MinGRUCell, MinLSTMCell, log_scan, scan_parallel
+from rnnquant.models.minrnn import SCAN_CHUNK, MinGRUCell, MinLSTMCell, log_scan, scan_parallel
+from rnnquant.models.ssm import RECURRENCE_MAX_TOKENS
+
+
+def _recurrence(a, b, h0):
+    """The plain loop: h_t = a_t h_{t-1} + b_t from h0 -> h [B,T,E]."""
+    h, out = h0, []
+    for t in range(a.shape[1]):
+        h = a[:, t] * h + b[:, t]
+        out.append(h)
+    return torch.stack(out, 1)
 
 
 def test_log_scan_equals_the_recurrence_across_chunks():
@@ -14,15 +24,11 @@ def test_log_scan_equals_the_recurrence_across_chunks():
     a = torch.rand(B, T, E, generator=g) * 0.98 + 0.01
     b = torch.rand(B, T, E, generator=g) * 3
     for h0 in (torch.rand(B, E, generator=g), torch.zeros(B, E)):
-        h, ref = h0, []
-        for t in range(T):
-            h = a[:, t] * h + b[:, t]
-            ref.append(h)
-        ref = torch.stack(ref, 1)
+        ref = _recurrence(a, b, h0)
         assert ((log_scan(a.log(), b.log(), h0) - ref).abs() / ref).max() <= 1e-4
 
 
-@pytest.mark.parametrize("T", [1, 37, PARALLEL_MAX_TOKENS])
+@pytest.mark.parametrize("T", [1, 37, RECURRENCE_MAX_TOKENS])
 def test_parallel_scan_equals_the_recurrence(T):
     """The prefill graph's doubling scan, up to the most positions one call takes; a near 1, so the
     first position still counts at the last."""
@@ -31,11 +37,7 @@ def test_parallel_scan_equals_the_recurrence(T):
     a = 1 - 0.01 * torch.rand(B, T, E, generator=g)
     b = torch.rand(B, T, E, generator=g)
     h0 = torch.rand(B, E, generator=g) + 10
-    h, ref = h0, []
-    for t in range(T):
-        h = a[:, t] * h + b[:, t]
-        ref.append(h)
-    ref = torch.stack(ref, 1)
+    ref = _recurrence(a, b, h0)
     assert ((scan_parallel(a.log(), b.log(), h0) - ref).abs() / ref).max() <= 1e-5
 
 

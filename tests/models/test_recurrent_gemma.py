@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from tests.conftest import tiny_model
+from tests.helpers import assert_export_form_matches_forward
 
 
 @torch.no_grad()
@@ -16,9 +17,4 @@ def test_export_scan_remembers_the_whole_call(monkeypatch):
             layer.temporal_block.rg_lru.recurrent_param.fill_(-20.0)
     ids = torch.randint(0, model.vocab_size, (2, model.prefill_max_tokens), generator=torch.Generator().manual_seed(5))
     state = tuple(s + 1 if s.is_floating_point() else s for s in model.init_state(2))
-    ref, ref_state = model.forward_with_state(ids, state)
-    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
-    out, out_state = model.forward_with_state(ids, state)
-    assert (out - ref).abs().max() <= 1e-4 * ref.abs().max()
-    for a, b in zip(out_state, ref_state, strict=True):
-        assert (a.double() - b.double()).abs().max() <= 1e-4 * max(b.abs().max(), 1)
+    assert_export_form_matches_forward(monkeypatch, model, ids, state)

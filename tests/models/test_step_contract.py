@@ -7,6 +7,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from rnnquant.artifacts import load
 from tests.conftest import tiny_model
+from tests.helpers import assert_export_form_matches_forward
 
 T = 64
 
@@ -50,12 +51,7 @@ def test_export_form_equals_forward_for_the_longest_call(any_arch, monkeypatch):
     n = min(model.prefill_max_tokens, 256)
     ids = torch.randint(0, model.vocab_size, (2, 7 + n), generator=torch.Generator().manual_seed(4))
     _, state = model.forward_with_state(ids[:, :7], model.init_state(2))
-    ref, ref_state = model.forward_with_state(ids[:, 7:], state)
-    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: True)
-    out, out_state = model.forward_with_state(ids[:, 7:], state)
-    assert (out - ref).abs().max() <= 1e-4 * ref.abs().max()
-    for a, b in zip(out_state, ref_state, strict=True):
-        assert (a.double() - b.double()).abs().max() <= 1e-4 * max(b.abs().max(), 1)
+    assert_export_form_matches_forward(monkeypatch, model, ids[:, 7:], state)
 
 
 @torch.no_grad()
