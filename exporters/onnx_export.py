@@ -77,6 +77,8 @@ def _export_weights(model) -> dict[str, torch.Tensor]:
     for name, m in model.named_modules():
         kind, *fields = getattr(m, "_export", (None,)) if isinstance(m, QLinear) else (None,)
         named = [(f"{name}.{field}", t) for field, t in zip(_EXPORT_FIELDS.get(kind, ()), fields)]
+        if m.__dict__.get("_w8_blocks"):  # its codes are read block by block (``qops.w8_column_blocks``), never whole
+            named = [(k, t) for k, t in named if not k.endswith(".codes")] + [(f"{name}.codes_{i}", b) for i, (b, _, _) in enumerate(m._w8_blocks)]
         named += [(f"{name}.{field}", m.__dict__[attr]) for attr, field in _FLOAT_FIELDS.items() if field and attr in m.__dict__]
         for key, t in named:
             if isinstance(t, torch.Tensor) and t.numel() * t.element_size() >= WEIGHTS_MIN_BYTES:
@@ -116,6 +118,7 @@ def metadata(model, tokenizer_path: Path | None) -> dict[str, str]:
     }
 
 
+EMBEDDING_TABLES = ("shared", "own")
 WEIGHTS_MIN_BYTES = 1024  # smaller initializers (shapes, scalars, tiny scale vectors) stay in the graph
 MAP_ALIGN_BYTES, MAP_MIN_BYTES = 2**16, 2**20  # tensors of 1 MiB and more start at a 64 KiB boundary (onnx's own writer's rule)
 
@@ -321,13 +324,16 @@ def _trace(module, args, inputs: list[str], outputs: list[str], dynamic_axes: di
 
 
 @contextlib.contextmanager
-def _lowered(model):
+def _lowered(model, embedding_table: str = "shared"):
     """While tracing, every QLinear / QEmbedding runs its ONNX lowering (``qops``) as its forward,
     and every float nn.Linear / nn.Embedding reads its table through a detached view the trace
-    takes as a graph input (``_export_weights``): the modules stay ignorant of the exporter."""
+    takes as a graph input (``_export_weights``): the modules stay ignorant of the exporter.
+    ``embedding_table`` (one of ``EMBEDDING_TABLES``): whether a tied embedding gathers from the
+    head's own table ("shared": stored once) or from a row-major copy ("own": a session can then
+    release the head's table once its matmul has packed it; the copy is read a row at a time)."""
     from rnnquant.quant.qlinear import QEmbedding, QLinear
 
-    from .qops import embedding_forward, gathers_codes, linear_forward, qembedding_forward, qlinear_forward
+    from .qops import embedding_forward, gathers_codes, linear_forward, own_code_rows, qembedding_forward, qlinear_forward, w8_column_blocks
 
     def lowering(m):
         for kind, forward in ((QLinear, qlinear_forward), (QEmbedding, qembedding_forward), (torch.nn.Linear, linear_forward),
@@ -341,32 +347,41 @@ def _lowered(model):
         m.forward = types.MethodType(lowering(m), m)
         if isinstance(m, QEmbedding) and not gathers_codes(m.lm_head):  # the float table only where no codes can be gathered (412 MB at mamba-1.4b shape)
             m._table = m.lm_head.w_deq
+        elif isinstance(m, QEmbedding) and embedding_table == "own":
+            m._rows = own_code_rows(m.lm_head)
         if isinstance(m, QLinear):
             m._w_float_t, m._rotation = m.w_float.detach().T, m.rotation.detach() if m.rotation is not None else None
         if isinstance(m, torch.nn.Linear):
             m._weight_t = m.weight.detach().T  # a view: laid out [in, out] only as its bytes are written
+    gathered = {id(m.lm_head) for m in swapped if isinstance(m, QEmbedding) and not {"_rows", "_table"} & m.__dict__.keys()}  # heads whose codes a lookup reads
+    for m in swapped:
+        if isinstance(m, QLinear) and getattr(m, "_export", (None,))[0] == "w8" and id(m) not in gathered and len(w8_column_blocks(m._export[1])) > 1:
+            m._w8_blocks = w8_column_blocks(m._export[1])
     heads = {id(m.weight): m._weight_t for m in swapped if isinstance(m, torch.nn.Linear)}
     for m in swapped:
         if isinstance(m, torch.nn.Embedding):  # tied to a float head: gather the head's columns, one table in the graph
-            m._rows, m._cols = (m.weight.detach(), None) if id(m.weight) not in heads else (None, heads[id(m.weight)])
+            shared = id(m.weight) in heads and embedding_table == "shared"
+            m._rows, m._cols = (None, heads[id(m.weight)]) if shared else (m.weight.detach(), None)
     try:
         yield
     finally:
         for m in swapped:
             del m.forward
-            for attr in ("_table", *_FLOAT_FIELDS):
+            for attr in ("_table", "_w8_blocks", *_FLOAT_FIELDS):
                 m.__dict__.pop(attr, None)
 
 
 @torch.no_grad()
 def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bool = True, prefill: bool = True,
-                prefill_logits: str = "all", int8_weights: str = "uint8") -> Path:
+                prefill_logits: str = "all", int8_weights: str = "uint8", embedding_table: str = "shared") -> Path:
     """Trace ``model.step`` to ``out_path`` (atomically), check it, write the prefill graph
     (``<stem>.prefill.onnx``: a trace of ``forward_with_state`` where the model has a parallel
     one, else a Loop over the step graph; ``prefill_logits`` "all" positions or the "last" only)
     and ``tokenizer.json`` beside it. ``int8_weights``: how W8 Linears' codes are stored, "uint8"
     (U8U8 MatMulInteger, exact on every CPU) or "int8" (U8S8: faster on VNNI / AMX CPUs, wrong on
-    AVX2-only x86; see ``qops``)."""
+    AVX2-only x86; see ``qops``). ``embedding_table``: a tied embedding's lookup table, "shared"
+    with the head (stored once) or "own" (a row-major copy: a larger file, a leaner session; see
+    ``_lowered``)."""
     from .qops import INT8_WEIGHTS
 
     from rnnquant.quant.qlinear import QLinear
@@ -378,6 +393,8 @@ def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bo
         raise RnnquantError(f"prefill logits must be 'all' or 'last', not {prefill_logits!r}")
     if int8_weights not in INT8_WEIGHTS:
         raise RnnquantError(f"int8 weights must be one of {', '.join(INT8_WEIGHTS)}, not {int8_weights!r}")
+    if embedding_table not in EMBEDDING_TABLES:
+        raise RnnquantError(f"embedding table must be one of {', '.join(EMBEDDING_TABLES)}, not {embedding_table!r}")
     qlinears = [m for m in model.modules() if isinstance(m, QLinear)]
     for m in qlinears:
         from .qops import prepare
@@ -397,7 +414,7 @@ def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bo
     # them: the traced graphs never hold the weights in memory together (at mamba-1.4b shape each
     # held 1.4 GB of int8 codes, twice over once its Constants became initializers)
     with staged_weights(weights_path(out_path)) as staged:
-        with _lowered(model):
+        with _lowered(model, embedding_table):
             weights = _export_weights(model)
             step = _trace(_WeightsAsInputs(_StepGraph(model), len(inputs)), (torch.tensor([0]), *state, *weights.values()), [*inputs, *weights],
                           outputs, {k: {0: "batch"} for k in inputs + outputs}, opset, nbits)

@@ -182,13 +182,39 @@ def qlinear_forward(m, x):
             b, scales, zeros, has_zeros, bits, block = t
             acc = 4 if m.a_bits else 0
             y = _MatMulNBits.apply(xq, b, scales, zeros, len(m.quant_idx), m.out_features, bits, block, acc, has_zeros)
-        elif m.a_mode == "dynamic":
-            y = _DynamicW8.apply(xq, *t, t[0].dtype == torch.int8)
         else:
-            y = _StaticW8.apply(xq, *t, m.a_scale, t[0].dtype == torch.int8)
+            y = _w8_matmul(m, xq, *t)
         if m.mixed:
             y = y + torch.index_select(x, -1, m.float_idx) @ m._w_float_t
     return y + m.bias if m.bias is not None else y
+
+
+W8_BLOCK_BYTES = 16 * 2**20  # a larger W8 code matrix is emitted as column blocks of at most this size (``w8_column_blocks``)
+
+
+def w8_column_blocks(wt: torch.Tensor) -> list[tuple[torch.Tensor, int, int]]:
+    """[(codes[:, a:b] (a view), a, b)] covering the N columns of ``wt`` [K, N] in blocks of at most
+    ``W8_BLOCK_BYTES`` (multiples of 64 columns). ONNX Runtime packs each matmul weight at load and
+    then releases the original, so a session's load peaks at its steady size plus the largest weight
+    it is packing: one block instead of a whole vocabulary head."""
+    K, N = wt.shape
+    n = -(-K * N * wt.element_size() // W8_BLOCK_BYTES)
+    width = -(-N // n // 64) * 64
+    return [(wt[:, a : a + width], a, min(a + width, N)) for a in range(0, N, width)]
+
+
+def _w8_matmul(m, xq, wt, w_scale):
+    """The W8 product, column block by column block where the exporter split the codes (``m._w8_blocks``):
+    the same integer sums and scales per column."""
+    signed = wt.dtype == torch.int8
+
+    def product(codes, scale):
+        return _DynamicW8.apply(xq, codes, scale, signed) if m.a_mode == "dynamic" else _StaticW8.apply(xq, codes, scale, m.a_scale, signed)
+
+    blocks = m.__dict__.get("_w8_blocks")
+    if not blocks:
+        return product(wt, w_scale)
+    return torch.cat([product(codes, w_scale[a:b]) for codes, a, b in blocks], -1)
 
 
 def linear_forward(m, x):
@@ -214,12 +240,27 @@ def gathers_codes(head) -> bool:
     return kind == "w8" or (kind == "nbits" and t[4] == 8 and t[0].shape[1] == 1 and not t[3])  # one 8-bit block per row, symmetric
 
 
+def own_code_rows(head) -> torch.Tensor:
+    """The (prepared) head's 8-bit codes as the embedding's own [V, D] table, in the dtype the head
+    stores them (uint8 code + 128, or int8): rows a Gather reads one page at a time, where the W8
+    head's [D, V] layout scatters a row over D pages. ``gathers_codes(head)`` must hold."""
+    kind, *t = head._export
+    if kind == "w8":
+        return t[0].T.contiguous()
+    return t[0].reshape(t[0].shape[0], -1)[:, : head.in_features]  # MatMulNBits' rows: the same bytes where no block is padded
+
+
 def qembedding_forward(e, ids):
-    """Gather rows of the lm_head's 8-bit codes (one shared initializer: uint8 code + 128, or int8) and scale them."""
+    """Gather rows of the lm_head's 8-bit codes (the head's own initializer: uint8 code + 128, or
+    int8; or the embedding's own row-major copy of them, ``e._rows``) and scale them."""
     m = e.lm_head
     kind, *t = getattr(m, "_export", (None,))
     if ids.dim() > 1:  # the prefill graph's [B, T] ids (a trace-time branch on rank, not on data)
         return qembedding_forward(e, ids.reshape(-1)).reshape(*ids.shape, -1)
+    if e.__dict__.get("_rows") is not None:
+        rows = torch.index_select(e._rows, 0, ids).float()
+        rows = rows if e._rows.dtype == torch.int8 else rows - 128
+        return rows * torch.index_select(t[1], 0, ids).unsqueeze(-1)
     if kind == "w8":
         wt, w_scale = t
         codes = torch.index_select(wt, 1, ids).T.float()

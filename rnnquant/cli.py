@@ -434,8 +434,13 @@ def generate(model, prompt, max_new_tokens, temperature, top_k, seed):
               help="CPUs the int8 matmuls are for. any: uint8 weights (U8U8), exact on every CPU. vnni: int8 weights "
                    "(U8S8), int8 steps 14-36 % shorter on x86 with AVX512-VNNI, AVX-VNNI or AMX (Intel Cascade Lake / "
                    "Alder Lake and later, AMD Zen 4 and later), but wrong on AVX2-only x86, where the runner refuses it.")
+@click.option("--embedding-table", type=click.Choice(["shared", "own"]), default="shared", show_default=True,
+              help="A tied embedding's lookup table. shared: the head's table, stored once. own: a row-major copy "
+                   "(vocab x hidden more bytes on disk), so that ONNX Runtime releases the head's table once its "
+                   "matmul has packed it and the lookup reads one row per token: a step session smaller by about "
+                   "that table (RESULTS §23).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
-def export(model, recipe, calib, data, samples, seq_len, prune_spec, out, to_ort, to_web, opset, fmt, prefill_logits, cpu, force):
+def export(model, recipe, calib, data, samples, seq_len, prune_spec, out, to_ort, to_web, opset, fmt, prefill_logits, cpu, embedding_table, force):
     """Export the O(1) step graph (token + state in, logits + state out) to ONNX.
 
     MODEL is a float model (optionally quantized on the way with --recipe) or a quantized
@@ -457,6 +462,8 @@ def export(model, recipe, calib, data, samples, seq_len, prune_spec, out, to_ort
         raise RnnquantError(f"{out} already exists (use --force to overwrite)")
     if cpu == "vnni" and (to_web or fmt == "qoperator"):
         raise RnnquantError(f"--cpu vnni is for the integer format on native x86 ONNX Runtime; not with {'--web' if to_web else '--format qoperator'}")
+    if embedding_table == "own" and fmt == "qoperator":
+        raise RnnquantError("--embedding-table own is for the integer format; --format qoperator graphs are ONNX Runtime's quantize_static of the float graph")
     if cpu == "vnni" and to_ort:  # --ort checks the .ort against the .onnx by running both: refuse before any work where they cannot run
         from .exporters.runner import check_int8_kernels
 
@@ -484,7 +491,7 @@ def export(model, recipe, calib, data, samples, seq_len, prune_spec, out, to_ort
         path = export_qoperator(m, out, tokenizer, _batches(m, data, samples, seq_len), opset=opset, force=force, prefill_logits=prefill_logits)
     else:
         path = export_step(m, out, tokenizer, opset=opset, force=force, prefill_logits=prefill_logits,
-                           int8_weights="int8" if cpu == "vnni" else "uint8")
+                           int8_weights="int8" if cpu == "vnni" else "uint8", embedding_table=embedding_table)
     click.echo(f"wrote {path} ({step_bytes(path) / 2**20:.2f} MiB with its weights file {weights_path(path).name}), {prefill_path(path).name} "
                f"and {path.parent / stored_name(tokenizer)}")
     if to_ort:

@@ -167,11 +167,11 @@ def test_runner_refuses_int8_weights_on_a_cpu_without_vnni(tmp_path, monkeypatch
     assert OrtLM(path).meta["int8_weights"] == "int8"
 
 
-def _matmul_and_gather_weights(path):
-    """Names of the 2-D weights (external data) the graph's matmuls and gathers read."""
+def _matmul_and_gather_weights(path, ops=("Gather", "MatMul", "Gemm", "MatMulInteger", "MatMulNBits")):
+    """Names of the weights (external data, 2-D or more) the graph's matmuls and gathers (``ops``) read."""
     proto = onnx.load(path, load_external_data=False)
-    inits = {t.name: t for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL and len(t.dims) == 2}
-    weight_input = {"Gather": 0, "MatMul": 1, "Gemm": 1, "MatMulInteger": 1, "MatMulNBits": 1}
+    inits = {t.name: t for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL and len(t.dims) >= 2}
+    weight_input = {op: 0 if op == "Gather" else 1 for op in ops}
     nodes = [*proto.graph.node, *(n for node in proto.graph.node for a in node.attribute if a.g for n in a.g.node)]  # (a Loop prefill's body)
     return {n.input[weight_input[n.op_type]] for n in nodes if n.op_type in weight_input} & set(inits)
 
@@ -213,6 +213,77 @@ def test_w8_float_activation_graph_keeps_its_activations_float(tmp_path, arch):
         assert np.abs(logits - ref.numpy()).max() <= 1e-4
 
 
+def _tied(kind):
+    """A tied Mamba: float, W8A8 (MatMulInteger, [D, V] codes), or W8 per channel with float
+    activations (MatMulNBits, one 8-bit block per row)."""
+    from rnnquant.quant.recipe import Recipe, Rule
+
+    m = _model("mamba")
+    if kind == "w8a8":
+        return _w8("w8a8-dynamic")
+    return m if kind == "float" else quantize(m, Recipe("w8", [Rule(w_bits=8, w_granularity="channel")]), None, None)
+
+
+@pytest.mark.parametrize("kind", ["float", "w8a8", "w8-nbits"])
+def test_own_embedding_table_gives_the_same_logits(tmp_path, kind):
+    """``embedding_table="own"`` gathers the same values from a row-major copy of a tied head's
+    table: the same logits and states as the shared table, step and prefill."""
+    m = _tied(kind)
+    a = OrtLM(export_step(m, tmp_path / "shared.onnx", TOKENIZER))
+    b = OrtLM(export_step(m, tmp_path / "own.onnx", TOKENIZER, embedding_table="own"))
+    ids = IDS[:40].numpy()[None]
+    (la, sa), (lb, sb) = a.prefill(ids, a.init_state(1)), b.prefill(ids, b.init_state(1))
+    np.testing.assert_array_equal(lb, la)
+    (la, sa), (lb, sb) = a.step(ids[:, -1], sa), b.step(ids[:, -1], sb)
+    np.testing.assert_array_equal(lb, la)
+    for x, y in zip(sa, sb):
+        np.testing.assert_array_equal(y, x)
+
+
+@pytest.mark.parametrize("kind", ["float", "w8a8", "w8-nbits"])
+def test_own_embedding_table_is_not_the_heads(tmp_path, kind):
+    """With its own table, no tied lookup reads an initializer a matmul also reads (ONNX Runtime
+    keeps such a table whole beside the matmul's packed copy); by default it reads the head's."""
+    m = _tied(kind)
+    for table, shares in (("shared", True), ("own", False)):
+        path = export_step(m, tmp_path / f"{table}.onnx", TOKENIZER, embedding_table=table)
+        for graph in (path, path.with_suffix(".prefill.onnx")):
+            gathers, matmuls = _matmul_and_gather_weights(graph, ["Gather"]), _matmul_and_gather_weights(graph, ["MatMul", "MatMulInteger", "MatMulNBits"])
+            assert gathers and bool(gathers & matmuls) == shares, (table, graph.name)
+
+
+def _int8_weight_bytes(path) -> list[int]:
+    proto = onnx.load(path, load_external_data=False)
+    sizes = {t.name: math.prod(t.dims) for t in proto.graph.initializer}
+    return [sizes.get(n.input[1], 0) for n in proto.graph.node if n.op_type == "MatMulInteger"]  # (tiny weights stay Constants)
+
+
+@pytest.mark.parametrize("table", ["shared", "own"])
+def test_large_w8_matmuls_are_column_blocks_with_the_same_logits(tmp_path, monkeypatch, table):
+    """A W8 code matrix over ``W8_BLOCK_BYTES`` is emitted as column blocks, each at most that size
+    (ONNX Runtime's load then peaks at one block's original, not the head's), computing the same
+    logits; except a head whose codes a shared tied lookup reads whole."""
+    from rnnquant.exporters import qops
+
+    q = _w8("w8a8-dynamic")
+    whole = OrtLM(export_step(q, tmp_path / "whole.onnx", TOKENIZER, embedding_table=table))
+    monkeypatch.setattr(qops, "W8_BLOCK_BYTES", 16 * 1024)  # the head's 4096 x 32 codes: 8 blocks
+    path = export_step(q, tmp_path / "blocks.onnx", TOKENIZER, embedding_table=table)
+    head = 4096 * 32
+    assert max(_int8_weight_bytes(path)) == (head if table == "shared" else 16 * 1024)
+    blocks = OrtLM(path)
+    ids = IDS[:40].numpy()[None]
+    (la, sa), (lb, sb) = whole.prefill(ids, whole.init_state(1)), blocks.prefill(ids, blocks.init_state(1))
+    np.testing.assert_array_equal(lb, la)
+    (la, _), (lb, _) = whole.step(ids[:, -1], sa), blocks.step(ids[:, -1], sb)
+    np.testing.assert_array_equal(lb, la)
+
+
+def test_export_refuses_an_unknown_embedding_table(tmp_path):
+    with pytest.raises(RnnquantError, match="embedding table"):
+        export_step(_model("mamba"), tmp_path / "m.onnx", TOKENIZER, embedding_table="copy")
+
+
 def test_metadata_and_ort_format(tmp_path):
     m = _model("mamba")
     path = export_step(m, tmp_path / "m.onnx", TOKENIZER)
@@ -246,6 +317,17 @@ def test_export_cli_and_run_without_torch(capsys, tmp_path, saved):
                          capture_output=True, text=True, env=os.environ | {"PYTHONPATH": os.getcwd()}, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("def f(x):") and "decode 8 tokens" in res.stderr
+
+
+def test_export_cli_embedding_table_own(capsys, tmp_path, saved):
+    """``--embedding-table own`` reaches the graph; with ``--format qoperator`` it is refused before any work."""
+    out = tmp_path / "o" / "m.onnx"
+    code, _, err = run_cli(capsys, "export", saved, "--embedding-table", "own", "--out", out)
+    assert code == 0, err
+    assert _matmul_and_gather_weights(out, ["Gather"]) == {"backbone.embeddings.weight"}
+    assert_one_line_error(capsys, "export", saved, "--embedding-table", "own", "--format", "qoperator", "--out", tmp_path / "q.onnx",
+                          match="--embedding-table own")
+    assert not list(tmp_path.glob("q.onnx*"))
 
 
 def test_export_refusals(capsys, tmp_path, saved):
