@@ -78,7 +78,7 @@ def _export_weights(model) -> dict[str, torch.Tensor]:
         kind, *fields = getattr(m, "_export", (None,)) if isinstance(m, QLinear) else (None,)
         named = [(f"{name}.{field}", t) for field, t in zip(_EXPORT_FIELDS.get(kind, ()), fields)]
         if m.__dict__.get("_w8_blocks"):  # its codes are read block by block (``qops.w8_column_blocks``), never whole
-            named = [(k, t) for k, t in named if not k.endswith(".codes")] + [(f"{name}.codes_{i}", b) for i, (b, _, _) in enumerate(m._w8_blocks)]
+            named = [(k, t) for k, t in named if not k.endswith(".codes")] + [(f"{name}.codes_{i}", b) for i, b in enumerate(m._w8_blocks)]
         named += [(f"{name}.{field}", m.__dict__[attr]) for attr, field in _FLOAT_FIELDS.items() if field and attr in m.__dict__]
         for key, t in named:
             if isinstance(t, torch.Tensor) and t.numel() * t.element_size() >= WEIGHTS_MIN_BYTES:

@@ -6,6 +6,7 @@ Each quantized matmul is a ``torch.autograd.Function`` whose ``forward`` is the 
     W8, A8 dynamic per-token: amax = ReduceMax|x|; s = amax/127; xq = Cast<uint8>(Round(x/s) + 128)
                               y = Cast<float>(MatMulInteger(xq, Wt, a_zp=128, b_zp=128)) * s * w_scale
     W8, A8 static:            xq = QuantizeLinear(x, a_scale, 128:uint8); y = Cast(MatMulInteger(xq, Wt, 128, 128)) * (a_scale * w_scale)
+    W8 over W8_BLOCK_BYTES:   MatMulInteger per column block of Wt, the int32 sums concatenated, then one Cast and scale
 Activations go in as uint8 with zero point 128 (exactly the symmetric int8 grid shifted). The
 weights' form is the export's ``int8_weights`` choice (``rnnquant export --cpu``):
   "uint8" (``--cpu any``, the default): code + 128, zero point 128: U8U8, exact on every CPU.
@@ -61,33 +62,43 @@ def _weight_zp(g, signed: bool):
     return _c(g, torch.tensor(0, dtype=torch.int8)) if signed else _zp128(g)
 
 
+def _int8_blocks(q: torch.Tensor, blocks) -> torch.Tensor:
+    """``_int8_matmul`` over the column blocks of one code matrix, concatenated."""
+    return torch.cat([_int8_matmul(q, wt) for wt in blocks], -1) if len(blocks) > 1 else _int8_matmul(q, blocks[0])
+
+
+def _matmul_integer(g, q, blocks, signed: bool):
+    """MatMulInteger of the quantized activation with each column block of the codes, the int32
+    sums concatenated: one activation quantization, one Cast and one scale for the whole matrix."""
+    a_zero, w_zero = _zp128(g), _weight_zp(g, signed)
+    acc = [g.op("MatMulInteger", q, wt, a_zero, w_zero) for wt in blocks]  # U8U8 or U8S8
+    return g.op("Concat", *acc, axis_i=-1) if len(acc) > 1 else acc[0]
+
+
 class _DynamicW8(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, wt, w_scale, signed):
+    def forward(ctx, x, w_scale, signed, *blocks):
         s = (x.abs().amax(-1, keepdim=True) / 127).clamp(min=1e-12)  # fake_quant_dynamic's per-token scale
-        return _int8_matmul(torch.round(x / s).clamp(-127, 127), wt) * s * w_scale
+        return _int8_blocks(torch.round(x / s).clamp(-127, 127), blocks) * s * w_scale
 
     @staticmethod
-    def symbolic(g, x, wt, w_scale, signed):
+    def symbolic(g, x, w_scale, signed, *blocks):
         amax = g.op("ReduceMax", g.op("Abs", x), axes_i=[-1], keepdims_i=1)
         s = g.op("Div", g.op("Max", amax, _c(g, torch.tensor(1e-12 * 127))), _c(g, torch.tensor(127.0)))
         q = g.op("Round", g.op("Div", x, s))  # |x / s| <= 127 by construction: the simulation's clamp is a no-op, not emitted
         qu = g.op("Cast", g.op("Add", q, _c(g, torch.tensor(128.0))), to_i=2)  # to 2 = UINT8: q + 128
-        acc = g.op("MatMulInteger", qu, wt, _zp128(g), _weight_zp(g, signed))  # U8U8 or U8S8
-        return g.op("Mul", g.op("Mul", g.op("Cast", acc, to_i=1), s), w_scale)
+        return g.op("Mul", g.op("Mul", g.op("Cast", _matmul_integer(g, qu, blocks, signed), to_i=1), s), w_scale)
 
 
 class _StaticW8(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, wt, w_scale, a_scale, signed):
-        return _int8_matmul(torch.round(x / a_scale).clamp(-128, 127), wt) * (a_scale * w_scale)  # fake_quant_static's grid
+    def forward(ctx, x, w_scale, a_scale, signed, *blocks):
+        return _int8_blocks(torch.round(x / a_scale).clamp(-128, 127), blocks) * (a_scale * w_scale)  # fake_quant_static's grid
 
     @staticmethod
-    def symbolic(g, x, wt, w_scale, a_scale, signed):
-        zp = _zp128(g)  # uint8 with zero point 128: the same grid as int8
-        q = g.op("QuantizeLinear", x, a_scale, zp)
-        acc = g.op("MatMulInteger", q, wt, zp, _weight_zp(g, signed))
-        return g.op("Mul", g.op("Cast", acc, to_i=1), g.op("Mul", a_scale, w_scale))
+    def symbolic(g, x, w_scale, a_scale, signed, *blocks):
+        q = g.op("QuantizeLinear", x, a_scale, _zp128(g))  # uint8 with zero point 128: the same grid as int8
+        return g.op("Mul", g.op("Cast", _matmul_integer(g, q, blocks, signed), to_i=1), g.op("Mul", a_scale, w_scale))
 
 
 class _MatMulNBits(torch.autograd.Function):
@@ -192,29 +203,23 @@ def qlinear_forward(m, x):
 W8_BLOCK_BYTES = 16 * 2**20  # a larger W8 code matrix is emitted as column blocks of at most this size (``w8_column_blocks``)
 
 
-def w8_column_blocks(wt: torch.Tensor) -> list[tuple[torch.Tensor, int, int]]:
-    """[(codes[:, a:b] (a view), a, b)] covering the N columns of ``wt`` [K, N] in blocks of at most
+def w8_column_blocks(wt: torch.Tensor) -> list[torch.Tensor]:
+    """Views ``codes[:, a:b]`` covering the N columns of ``wt`` [K, N] in blocks of at most
     ``W8_BLOCK_BYTES`` (multiples of 64 columns). ONNX Runtime packs each matmul weight at load and
     then releases the original, so a session's load peaks at its steady size plus the largest weight
     it is packing: one block instead of a whole vocabulary head."""
     K, N = wt.shape
     n = -(-K * N * wt.element_size() // W8_BLOCK_BYTES)
     width = -(-N // n // 64) * 64
-    return [(wt[:, a : a + width], a, min(a + width, N)) for a in range(0, N, width)]
+    return [wt[:, a : a + width] for a in range(0, N, width)]
 
 
 def _w8_matmul(m, xq, wt, w_scale):
-    """The W8 product, column block by column block where the exporter split the codes (``m._w8_blocks``):
-    the same integer sums and scales per column."""
-    signed = wt.dtype == torch.int8
-
-    def product(codes, scale):
-        return _DynamicW8.apply(xq, codes, scale, signed) if m.a_mode == "dynamic" else _StaticW8.apply(xq, codes, scale, m.a_scale, signed)
-
-    blocks = m.__dict__.get("_w8_blocks")
-    if not blocks:
-        return product(wt, w_scale)
-    return torch.cat([product(codes, w_scale[a:b]) for codes, a, b in blocks], -1)
+    """The W8 product, over the column blocks the exporter split the codes into (``m._w8_blocks``) or the whole matrix."""
+    blocks, signed = m.__dict__.get("_w8_blocks") or [wt], wt.dtype == torch.int8
+    if m.a_mode == "dynamic":
+        return _DynamicW8.apply(xq, w_scale, signed, *blocks)
+    return _StaticW8.apply(xq, w_scale, m.a_scale, signed, *blocks)
 
 
 def linear_forward(m, x):
