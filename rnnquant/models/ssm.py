@@ -17,9 +17,9 @@ that for a graph with no loop over time (the ONNX prefill graph).
 
 Layout: h is [B, N, E] (Hugging Face's cache is [B, E, N]). In the step every broadcast is then
 a scalar or a length-E row against contiguous length-E rows (dt [B,1,E] x A^T [N,E], B_t [B,N,1]
-x (dt u) [B,1,E], the C_t readout a sum over axis 1), which ONNX Runtime runs as whole-row
-loops instead of 1,536 spans of 16: measured 12 % off a mamba-130m-shape int8 step
-(docs/RESULTS.md).
+x (dt u) [B,1,E]), which ONNX Runtime runs as whole-row loops instead of 1,536 spans of 16:
+measured 12 % off a mamba-130m-shape int8 step (docs/RESULTS.md). The C_t readout is a matmul
+C_t^T h ([B,1,N] @ [B,N,E]): one pass over h, where a product and a strided sum were two (§23).
 """
 from __future__ import annotations
 
