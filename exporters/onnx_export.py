@@ -355,11 +355,12 @@ def _lowered(model, embedding_table: str = "shared"):
             m._weight_t = m.weight.detach().T  # a view: laid out [in, out] only as its bytes are written
     gathered = {id(m.lm_head) for m in swapped if isinstance(m, QEmbedding) and not {"_rows", "_table"} & m.__dict__.keys()}  # heads whose codes a lookup reads
     for m in swapped:
-        if isinstance(m, QLinear) and getattr(m, "_export", (None,))[0] == "w8" and id(m) not in gathered and len(w8_column_blocks(m._export[1])) > 1:
-            m._w8_blocks = w8_column_blocks(m._export[1])
+        blocks = w8_column_blocks(m._export[1]) if isinstance(m, QLinear) and getattr(m, "_export", (None,))[0] == "w8" and id(m) not in gathered else []
+        if len(blocks) > 1:
+            m._w8_blocks = blocks
     heads = {id(m.weight): m._weight_t for m in swapped if isinstance(m, torch.nn.Linear)}
     for m in swapped:
-        if isinstance(m, torch.nn.Embedding):  # tied to a float head: gather the head's columns, one table in the graph
+        if isinstance(m, torch.nn.Embedding):  # tied to a float head and shared: gather the head's columns, one table in the graph
             shared = id(m.weight) in heads and embedding_table == "shared"
             m._rows, m._cols = (None, heads[id(m.weight)]) if shared else (m.weight.detach(), None)
     try:

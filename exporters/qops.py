@@ -251,7 +251,7 @@ def own_code_rows(head) -> torch.Tensor:
     head's [D, V] layout scatters a row over D pages. ``gathers_codes(head)`` must hold."""
     kind, *t = head._export
     if kind == "w8":
-        return t[0].T.contiguous()
+        return t[0].T  # a view: laid out row-major only as its bytes are written
     return t[0].reshape(t[0].shape[0], -1)[:, : head.in_features]  # MatMulNBits' rows: the same bytes where no block is padded
 
 
