@@ -353,7 +353,7 @@ def _lowered(model, embedding_table: str = "shared"):
             m._w_float_t, m._rotation = m.w_float.detach().T, m.rotation.detach() if m.rotation is not None else None
         if isinstance(m, torch.nn.Linear):
             m._weight_t = m.weight.detach().T  # a view: laid out [in, out] only as its bytes are written
-    gathered = {id(m.lm_head) for m in swapped if isinstance(m, QEmbedding) and not {"_rows", "_table"} & m.__dict__.keys()}  # heads whose codes a lookup reads
+    gathered = {id(m.lm_head) for m in swapped if isinstance(m, QEmbedding) and gathers_codes(m.lm_head) and embedding_table == "shared"}  # heads whose codes a lookup reads
     for m in swapped:
         blocks = w8_column_blocks(m._export[1]) if isinstance(m, QLinear) and getattr(m, "_export", (None,))[0] == "w8" and id(m) not in gathered else []
         if len(blocks) > 1:

@@ -64,13 +64,14 @@ def _weight_zp(g, signed: bool):
 
 def _int8_blocks(q: torch.Tensor, blocks) -> torch.Tensor:
     """``_int8_matmul`` over the column blocks of one code matrix, concatenated."""
-    return torch.cat([_int8_matmul(q, wt) for wt in blocks], -1) if len(blocks) > 1 else _int8_matmul(q, blocks[0])
+    return torch.cat([_int8_matmul(q, wt) for wt in blocks], -1)
 
 
-def _matmul_integer(g, q, blocks, signed: bool):
-    """MatMulInteger of the quantized activation with each column block of the codes, the int32
-    sums concatenated: one activation quantization, one Cast and one scale for the whole matrix."""
-    a_zero, w_zero = _zp128(g), _weight_zp(g, signed)
+def _matmul_integer(g, q, a_zero, blocks, signed: bool):
+    """MatMulInteger of the quantized activation (zero point ``a_zero``) with each column block of
+    the codes, the int32 sums concatenated: one activation quantization, one Cast and one scale
+    for the whole matrix."""
+    w_zero = _weight_zp(g, signed)
     acc = [g.op("MatMulInteger", q, wt, a_zero, w_zero) for wt in blocks]  # U8U8 or U8S8
     return g.op("Concat", *acc, axis_i=-1) if len(acc) > 1 else acc[0]
 
@@ -87,7 +88,7 @@ class _DynamicW8(torch.autograd.Function):
         s = g.op("Div", g.op("Max", amax, _c(g, torch.tensor(1e-12 * 127))), _c(g, torch.tensor(127.0)))
         q = g.op("Round", g.op("Div", x, s))  # |x / s| <= 127 by construction: the simulation's clamp is a no-op, not emitted
         qu = g.op("Cast", g.op("Add", q, _c(g, torch.tensor(128.0))), to_i=2)  # to 2 = UINT8: q + 128
-        return g.op("Mul", g.op("Mul", g.op("Cast", _matmul_integer(g, qu, blocks, signed), to_i=1), s), w_scale)
+        return g.op("Mul", g.op("Mul", g.op("Cast", _matmul_integer(g, qu, _zp128(g), blocks, signed), to_i=1), s), w_scale)
 
 
 class _StaticW8(torch.autograd.Function):
@@ -97,8 +98,9 @@ class _StaticW8(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g, x, w_scale, a_scale, signed, *blocks):
-        q = g.op("QuantizeLinear", x, a_scale, _zp128(g))  # uint8 with zero point 128: the same grid as int8
-        return g.op("Mul", g.op("Cast", _matmul_integer(g, q, blocks, signed), to_i=1), g.op("Mul", a_scale, w_scale))
+        zp = _zp128(g)  # uint8 with zero point 128: the same grid as int8
+        q = g.op("QuantizeLinear", x, a_scale, zp)
+        return g.op("Mul", g.op("Cast", _matmul_integer(g, q, zp, blocks, signed), to_i=1), g.op("Mul", a_scale, w_scale))
 
 
 class _MatMulNBits(torch.autograd.Function):
@@ -263,16 +265,12 @@ def qembedding_forward(e, ids):
     if ids.dim() > 1:  # the prefill graph's [B, T] ids (a trace-time branch on rank, not on data)
         return qembedding_forward(e, ids.reshape(-1)).reshape(*ids.shape, -1)
     if e.__dict__.get("_rows") is not None:
-        rows = torch.index_select(e._rows, 0, ids).float()
-        rows = rows if e._rows.dtype == torch.int8 else rows - 128
-        return rows * torch.index_select(t[1], 0, ids).unsqueeze(-1)
-    if kind == "w8":
-        wt, w_scale = t
-        codes = torch.index_select(wt, 1, ids).T.float()
-        codes = codes if wt.dtype == torch.int8 else codes - 128
-        return codes * torch.index_select(w_scale, 0, ids).unsqueeze(-1)
-    if gathers_codes(m):
-        b, scales = t[0], t[1]
-        rows = torch.index_select(b, 0, ids).reshape(ids.shape[0], -1)[:, : m.in_features]  # [B, K] uint8 codes + 128 (the block may be padded)
-        return (rows.float() - 128) * torch.index_select(scales, 0, ids).unsqueeze(-1)
-    return torch.nn.functional.embedding(ids, e._table)  # the dequantized table, made before tracing: an initializer
+        rows = torch.index_select(e._rows, 0, ids)
+    elif kind == "w8":
+        rows = torch.index_select(t[0], 1, ids).T
+    elif gathers_codes(m):
+        rows = torch.index_select(t[0], 0, ids).reshape(ids.shape[0], -1)[:, : m.in_features]  # [B, K] uint8 codes + 128 (the block may be padded)
+    else:
+        return torch.nn.functional.embedding(ids, e._table)  # the dequantized table, made before tracing: an initializer
+    codes = rows.float() if rows.dtype == torch.int8 else rows.float() - 128
+    return codes * torch.index_select(t[1], 0, ids).unsqueeze(-1)
