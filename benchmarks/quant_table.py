@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -42,7 +43,8 @@ def evaluate(name: str, model, train_ids, test_ids, args) -> list[dict]:
     print(f"{name:24} float          ppl {base:8.3f}", flush=True)
     for preset in args.presets:
         t0 = time.time()
-        q = quantize(model, PRESETS[preset], calib, batches)
+        recipe = replace(PRESETS[preset], embedding_bits=None) if args.float_embedding else PRESETS[preset]
+        q = quantize(model, recipe, calib, batches)
         ppl = perplexity_ids(q, test_ids, window=512).ppl
         rows.append({"model": name, "preset": preset, "ppl": ppl, "delta_pct": 100 * (ppl / base - 1), "size_bytes": size_bytes(q), "seconds": time.time() - t0})
         print(f"{name:24} {preset:14} ppl {ppl:8.3f}  {rows[-1]['delta_pct']:+7.2f}%  {rows[-1]['size_bytes'] / 2**20:6.2f} MiB", flush=True)
@@ -57,6 +59,8 @@ def main() -> None:
     ap.add_argument("--calib-samples", type=int, default=64)
     ap.add_argument("--data-samples", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--float-embedding", action="store_true",
+                    help="every preset with embedding_bits null: an untied embedding table stays float (as before docs/RESULTS.md §24)")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -65,7 +65,7 @@ class _WeightsAsInputs(torch.nn.Module):
 
 
 _EXPORT_FIELDS = {"w8": ("codes", "scales"), "nbits": ("codes", "scales", "zero_points")}
-_FLOAT_FIELDS = {"_weight_t": "weight_t", "_w_float_t": "w_float_t", "_rotation": "rotation", "_rows": "weight", "_cols": None}  # (_cols: the tied head's weight_t)
+_FLOAT_FIELDS = {"_weight_t": "weight_t", "_w_float_t": "w_float_t", "_rotation": "rotation", "_rows": "weight", "_row_scales": "scales", "_cols": None}  # (_cols: the tied head's weight_t)
 
 
 def _export_weights(model) -> dict[str, torch.Tensor]:
@@ -345,15 +345,17 @@ def _lowered(model, embedding_table: str = "shared"):
     swapped = [m for m in model.modules() if lowering(m) is not None]
     for m in swapped:
         m.forward = types.MethodType(lowering(m), m)
-        if isinstance(m, QEmbedding) and not gathers_codes(m.lm_head):  # the float table only where no codes can be gathered (412 MB at mamba-1.4b shape)
-            m._table = m.lm_head.w_deq
+        if isinstance(m, QEmbedding) and m.owned:  # an untied table: its own int8 codes, row-major, and per-row scales
+            m._rows, m._row_scales = m.table.qweight.q, m.table.qweight.scale[:, 0]
+        elif isinstance(m, QEmbedding) and not gathers_codes(m.table):  # the float table only where no codes can be gathered (412 MB at mamba-1.4b shape)
+            m._table = m.table.w_deq
         elif isinstance(m, QEmbedding) and embedding_table == "own":
-            m._rows = own_code_rows(m.lm_head)
+            m._rows = own_code_rows(m.table)
         if isinstance(m, QLinear):
             m._w_float_t, m._rotation = m.w_float.detach().T, m.rotation.detach() if m.rotation is not None else None
         if isinstance(m, torch.nn.Linear):
             m._weight_t = m.weight.detach().T  # a view: laid out [in, out] only as its bytes are written
-    gathered = {id(m.lm_head) for m in swapped if isinstance(m, QEmbedding) and gathers_codes(m.lm_head) and embedding_table == "shared"}  # heads whose codes a lookup reads
+    gathered = {id(m.table) for m in swapped if isinstance(m, QEmbedding) and not m.owned and gathers_codes(m.table) and embedding_table == "shared"}  # heads whose codes a lookup reads
     for m in swapped:
         blocks = w8_column_blocks(m._export[1]) if isinstance(m, QLinear) and getattr(m, "_export", (None,))[0] == "w8" and id(m) not in gathered else []
         if len(blocks) > 1:
@@ -385,7 +387,7 @@ def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bo
     ``_lowered``)."""
     from .qops import INT8_WEIGHTS
 
-    from rnnquant.quant.qlinear import QLinear
+    from rnnquant.quant.qlinear import QEmbedding, QLinear
 
     out_path = Path(out_path)
     if out_path.suffix != ".onnx":
@@ -396,7 +398,8 @@ def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bo
         raise RnnquantError(f"int8 weights must be one of {', '.join(INT8_WEIGHTS)}, not {int8_weights!r}")
     if embedding_table not in EMBEDDING_TABLES:
         raise RnnquantError(f"embedding table must be one of {', '.join(EMBEDDING_TABLES)}, not {embedding_table!r}")
-    qlinears = [m for m in model.modules() if isinstance(m, QLinear)]
+    tables = {id(e.table) for e in model.modules() if isinstance(e, QEmbedding) and e.owned}  # gathered from their codes as they are: no matmul form
+    qlinears = [m for m in model.modules() if isinstance(m, QLinear) and id(m) not in tables]
     for m in qlinears:
         from .qops import prepare
 

@@ -258,9 +258,10 @@ def own_code_rows(head) -> torch.Tensor:
 
 
 def qembedding_forward(e, ids):
-    """Gather rows of the lm_head's 8-bit codes (the head's own initializer: uint8 code + 128, or
-    int8; or the embedding's own row-major copy of them, ``e._rows``) and scale them."""
-    m = e.lm_head
+    """Gather rows of 8-bit codes and scale them: the embedding's own row-major table (``e._rows``:
+    an untied table's int8 codes, or a copy of the tied head's), else the tied head's own
+    initializer (uint8 code + 128, or int8)."""
+    m = e.table
     kind, *t = getattr(m, "_export", (None,))
     if ids.dim() > 1:  # the prefill graph's [B, T] ids (a trace-time branch on rank, not on data)
         return qembedding_forward(e, ids.reshape(-1)).reshape(*ids.shape, -1)
@@ -272,5 +273,6 @@ def qembedding_forward(e, ids):
         rows = torch.index_select(t[0], 0, ids).reshape(ids.shape[0], -1)[:, : m.in_features]  # [B, K] uint8 codes + 128 (the block may be padded)
     else:
         return torch.nn.functional.embedding(ids, e._table)  # the dequantized table, made before tracing: an initializer
+    scales = e.__dict__.get("_row_scales")  # an untied table's own; a tied head's otherwise
     codes = rows.float() if rows.dtype == torch.int8 else rows.float() - 128
-    return codes * torch.index_select(t[1], 0, ids).unsqueeze(-1)
+    return codes * torch.index_select(t[1] if scales is None else scales, 0, ids).unsqueeze(-1)

@@ -183,6 +183,19 @@ def _quantize_linear(lin: nn.Linear, p: dict, probe: _InputProbe | None) -> QLin
                    p["rotation"], r.a_bits, r.a_mode, a_scale)
 
 
+def _quantize_embedding(qm, recipe: Recipe) -> None:
+    """Tied to a head whose codes a lookup can gather, the embedding shares them; a table of its
+    own (untied, or tied to a head that cannot lend its codes: rotated or with float columns) gets
+    per-row int8 codes, unless ``recipe.embedding_bits`` is None. A tied float head keeps the one
+    float table it shares with the embedding."""
+    spec = qm.arch_spec()
+    head, emb = qm.get_submodule(spec.head), qm.get_submodule(spec.embedding)
+    if qm.tied_head_key() and QEmbedding.can_tie(head):
+        qm.set_submodule(spec.embedding, QEmbedding(head))
+    elif recipe.embedding_bits and not (qm.tied_head_key() and isinstance(head, nn.Linear)):
+        qm.set_submodule(spec.embedding, QEmbedding.own(emb.weight, recipe.embedding_bits))
+
+
 def require_calibration(recipe: Recipe, calib) -> None:
     if recipe.needs_calibration() and calib is None:
         raise RnnquantError(f"recipe {recipe.name!r} needs calibration statistics: run `rnnquant calibrate` and pass --calib DIR")
@@ -211,9 +224,7 @@ def quantize(model, recipe: Recipe, calib=None, batches=None, *, inplace: bool =
         smooth(qm, calib, recipe.smooth_alpha, {n for n, p in plan.items() if p["rule"].a_bits is not None and p["rotation"] is None})
     sequential = any(p["rule"].w_bits and p["rule"].w_method == "gptq" for p in plan.values())
     _apply_blockwise(qm, plan, batches or [], sequential, progress)
-    head = qm.get_submodule(spec.head)
-    if qm.tied_head_key() and spec.embedding and QEmbedding.can_tie(head):
-        qm.set_submodule(spec.embedding, QEmbedding(head))  # the embedding shares the head's codes
+    _quantize_embedding(qm, recipe)
     qm.provenance = was.derive(recipe=recipe, quantized_from=was.fingerprint, origin=was.origin_path, origin_fingerprint=was.float_fingerprint,
                                calib_fingerprint=calib.meta["model_fingerprint"] if calib is not None else None)
     return qm.eval()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .primitives import QuantizedWeight, fake_quant_dynamic, fake_quant_static
+from .primitives import QuantizedWeight, fake_quant_dynamic, fake_quant_static, quantize_weight_rtn
 
 
 CACHE_ELEMENTS = 1 << 20  # 4 MB of fp32: at mamba-130m shape x_proj and dt_proj (5 % of the weights), not in_proj/out_proj/the head
@@ -107,16 +107,31 @@ class QLinear(nn.Module):
 
 
 class QEmbedding(nn.Module):
-    """A token embedding tied to a quantized lm_head: rows of the same integer codes and scales
-    (per-row scales, since the lm_head's output channels are the embedding's rows)."""
+    """A token embedding as rows of 8-bit integer codes with per-row scales, held as a QLinear
+    [D -> V] (``table``; its output channels are the embedding's rows): tied, the quantized
+    lm_head itself (a reference, not a submodule: stored once); untied, a table of its own
+    (``QEmbedding.own``, a submodule: stored, sized and exported as any QLinear's codes, and never
+    multiplied by)."""
 
-    def __init__(self, lm_head: QLinear):
+    def __init__(self, table: QLinear, owned: bool = False):
         super().__init__()
-        object.__setattr__(self, "lm_head", lm_head)  # a reference, not a submodule: stored once
+        if owned:
+            self.table = table
+        else:
+            object.__setattr__(self, "table", table)
+        self.owned = owned
+
+    @classmethod
+    def own(cls, weight: torch.Tensor, bits: int = 8) -> "QEmbedding":
+        """An embedding table [V, D] of its own, round to nearest on a symmetric per-row grid."""
+        v, d = weight.shape
+        qw = quantize_weight_rtn(weight.detach(), bits, "channel", d, True)
+        table = QLinear(d, v, None, qw, torch.zeros(v, 0), torch.arange(d), torch.zeros(0, dtype=torch.long), None, None, "dynamic", None)
+        return cls(table, owned=True)
 
     @staticmethod
     def can_tie(lm_head) -> bool:
         return isinstance(lm_head, QLinear) and lm_head.qweight is not None and lm_head.rotation is None and not len(lm_head.float_idx)
 
     def forward(self, ids):
-        return self.lm_head.qweight.dequantize_rows(ids)
+        return self.table.qweight.dequantize_rows(ids)

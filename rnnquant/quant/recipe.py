@@ -8,7 +8,9 @@ A recipe is a list of rules (first match wins) plus the model-level outlier trea
 
 ``match`` is an adapter role ("in_proj", "out_proj", "lm_head", "rnn_hh", ...) or an fnmatch
 pattern on the module name. Parameters the adapter declares float (A_log, D, dt bias, conv,
-norms, embeddings) are never touched.
+norms) are never touched. The token embedding follows the head: tied to a quantized head it
+gathers the head's codes; a table of its own is stored as per-row int8 codes (``embedding_bits``,
+the layout a tied head's table has) unless the recipe says null.
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ class Recipe:
     rules: list[Rule] = field(default_factory=lambda: [Rule()])
     smooth_alpha: float | None = None  # SmoothQuant migration strength (None: off)
     hadamard: bool = False  # online Hadamard rotation at the adapter's rotation points
+    embedding_bits: int | None = 8  # an embedding table of its own (untied): per-row symmetric codes; None keeps it float
     description: str = ""
 
     def rule_for(self, name: str, role: str) -> Rule | None:
@@ -89,6 +92,8 @@ class Recipe:
     def validate(self, where: str = "recipe") -> None:
         if self.smooth_alpha is not None and not (isinstance(self.smooth_alpha, (int, float)) and 0 < self.smooth_alpha < 1):
             raise RnnquantError(f"{where}: field 'smooth_alpha' must be in (0, 1), got {self.smooth_alpha!r}")
+        if self.embedding_bits not in (None, 8):
+            raise RnnquantError(f"{where}: field 'embedding_bits' must be 8 or null, got {self.embedding_bits!r}")
         for i, r in enumerate(self.rules):
             at = f"{where}: rules[{i}]"
             checks = [

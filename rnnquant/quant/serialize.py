@@ -2,7 +2,8 @@
 
     config.json       the float model's config (unchanged)
     quant.json        recipe, source-model and calibration fingerprints, per-Linear layout
-    model.safetensors float parameters (norms already smoothed) + per QLinear:
+    model.safetensors float parameters (norms already smoothed) + per QLinear (an untied embedding's
+                      int8 table is the QLinear ``<embedding>.table``, its rows the tokens):
                       <name>.qweight  int8 codes (8-bit) or uint8 with two 4-bit codes per byte
                       <name>.scales   fp32 [out, groups];  <name>.zeros (asymmetric grids)
                       <name>.quant_idx / .float_idx / .w_float / .bias / .a_scale
@@ -68,7 +69,8 @@ def save_quantized(qm, out_dir, tokenizer_path=None, force: bool = False) -> Non
             tensors[f"{n}.scales"] = qw.scale.contiguous()
             if not qw.symmetric:
                 tensors[f"{n}.zeros"] = qw.zero.to(torch.uint8).contiguous()
-    tied = isinstance(qm.get_submodule(qm.arch_spec().embedding), QEmbedding)
+    emb = qm.get_submodule(qm.arch_spec().embedding)
+    tied = isinstance(emb, QEmbedding) and not emb.owned  # an owned table is saved as the QLinear <embedding>.table
     pv = qm.provenance
     meta = {"format_version": FORMAT_VERSION, "tied_embedding": tied, "origin": pv.origin, "recipe": pv.recipe.to_dict(), "source_fingerprint": pv.quantized_from,
             "origin_fingerprint": pv.origin_fingerprint, "prune_report": pv.prune_report, "calib_fingerprint": pv.calib_fingerprint, "linears": layout}
@@ -102,6 +104,8 @@ def _assign_quantized(model, d: Path, state: dict[str, torch.Tensor]):
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise RnnquantError(f"{d / QUANT_META}: corrupt quantization metadata ({e})") from None
 
+    spec = model.arch_spec()
+    table = f"{spec.embedding}.table"  # an untied embedding's own int8 table (QEmbedding.own)
     try:
         for n, lay in layout.items():
             qw = None
@@ -116,11 +120,13 @@ def _assign_quantized(model, d: Path, state: dict[str, torch.Tensor]):
             ql = QLinear(lay["in"], lay["out"], state.get(f"{n}.bias", None), qw, state.get(f"{n}.w_float"), state.get(f"{n}.quant_idx"),
                          state.get(f"{n}.float_idx"), hadamard_matrix(lay["in"]) if lay["rotated"] else None, lay["a_bits"], lay["a_mode"],
                          float(a_scale) if a_scale is not None else None)
-            model.set_submodule(n, ql)
+            if n == table:
+                model.set_submodule(spec.embedding, QEmbedding(ql, owned=True))
+            else:
+                model.set_submodule(n, ql)
     except KeyError as e:
         raise RnnquantError(f"{d / WEIGHTS}: missing quantized tensor {e.args[0]!r}") from None
     if meta.get("tied_embedding"):
-        spec = model.arch_spec()
         model.set_submodule(spec.embedding, QEmbedding(model.get_submodule(spec.head)))
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     missing = [k for k in missing if not k.endswith(".rotation") and k != model.tied_head_key()]

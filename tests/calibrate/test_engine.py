@@ -16,9 +16,8 @@ from rnnquant.models import build
 from rnnquant.prune import parse_spec, prune
 from rnnquant.prune.masks import sparsegpt_prune
 from rnnquant.quant import PRESETS, quantize
-from rnnquant.quant.apply import _feeder, _plan, _probe_for, _quantize_linear, smooth
+from rnnquant.quant.apply import _feeder, _plan, _probe_for, _quantize_embedding, _quantize_linear, smooth
 from rnnquant.quant.gptq import HessianAccumulator
-from rnnquant.quant.qlinear import QEmbedding
 from tests.conftest import CONTRACT, tiny_model
 
 
@@ -56,9 +55,7 @@ def _whole_model_quantize(model, recipe, calib, batches, sequential: bool):
         probes = probe_pass(names)
         for n in names:
             qm.set_submodule(n, _quantize_linear(qm.get_submodule(n), plan[n], probes[n]))
-    spec = qm.arch_spec()
-    if qm.tied_head_key() and QEmbedding.can_tie(qm.get_submodule(spec.head)):
-        qm.set_submodule(spec.embedding, QEmbedding(qm.get_submodule(spec.head)))
+    _quantize_embedding(qm, recipe)  # (after the Linears, as quantize does)
     return qm
 
 

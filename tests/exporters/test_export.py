@@ -252,6 +252,31 @@ def test_own_embedding_table_is_not_the_heads(tmp_path, kind):
             assert gathers and bool(gathers & matmuls) == shares, (table, graph.name)
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("arch", ["lstm-untied", "rwkv7"])
+def test_an_untied_int8_table_is_gathered_as_int8_rows(tmp_path, arch):
+    """An untied embedding's int8 codes are the graph's only [V, D] table (int8, row-major), and
+    the lookup gives the simulation's logits, step and prefill."""
+    m = _model(arch)
+    q = quantize(m, PRESETS["w8a8-dynamic"])
+    path = export_step(q, tmp_path / "q.onnx", TOKENIZER)
+    v, d = m.vocab_size, q.get_submodule(q.arch_spec().embedding).table.in_features
+    for graph in (path, path.with_suffix(".prefill.onnx")):
+        proto = onnx.load(graph, load_external_data=False)
+        tables = [t for t in proto.graph.initializer if list(t.dims) == [v, d]]
+        assert [t.data_type for t in tables] == [onnx.TensorProto.INT8], graph.name
+        assert tables[0].name in _matmul_and_gather_weights(graph, ["Gather"]), graph.name
+    lm = OrtLM(path)
+    ids = IDS[:24].view(1, 24)
+    logits, _ = lm.prefill(ids.numpy(), lm.init_state(1))
+    assert np.abs(logits - q(ids).numpy()).max() <= 1e-4
+    state, ort_state = q.init_state(1), lm.init_state(1)
+    for t in ids[0]:
+        ref, state = q.step(t.view(1), state)
+        out, ort_state = lm.step(t.view(1).numpy(), ort_state)
+        assert np.abs(out - ref.numpy()).max() <= 1e-4
+
+
 def _int8_weight_bytes(path) -> list[int]:
     proto = onnx.load(path, load_external_data=False)
     sizes = {t.name: math.prod(t.dims) for t in proto.graph.initializer}

@@ -30,6 +30,7 @@ def test_presets_round_trip(tmp_path, name):
         ({"rules": [{"a_mode": "sometimes"}]}, "field 'a_mode'"),
         ({"rules": [{"colour": "red"}]}, "unknown field 'colour'"),
         ({"smooth_alpha": 2}, "field 'smooth_alpha'"),
+        ({"embedding_bits": 4}, "field 'embedding_bits' must be 8 or null, got 4"),
         ({"rules": []}, "field 'rules' must be a non-empty list"),
     ],
 )
