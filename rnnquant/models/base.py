@@ -109,6 +109,7 @@ class ArchSpec:
     # block's last Linear, each module run once per block call. GPTQ then takes a block's outputs
     # from what its last probe replay saw, instead of replaying the block once more.
     block_exits: dict[str, tuple[str, str]] = field(default_factory=dict)
+    prune_dense: list[str] = field(default_factory=list)  # declared Linears unstructured pruning leaves dense
 
     def check(self, model: nn.Module) -> None:
         """Every name resolves to the kind of thing it claims to be (raises ValueError naming the first
@@ -125,6 +126,7 @@ class ArchSpec:
             need(isinstance(getattr(mods.get(norm), "weight", None), nn.Parameter), f"smoothing norm {norm!r} has no weight")
             need(all(r in self.linears for r in readers), f"smoothing readers of {norm!r} are not all declared linears")
         need(set(self.rotation_points) <= set(self.linears), "a rotation point is not a declared linear")
+        need(set(self.prune_dense) <= set(self.linears), "a prune_dense Linear is not a declared linear")
         for name in self.taps:
             need(isinstance(mods.get(name), Tap), f"tap {name!r} is not a Tap")
         for name in self.float_params:

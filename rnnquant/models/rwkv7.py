@@ -309,7 +309,7 @@ def normalize_config(cfg: dict) -> dict:
 
 class Rwkv7LM(RecurrentLM):
     model_type = "rwkv7"
-    roles = frozenset({"att_receptance", "att_key", "att_value", "att_output", "lora_in", "ffn_key", "ffn_value", "lm_head"})
+    roles = frozenset({"att_receptance", "att_key", "att_value", "att_output", "lora_in", "lora_out", "ffn_key", "ffn_value", "lm_head"})
     required_config = ("vocab_size", "hidden_size", "num_hidden_layers")
     parallel_prefill = True  # delta_rule_parallel under export
     prefill_max_tokens = PARALLEL_MAX_TOKENS
@@ -366,9 +366,10 @@ class Rwkv7LM(RecurrentLM):
             att, ffn = f"{p}.attn", f"{p}.ffn"
             linears |= {f"{att}.r_proj": "att_receptance", f"{att}.k_proj": "att_key", f"{att}.v_proj": "att_value",
                         f"{att}.o_proj": "att_output", f"{ffn}.key": "ffn_key", f"{ffn}.value": "ffn_value"}
-            # the LoRAs' first Linears read attn_norm's output too; their rank-wide second ones stay float
+            # the LoRAs' first Linears read attn_norm's output too; their rank-wide second ones read a
+            # tanh / sigmoid / identity of it (no norm to fold into)
             loras = [f"{att}.{n}_lora" for n in ("w", "a", "g")] + ([f"{att}.v_lora"] if i else [])
-            linears |= {f"{lo}.lora.0": "lora_in" for lo in loras}
+            linears |= {f"{lo}.lora.0": "lora_in" for lo in loras} | {f"{lo}.lora.2": "lora_out" for lo in loras}
             # the token mix is linear per channel, so a norm's scale folds into every reader
             readers = [f"{att}.r_proj", f"{att}.k_proj", f"{att}.v_proj", *(f"{lo}.lora.0" for lo in loras)]
             pairs += [(f"{p}.attn_norm", readers), (f"{p}.ffn_norm", [f"{ffn}.key"])]
@@ -376,7 +377,6 @@ class Rwkv7LM(RecurrentLM):
             taps |= {f"{att}.tap_{k}": f"wkv_{k}" for k in ("r", "w", "k", "v", "a", "wkv", "g")}
             floats += [f"{p}.{n}.{w}" for n in ("attn_norm", "ffn_norm") for w in self._norm_params()]
             floats += [f"{att}.{n}" for n in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g", "k_k", "k_a", "r_k", "g_norm.weight", "g_norm.bias")]
-            floats += [n for lo in loras for n, _ in self.get_submodule(lo).lora[2].named_parameters(prefix=f"{lo}.lora.2")]
             floats.append(f"{ffn}.x_k")
             states += [StateSpec(f"attn_shift_{i}", (D,), block=i), StateSpec(f"wkv_{i}", (H, N, N), block=i),
                        StateSpec(f"ffn_shift_{i}", (D,), block=i)]
@@ -386,7 +386,10 @@ class Rwkv7LM(RecurrentLM):
         heads = ChannelGroup("attn_heads", [self._head_slices(f"{b}.attn", i) for i, b in enumerate(layers)], same_in_every_layer=True)
         return ArchSpec(linears, pairs, rot, taps, floats, states, embedding="model.embeddings",
                         channel_groups={"ffn": ffn_channels, "heads": heads}, layer_stack=layers,
-                        fixed_blocks=[0])  # layer 0 alone has pre_norm and no v_lora: it is the value residual's source
+                        fixed_blocks=[0],  # layer 0 alone has pre_norm and no v_lora: it is the value residual's source
+                        # unstructured pruning leaves the LoRAs' rank-wide outputs dense: at 50 % magnitude / Wanda
+                        # they cost the zoo model +17 / +13 points more (docs/RESULTS.md §25)
+                        prune_dense=[n for n, role in linears.items() if role == "lora_out"])
 
     def _norm_params(self) -> tuple[str, ...]:
         return ("weight", "bias") if self.config["norm_bias"] else ("weight",)

@@ -27,7 +27,7 @@ def _rms(calib, point: str) -> torch.Tensor:
 
 def _targets(model, cfg: PruneConfig) -> list[str]:
     spec = model.arch_spec()
-    return [n for n in spec.linears if cfg.include_lm_head or n != spec.head]
+    return [n for n in spec.linears if (cfg.include_lm_head or n != spec.head) and n not in spec.prune_dense]
 
 
 def layer_sparsities(model, cfg: PruneConfig, calib, names: list[str]) -> dict[str, float]:

@@ -33,3 +33,16 @@ def test_chunked_delta_rule_equals_the_recurrence(decay, form, T):
         outs.append(o_t)
     ref = torch.stack(outs, 1)
     assert (o - ref).abs().max() <= 1e-4 * ref.abs().max() and (S - S_ref).abs().max() <= 1e-4 * S_ref.abs().max()
+
+
+def test_every_lora_linear_is_quantized_by_a_catch_all_rule():
+    """Both Linears of each LoRA (w, a, g, and v from layer 1) are declared: a "*" preset quantizes
+    the rank-wide outputs too (they were float: 7 % of the 0.1B shape's int8 step bytes)."""
+    from rnnquant.quant import PRESETS, quantize
+    from rnnquant.quant.qlinear import QLinear
+    from tests.conftest import tiny_model
+
+    q = quantize(tiny_model("rwkv7"), PRESETS["w8a8-dynamic"])
+    loras = {n: m for n, m in q.named_modules() if n.endswith(("lora.0", "lora.2"))}
+    assert len(loras) == 2 * (4 * q.config["num_hidden_layers"] - 1)
+    assert all(isinstance(m, QLinear) and m.qweight is not None for m in loras.values()), [n for n, m in loras.items() if not isinstance(m, QLinear)]

@@ -26,6 +26,20 @@ def _calibrated(arch):
     return m, calibrate(m, IDS, CalibConfig(samples=4, seq_len=64)), calibration_batches(IDS, 4, 64, 4)
 
 
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+def test_unstructured_pruning_leaves_the_declared_dense_linears_dense(method):
+    """RWKV-7's LoRA outputs (``ArchSpec.prune_dense``) keep every weight; the other Linears take the sparsity."""
+    m, calib, batches = _calibrated("rwkv7")
+    spec = m.arch_spec()
+    assert spec.prune_dense
+    p = prune(m, parse_spec(f"{method}:0.5"), calib, batches)
+    before, after = dict(m.named_modules()), dict(p.named_modules())
+    for n in spec.prune_dense:
+        assert torch.equal(after[n].weight, before[n].weight), n
+    pruned = [n for n in spec.linears if n not in spec.prune_dense and n != spec.head]
+    assert all(0.45 <= float((after[n].weight == 0).float().mean()) <= 0.55 for n in pruned)
+
+
 @torch.no_grad()
 def test_mamba_channel_removal_equals_zeroing():
     m = tiny_model("mamba")
