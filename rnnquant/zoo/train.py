@@ -29,6 +29,7 @@ ARCHS = {
                "num_heads": 8, "head_dim": 64, "n_groups": 1, "tie_word_embeddings": True},
     "rwkv7": {"model_type": "rwkv7", "hidden_size": 256, "num_hidden_layers": 4, "head_dim": 64, "intermediate_size": 256, "tie_word_embeddings": True,
               "decay_low_rank_dim": 32, "gate_low_rank_dim": 64, "a_low_rank_dim": 32, "v_low_rank_dim": 32},
+    "rwkv": {"model_type": "rwkv", "hidden_size": 256, "num_hidden_layers": 4, "intermediate_size": 384, "tie_word_embeddings": True},
     "mingru": {"model_type": "mingru", "hidden_size": 256, "num_hidden_layers": 4, "intermediate_size": 256, "mlp_size": 512},
     "minlstm": {"model_type": "minlstm", "hidden_size": 256, "num_hidden_layers": 4, "intermediate_size": 256, "mlp_size": 512},
     "xlstm": {"model_type": "xlstm", "hidden_size": 192, "num_hidden_layers": 4, "num_heads": 4},
@@ -135,6 +136,37 @@ def init_rwkv7(model, n_layers: int):
 
 
 @torch.no_grad()
+def init_rwkv(model, n_layers: int):
+    """RWKV-4's reference initialisation (BlinkDL's RWKV-LM v4): decay speeds from -5 to 3 over the
+    channels (steeper in deeper blocks), time_first log 0.3 with a zigzag of +-0.5, token-shift
+    mixes ramped over channels and depth; zero attention key / receptance / output and FFN
+    receptance / value, orthogonal attention value and FFN key; the tiny embedding of BlinkDL's
+    code (and, untied, a large orthogonal head)."""
+    D, A = model.config["hidden_size"], model.config["attention_hidden_size"]
+    ramp = (torch.arange(D, dtype=torch.float32) / D).view(1, 1, D)
+    h = torch.arange(A, dtype=torch.float32)
+    for i, block in enumerate(model.rwkv.blocks):
+        att, ffn = block.attention, block.feed_forward
+        r01, r10 = i / max(n_layers - 1, 1), 1.0 - i / n_layers
+        att.time_decay.copy_(-5 + 8 * (h / (A - 1)) ** (0.7 + 1.3 * r01))
+        att.time_first.copy_(math.log(0.3) + 0.5 * ((h + 1) % 3 - 1))
+        att.time_mix_key.copy_(ramp**r10)
+        att.time_mix_value.copy_(ramp**r10 + 0.3 * r01)
+        att.time_mix_receptance.copy_(ramp ** (0.5 * r10))
+        ffn.time_mix_key.copy_(ramp**r10)
+        ffn.time_mix_receptance.copy_(ramp**r10)
+        for lin in (att.key, att.receptance, att.output, ffn.receptance, ffn.value):
+            lin.weight.zero_()
+        for lin in (att.value, ffn.key):
+            rows, cols = lin.weight.shape
+            torch.nn.init.orthogonal_(lin.weight, gain=math.sqrt(rows / cols) if rows > cols else 1.0)
+    torch.nn.init.uniform_(model.rwkv.embeddings.weight, -1e-4, 1e-4)
+    if not model.config["tie_word_embeddings"]:
+        V = model.config["vocab_size"]
+        torch.nn.init.orthogonal_(model.head.weight, gain=0.5 * math.sqrt(V / D) if V > D else 0.5)
+
+
+@torch.no_grad()
 def init_minrnn(model, n_layers: int):
     """GPT-2-style: embedding N(0, 0.02), the Linears that write the residual stream scaled by 1/sqrt(2 L)."""
     torch.nn.init.normal_(model.embed.weight, std=0.02)
@@ -181,7 +213,7 @@ def init_rnn(model, n_layers: int):
     torch.nn.init.normal_(model.embed.weight, std=0.05)
 
 
-INITS = {"mamba": init_mamba, "mamba2": init_mamba2, "lstm": init_rnn, "gru": init_rnn, "rwkv7": init_rwkv7, "mingru": init_minrnn, "minlstm": init_minrnn, "xlstm": init_xlstm,
+INITS = {"mamba": init_mamba, "mamba2": init_mamba2, "lstm": init_rnn, "gru": init_rnn, "rwkv": init_rwkv, "rwkv7": init_rwkv7, "mingru": init_minrnn, "minlstm": init_minrnn, "xlstm": init_xlstm,
          "recurrent_gemma": init_recurrent_gemma}
 
 
