@@ -2,7 +2,7 @@
 
     python benchmarks/ort_profile.py MODEL.onnx [--steps 200] [--threads 1] [--by-node]
 
-Runs the step graph (batch 1, zero state) with profiling on and prints microseconds per token by
+Runs the step graph (batch 1, the initial state) with profiling on and prints microseconds per token by
 op type, or with ``--by-node`` by op type and node name with the layer suffix stripped (every
 layer's in_proj MatMulInteger summed as one row). The profiler's own overhead inflates the totals;
 compare rows, not absolutes.
@@ -19,6 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from rnnquant.exporters.runner import read_metadata
+from rnnquant.exporters.states import initial_state
 
 LAYER_SUFFIX = re.compile(r"_[0-9]+(/|$)")  # the exporter numbers repeated module names: /in_proj_17/...
 
@@ -35,7 +36,7 @@ def main() -> None:
     opts.enable_profiling = True
     opts.intra_op_num_threads = args.threads
     sess = ort.InferenceSession(args.model, opts, providers=["CPUExecutionProvider"])
-    feeds = {"input_ids": np.array([5])} | {s["name"]: np.zeros([1, *s["shape"]], np.float32) for s in states}
+    feeds = {"input_ids": np.array([5])} | dict(zip((s["name"] for s in states), initial_state(states, 1)))  # each state's dtype and initial value
     for _ in range(args.steps):
         sess.run(None, feeds)
     trace = sess.end_profiling()
