@@ -140,17 +140,19 @@ class LocalAttention(nn.Module):
         q = self._rope(self.q_proj(x).reshape(B, T, self.H, self.hd), positions)
         k = self._rope(self.k_proj(x).reshape(B, T, self.KV, self.hd), positions)
         v = self.v_proj(x).reshape(B, T, self.KV, self.hd)
-        keys, values = torch.cat([k_cache, k], 1), torch.cat([v_cache, v], 1)  # [B,W-1+T,KV,hd]
-        key_pos = pos + torch.arange(-(self.W - 1), T, device=x.device)  # [B,W-1+T]; < 0: an empty slot
-        d = positions.unsqueeze(-1) - key_pos.unsqueeze(1)  # [B,T,W-1+T]
+        keys, values = torch.cat([k_cache, k], 1), torch.cat([v_cache, v], 1)  # [B,S,KV,hd], S = W-1+T
+        key_pos = pos + torch.arange(-(self.W - 1), T, device=x.device)  # [B,S]; < 0: an empty slot
+        d = positions.unsqueeze(-1) - key_pos.unsqueeze(1)  # [B,T,S]
         visible = (d >= 0) & (d < self.W) & (key_pos.unsqueeze(1) >= 0)
-        rep = self.H // self.KV
-        kh = keys.repeat_interleave(rep, dim=2).transpose(1, 2)  # [B,H,S,hd]
-        vh = values.repeat_interleave(rep, dim=2).transpose(1, 2)
-        scores = (q.transpose(1, 2) @ kh.transpose(-1, -2)) * self.hd**-0.5  # [B,H,T,S]
-        scores = scores.masked_fill(~visible.unsqueeze(1), -math.inf)
-        out = (torch.softmax(scores, dim=-1) @ vh).transpose(1, 2).reshape(B, T, self.H * self.hd)
-        S = keys.shape[1]
+        # each key/value head serves its group of H / KV query heads as one matmul (head h reads
+        # kv head h // rep): no copy of the window per query head
+        rep, S = self.H // self.KV, keys.shape[1]
+        qg = q.reshape(B, T, self.KV, rep, self.hd).permute(0, 2, 1, 3, 4)  # [B,KV,T,rep,hd]
+        kt = keys.permute(0, 2, 3, 1).unsqueeze(2)  # [B,KV,1,hd,S]
+        vg = values.permute(0, 2, 1, 3).unsqueeze(2)  # [B,KV,1,S,hd]
+        scores = (qg @ kt) * self.hd**-0.5  # [B,KV,T,rep,S]
+        scores = scores.masked_fill(~visible[:, None, :, None, :], -math.inf)
+        out = (torch.softmax(scores, dim=-1) @ vg).permute(0, 2, 1, 3, 4).reshape(B, T, self.H * self.hd)  # [B,T,(KV,rep,hd)]
         return self.o_proj(out), keys[:, S - (self.W - 1) :], values[:, S - (self.W - 1) :], pos + T
 
     def step(self, x, k_cache, v_cache, pos):

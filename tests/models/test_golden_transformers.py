@@ -175,7 +175,8 @@ def test_xlstm_step_matches_transformers_cache(tmp_path):
 
 
 RGEMMA = [dict(num_key_value_heads=1), dict(num_key_value_heads=2, num_hidden_layers=4, attention_window_size=5, lru_width=64,
-                                              block_types=["attention", "recurrent"], tie_word_embeddings=False)]
+                                              block_types=["attention", "recurrent"], tie_word_embeddings=False),
+          dict(num_attention_heads=4, num_key_value_heads=2, block_types=["attention", "recurrent"])]  # query heads 0, 1 read kv head 0
 
 
 def _rgemma(tmp_path, cfg):
@@ -185,7 +186,7 @@ def _rgemma(tmp_path, cfg):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("cfg", RGEMMA, ids=["mqa-window8", "gqa-window5-attention-first-untied"])
+@pytest.mark.parametrize("cfg", RGEMMA, ids=["mqa-window8", "mha-window5-attention-first-untied", "gqa-4-heads-on-2"])
 def test_recurrent_gemma_matches_transformers(tmp_path, cfg):
     """30 tokens, several times the attention window: the local attention forgets, the RG-LRU carries."""
     hf, ours = _rgemma(tmp_path, cfg)
