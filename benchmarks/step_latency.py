@@ -33,6 +33,7 @@ import torch
 from rnnquant.calibrate import CalibConfig, calibrate, calibration_batches
 from rnnquant.exporters.measure import measure_in_process
 from rnnquant.exporters.onnx_export import export_step
+from rnnquant.exporters.prefill import step_bytes
 from rnnquant.exporters.runner import VNNI_FLAGS, cpu_flags
 from rnnquant.models import build, fingerprint
 from rnnquant.quant import PRESETS, quantize
@@ -204,6 +205,8 @@ def main() -> None:
         paths["rnnquant w4a8-rtn"] = export_step(quantize(model, W4A8_RTN), td / "w4a8.onnx", MODELS_DIR / "tokenizer.json", prefill=False)
         ggufs = llamacpp.to_gguf(model, td) if llamacpp.supports(model) and llamacpp.available() else {}
         floors = {32: weight_bytes(model, 32), 8: weight_bytes(model, 8), 4: weight_bytes(model, 4)}
+        results["file_bytes"] = {name: step_bytes(p) for name, p in paths.items()} | {f"llama.cpp {q}": g.stat().st_size for q, g in ggufs.items()}
+        print("files: " + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in results["file_bytes"].items()), flush=True)
         for rnd in range(args.rounds):
             for threads in args.threads:
                 row = {"threads": threads, "round": rnd, "ms": {}}
