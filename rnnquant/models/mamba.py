@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import ArchSpec, ChannelGroup, ChannelLayer, RecurrentLM, StateSpec, Tap
-from .ssm import PARALLEL_SCAN_MAX_TOKENS, selective_scan, selective_state_update
+from .ssm import PARALLEL_SCAN_MAX_TOKENS, selective_scan, selective_state_update, softplus
 
 
 class RMSNorm(nn.Module):
@@ -57,7 +57,7 @@ class MambaMixer(nn.Module):
         dt, Bm, Cm = torch.split(self.x_proj(xc), [self.R, self.N, self.N], dim=-1)
         if self.bcdt_rms_eps is not None:
             dt, Bm, Cm = (weightless_rms(t, self.bcdt_rms_eps) for t in (dt, Bm, Cm))
-        dt = self.tap_dt(F.softplus(self.dt_proj(dt)))
+        dt = self.tap_dt(softplus(self.dt_proj(dt)))
         return dt, self.tap_B(Bm), self.tap_C(Cm)
 
     def _gate_out(self, y, z):

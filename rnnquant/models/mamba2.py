@@ -20,6 +20,7 @@ from torch import nn
 from .base import ArchSpec, ChannelGroup, ChannelLayer, StateSpec, Tap
 from .mamba import MambaLM
 from .ssd import SSD_MAX_TOKENS, ssd_scan, ssd_step
+from .ssm import softplus
 
 
 class GatedRMSNorm(nn.Module):
@@ -62,7 +63,7 @@ class Mamba2Mixer(nn.Module):
         """Conv output [..., conv_dim] and raw dt [..., H] -> x [..., H, P], dt [..., H], B, C [..., G, N].
         ``lead``: the leading shape, (-1,) in the step (constant reshapes in its graph)."""
         xs, Bm, Cm = torch.split(F.silu(xc), [self.E, self.G * self.N, self.G * self.N], dim=-1)
-        dt = F.softplus(dt + self.dt_bias)
+        dt = softplus(dt + self.dt_bias)
         if self.dt_limit != (0.0, math.inf):  # softplus is >= 0 already: the default limit is no op
             dt = dt.clamp(*self.dt_limit)
         # reshape, not unflatten: torch.onnx bakes the traced sizes of unflatten's other axes into the graph

@@ -49,3 +49,30 @@ def test_inference_scan_is_the_training_scan_bit_for_bit(T):
     y_grad, h_grad = selective_scan(*(a.clone().requires_grad_() for a in args))
     assert torch.equal(y, y_grad.detach()) and torch.equal(h, h_grad.detach())
     assert h.untyped_storage().nbytes() == h.numel() * h.element_size()  # the state owns its memory
+
+
+def test_exported_softplus_is_softplus_without_the_scalar_kernel(tmp_path):
+    """Under export ``softplus`` is max(x, 0) + log(1 + exp(-|x|)): ONNX Runtime gives F.softplus's
+    values (no overflow at +-80) and the graph has no ``Softplus`` node (a scalar kernel, 3x slower)."""
+    import warnings
+
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch.nn.functional as F
+
+    from rnnquant.models.ssm import softplus
+
+    class Sp(torch.nn.Module):
+        def forward(self, x):
+            return softplus(x)
+
+    x = torch.cat([torch.linspace(-80, 80, 1601), torch.tensor([0.0, 1e-7, -1e-7])]).view(1, -1)
+    path = tmp_path / "sp.onnx"
+    with warnings.catch_warnings():  # (the TorchScript exporter's deprecation notice: the project's exporter uses it too)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(Sp(), (x,), str(path), dynamo=False, opset_version=17)
+    assert "Softplus" not in {n.op_type for n in onnx.load(path).graph.node}
+    y = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    np.testing.assert_allclose(y, F.softplus(x).numpy(), rtol=1e-6, atol=1e-7)
+    assert torch.equal(softplus(x), F.softplus(x))  # outside export, F.softplus itself
