@@ -49,12 +49,12 @@ def export_all(work: Path, arch: str, variants: list[str]) -> dict[tuple[str, st
             path = work / f"{arch}-{v}-{table}.onnx"
             m = model if v == "fp32" else q
             if not path.is_file():
-                int8_rows = m.get_submodule(where)
+                kept = m.get_submodule(where)  # (put back after: the next variant exports the int8 rows)
                 if not tied and table == "float":  # the same quantized body with the float table (embedding_bits null)
                     m.set_submodule(where, model.get_submodule(where))
                 export_step(m, path, MODELS_DIR / "tokenizer.json", prefill=False, int8_weights=VARIANTS[v],
                             embedding_table=table if tied else "shared")
-                m.set_submodule(where, int8_rows)
+                m.set_submodule(where, kept)
             paths[v, table] = path
     return paths
 
