@@ -9,7 +9,8 @@ d_state 16, expand 2; or an LSTM LM of similar size) and times, at batch 1:
   - ORT's quantize_dynamic applied to that float graph (the peer tool's default);
   - rnnquant's w8a8-dynamic, w8a8-smooth (static activation scales, calibrated on random tokens:
     right for timing, meaningless for accuracy), w4a16-rtn and w4a8-rtn step graphs; on a CPU with
-    VNNI or AMX also both int8 graphs exported with `--cpu vnni` (int8 weights: U8S8);
+    VNNI or AMX also both int8 graphs exported with `--cpu vnni` (int8 weights: U8S8), and where
+    the architecture has rnnquant's fused step ops, the static int8 and w4a8 graphs with `--fused`;
   - the memory-bandwidth floor: weight bytes read per token / read bandwidth measured now, both
     by one numpy thread and by ONNX Runtime's own int8 MatMulInteger at the same thread count
     (`over_ort_floor`: each variant's time / the floor for its weight width);
@@ -30,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rnnquant.errors import RnnquantError
 from rnnquant.calibrate import CalibConfig, calibrate, calibration_batches
 from rnnquant.exporters.measure import measure_in_process
 from rnnquant.exporters.onnx_export import export_step
@@ -118,7 +120,8 @@ def ort_int8_read_gbs(nbytes: int, threads: int, reps: int = 20) -> float:
 
 # the floor each variant is held to: bytes per weight it reads
 BITS = {"rnnquant fp32": 32, "llama.cpp F32": 32, "HF transformers fp32": 32, "ORT quantize_dynamic (int8)": 8, "rnnquant w8a8-dynamic": 8,
-        "rnnquant w8a8-smooth (static)": 8, "rnnquant w8a8-dynamic --cpu vnni": 8, "rnnquant w8a8-smooth (static) --cpu vnni": 8, "llama.cpp Q8_0": 8, "rnnquant w4a16-rtn": 4, "rnnquant w4a8-rtn": 4, "llama.cpp Q4_0": 4,
+        "rnnquant w8a8-smooth (static)": 8, "rnnquant w8a8-dynamic --cpu vnni": 8, "rnnquant w8a8-smooth (static) --cpu vnni": 8,
+        "rnnquant w8a8-smooth (static) --cpu vnni --fused": 8, "rnnquant w4a8-rtn --fused": 4, "llama.cpp Q8_0": 8, "rnnquant w4a16-rtn": 4, "rnnquant w4a8-rtn": 4, "llama.cpp Q4_0": 4,
         "llama.cpp Q4_0 --pure": 4}
 
 
@@ -166,6 +169,11 @@ def ratios(ms: dict) -> dict:
         "int8 --cpu vnni vs ORT quantize_dynamic": ("rnnquant w8a8-dynamic --cpu vnni", "ORT quantize_dynamic (int8)"),
         "int8 static --cpu vnni vs llama.cpp Q8_0": ("rnnquant w8a8-smooth (static) --cpu vnni", "llama.cpp Q8_0"),
         "int8 static --cpu vnni vs ORT quantize_dynamic": ("rnnquant w8a8-smooth (static) --cpu vnni", "ORT quantize_dynamic (int8)"),
+        "int8 static --cpu vnni --fused vs llama.cpp Q8_0": ("rnnquant w8a8-smooth (static) --cpu vnni --fused", "llama.cpp Q8_0"),
+        "int8 static --cpu vnni --fused vs ORT quantize_dynamic": ("rnnquant w8a8-smooth (static) --cpu vnni --fused", "ORT quantize_dynamic (int8)"),
+        "int8 static --cpu vnni --fused vs HF fp32": ("rnnquant w8a8-smooth (static) --cpu vnni --fused", "HF transformers fp32"),
+        "int4 (w4a8) --fused vs llama.cpp Q4_0": ("rnnquant w4a8-rtn --fused", "llama.cpp Q4_0"),
+        "int4 (w4a8) --fused vs llama.cpp Q4_0 --pure": ("rnnquant w4a8-rtn --fused", "llama.cpp Q4_0 --pure"),
         "int4 (w4a16) vs llama.cpp Q4_0": ("rnnquant w4a16-rtn", "llama.cpp Q4_0"),
         "int4 (w4a8) vs llama.cpp Q4_0": ("rnnquant w4a8-rtn", "llama.cpp Q4_0"),
         "fp32 vs llama.cpp F32": ("rnnquant fp32", "llama.cpp F32"),
@@ -202,7 +210,16 @@ def main() -> None:
             if vnni:
                 paths[f"{name} --cpu vnni"] = export_step(q, td / f"w8_{i}_vnni.onnx", MODELS_DIR / "tokenizer.json", prefill=False, int8_weights="int8")
         paths["rnnquant w4a16-rtn"] = export_step(quantize(model, PRESETS["w4a16-rtn"]), td / "w4.onnx", MODELS_DIR / "tokenizer.json", prefill=False)
-        paths["rnnquant w4a8-rtn"] = export_step(quantize(model, W4A8_RTN), td / "w4a8.onnx", MODELS_DIR / "tokenizer.json", prefill=False)
+        w4a8 = quantize(model, W4A8_RTN)
+        paths["rnnquant w4a8-rtn"] = export_step(w4a8, td / "w4a8.onnx", MODELS_DIR / "tokenizer.json", prefill=False)
+        if vnni and "rnnquant w8a8-smooth (static)" in int8:  # `export --fused` (rnnquant's custom ops), where the architecture has them
+            fused = {"rnnquant w8a8-smooth (static) --cpu vnni --fused": (int8["rnnquant w8a8-smooth (static)"], "int8"), "rnnquant w4a8-rtn --fused": (w4a8, "uint8")}
+            for i, (name, (q, weights)) in enumerate(fused.items()):
+                try:
+                    paths[name] = export_step(q, td / f"fused_{i}.onnx", MODELS_DIR / "tokenizer.json", prefill=False, int8_weights=weights, fused=True)
+                except RnnquantError as e:  # this architecture's step has no fused op
+                    print(f"no {name}: {e}", flush=True)
+                    break
         ggufs = llamacpp.to_gguf(model, td) if llamacpp.supports(model) and llamacpp.available() else {}
         floors = {32: weight_bytes(model, 32), 8: weight_bytes(model, 8), 4: weight_bytes(model, 4)}
         results["file_bytes"] = {name: step_bytes(p) for name, p in paths.items()} | {f"llama.cpp {q}": g.stat().st_size for q, g in ggufs.items()}

@@ -23,6 +23,8 @@ import torch
 from rnnquant import __version__
 from rnnquant.errors import RnnquantError
 from rnnquant.io import atomic_path
+from rnnquant.kernels.fused import fused_export, uses_fused_ops
+from rnnquant.kernels import ortops
 from rnnquant.tokenizer import stored_name
 
 METADATA_KEYS = ("rnnquant_version", "graph", "architecture", "config", "recipe", "prune", "calib_fingerprint", "model_fingerprint",
@@ -299,26 +301,30 @@ def _check_loads(path: Path) -> None:
     """An exported graph ONNX Runtime cannot load is an error, never a file left behind. Loaded
     without pre-packing: ORT maps the external weights and touches none of them (a float
     mamba-130m-shape step graph: 0.06 GB instead of 0.71 GB of packed copies beside the model)."""
+    import onnx
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 4
     opts.add_session_config_entry("session.disable_prepacking", "1")
+    if uses_fused_ops(onnx.load(str(path), load_external_data=False)):  # `export --fused`: rnnquant's op library
+        ortops.register(opts)
     try:
         ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
         raise RnnquantError(f"ONNX Runtime cannot load the exported graph: {str(e).splitlines()[0][:200]}") from None
 
 
-def _trace(module, args, inputs: list[str], outputs: list[str], dynamic_axes: dict, opset: int, nbits: bool):
+def _trace(module, args, inputs: list[str], outputs: list[str], dynamic_axes: dict, opset: int, nbits: bool, fused: bool = False):
     import onnx
 
-    with tempfile.TemporaryDirectory(prefix="rnnquant-trace-") as td, warnings.catch_warnings():
+    domains = ({"com.microsoft": 1} if nbits else {}) | ({ortops.DOMAIN: 1} if fused else {})
+    with tempfile.TemporaryDirectory(prefix="rnnquant-trace-") as td, warnings.catch_warnings(), fused_export(fused):
         warnings.simplefilter("ignore")
         tmp = Path(td) / "graph.onnx"
         torch.onnx.export(
             module.eval(), args, str(tmp), input_names=inputs, output_names=outputs, dynamic_axes=dynamic_axes,
-            opset_version=opset, dynamo=False, custom_opsets={"com.microsoft": 1} if nbits else None, do_constant_folding=True,
+            opset_version=opset, dynamo=False, custom_opsets=domains or None, do_constant_folding=True,
         )
         return onnx.load(str(tmp))
 
@@ -376,7 +382,7 @@ def _lowered(model, embedding_table: str = "shared"):
 
 @torch.no_grad()
 def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bool = True, prefill: bool = True,
-                prefill_logits: str = "all", int8_weights: str = "uint8", embedding_table: str = "shared") -> Path:
+                prefill_logits: str = "all", int8_weights: str = "uint8", embedding_table: str = "shared", fused: bool = False) -> Path:
     """Trace ``model.step`` to ``out_path`` (atomically), check it, write the prefill graph
     (``<stem>.prefill.onnx``: a trace of ``forward_with_state`` where the model has a parallel
     one, else a Loop over the step graph; ``prefill_logits`` "all" positions or the "last" only)
@@ -384,7 +390,8 @@ def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bo
     (U8U8 MatMulInteger, exact on every CPU) or "int8" (U8S8: faster on VNNI / AMX CPUs, wrong on
     AVX2-only x86; see ``qops``). ``embedding_table``: a tied embedding's lookup table, "shared"
     with the head (stored once) or "own" (a row-major copy: a larger file, a leaner session; see
-    ``_lowered``)."""
+    ``_lowered``). ``fused``: the step graph runs rnnquant's custom ops where the model's step has
+    them (``rnnquant.kernels.ortops``; the prefill graph stays stock ops)."""
     from .qops import INT8_WEIGHTS
 
     from rnnquant.quant.qlinear import QEmbedding, QLinear
@@ -421,7 +428,9 @@ def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bo
         with _lowered(model, embedding_table):
             weights = _export_weights(model)
             step = _trace(_WeightsAsInputs(_StepGraph(model), len(inputs)), (torch.tensor([0]), *state, *weights.values()), [*inputs, *weights],
-                          outputs, {k: {0: "batch"} for k in inputs + outputs}, opset, nbits)
+                          outputs, {k: {0: "batch"} for k in inputs + outputs}, opset, nbits, fused)
+            if fused and not any(n.domain == ortops.DOMAIN for n in step.graph.node):
+                raise RnnquantError(f"--fused: {model.model_type}'s step has no fused op (rnnquant's fused op is Mamba-1's selective scan)")
             proto = staged.take(step, weights)
             del step
             if prefill and model.parallel_prefill:
@@ -455,6 +464,7 @@ def finish_step_graph(proto, model, out_path: Path, tokenizer_path=None, force: 
     if out_path.exists() and not force:
         raise RnnquantError(f"{out_path} already exists (use --force to overwrite)")
     meta = metadata(model, Path(tokenizer_path) if tokenizer_path else None) | ({"recipe": recipe} if recipe else {}) | ({"int8_weights": int8_weights} if int8_weights else {})
+    meta |= {"custom_ops": ortops.DOMAIN} if uses_fused_ops(proto) else {}  # the runner registers their library
     for k, v in meta.items():
         proto.metadata_props.add(key=k, value=v)
     proto.doc_string = f"rnnquant {__version__} step graph: O(1) work per token"

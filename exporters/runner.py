@@ -15,6 +15,7 @@ import numpy as np
 
 from rnnquant.errors import RnnquantError
 from rnnquant.heap import release_large_frees
+from rnnquant.kernels import ortops
 from rnnquant.eval.windows import POSITION_EDGES, PositionBuckets, perplexity_of, windows
 from rnnquant.exporters.prefill import PREFILL_WINDOW, prefill_path
 from rnnquant.exporters.states import initial_state
@@ -109,6 +110,9 @@ class OrtLM:
         self.states = json.loads(self.meta["states"])
         self.vocab_size = int(self.meta["vocab_size"])
         check_int8_kernels(self.meta.get("int8_weights"), self.path)
+        self.custom_ops = self.meta.get("custom_ops")  # `export --fused`: rnnquant's op library, built on first use
+        if self.custom_ops not in (None, ortops.DOMAIN):
+            raise RnnquantError(f"{self.path}: needs custom ops of domain {self.custom_ops!r}, which rnnquant does not have")
         self.session = self._session(self.path, threads, prepack=True)
         self.output_names = [o.name for o in self.session.get_outputs()]
         pre = prefill_path(self.path)
@@ -136,8 +140,7 @@ class OrtLM:
         del proto
         self.prefill_session = self._session(pre, threads, prepack)
 
-    @staticmethod
-    def _session(path: Path, threads: int | None, prepack: bool):
+    def _session(self, path: Path, threads: int | None, prepack: bool):
         """An ONNX Runtime CPU session. ``prepack=False`` for a parallel prefill graph without
         MatMulNBits: its MatMul / MatMulInteger have a row per prompt token, so packing their weights
         on the fly costs nothing measurable, while pre-packing makes a second copy of the weights
@@ -152,6 +155,8 @@ class OrtLM:
             opts.inter_op_num_threads = 1
         if not prepack:
             opts.add_session_config_entry("session.disable_prepacking", "1")
+        if self.custom_ops:
+            ortops.register(opts)
         try:
             return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types

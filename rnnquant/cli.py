@@ -439,8 +439,12 @@ def generate(model, prompt, max_new_tokens, temperature, top_k, seed):
                    "(vocab x hidden more bytes on disk), so that ONNX Runtime releases the head's table once its "
                    "matmul has packed it and the lookup reads one row per token: a step session smaller by about "
                    "that table (RESULTS §23).")
+@click.option("--fused", is_flag=True, help="Run the step's recurrence as rnnquant's ONNX Runtime custom op (Mamba-1 / "
+              "FalconMamba: one pass over the state instead of ~13 stock nodes per layer). The op library is built on "
+              "first use with this machine's C++ compiler and loaded by `rnnquant run` / `compare`; native ONNX "
+              "Runtime only (not with --web, --ort or --format qoperator).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
-def export(model, recipe, calib, data, samples, seq_len, prune_spec, out, to_ort, to_web, opset, fmt, prefill_logits, cpu, embedding_table, force):
+def export(model, recipe, calib, data, samples, seq_len, prune_spec, out, to_ort, to_web, opset, fmt, prefill_logits, cpu, embedding_table, fused, force):
     """Export the O(1) step graph (token + state in, logits + state out) to ONNX.
 
     MODEL is a float model (optionally quantized on the way with --recipe) or a quantized
@@ -451,6 +455,7 @@ def export(model, recipe, calib, data, samples, seq_len, prune_spec, out, to_ort
       rnnquant export mamba-pydoc --out out/mamba-fp32.onnx
       rnnquant export mamba-pydoc --calib calib/ --recipe w8a8-outlier --out out/mamba-w8a8.onnx
       rnnquant export mamba-pydoc --calib calib/ --recipe w8a8-outlier --cpu vnni --out out/mamba-w8a8-vnni.onnx
+      rnnquant export mamba-pydoc --calib calib/ --recipe w8a8-smooth --cpu vnni --fused --out out/mamba-fused.onnx
       rnnquant export mamba-w4/ --out out/mamba-w4.onnx --ort
       rnnquant export mamba-pydoc --format qoperator --out out/mamba-qop.onnx
       rnnquant export mamba-pydoc --recipe w4a16-gptq --out web/model.onnx --web
@@ -464,6 +469,12 @@ def export(model, recipe, calib, data, samples, seq_len, prune_spec, out, to_ort
         raise RnnquantError(f"--cpu vnni is for the integer format on native x86 ONNX Runtime; not with {'--web' if to_web else '--format qoperator'}")
     if embedding_table == "own" and fmt == "qoperator":
         raise RnnquantError("--embedding-table own is for the integer format; --format qoperator graphs are ONNX Runtime's quantize_static of the float graph")
+    if fused and (to_web or to_ort or fmt == "qoperator"):
+        raise RnnquantError(f"--fused graphs need rnnquant's op library in native ONNX Runtime; not with {'--web' if to_web else '--ort' if to_ort else '--format qoperator'}")
+    if fused:  # build (or find) the op library before any work: a machine that cannot build it is refused here
+        from .kernels import ortops
+
+        ortops.build()
     if cpu == "vnni" and to_ort:  # --ort checks the .ort against the .onnx by running both: refuse before any work where they cannot run
         from .exporters.runner import check_int8_kernels
 
@@ -491,7 +502,7 @@ def export(model, recipe, calib, data, samples, seq_len, prune_spec, out, to_ort
         path = export_qoperator(m, out, tokenizer, _batches(m, data, samples, seq_len), opset=opset, force=force, prefill_logits=prefill_logits)
     else:
         path = export_step(m, out, tokenizer, opset=opset, force=force, prefill_logits=prefill_logits,
-                           int8_weights="int8" if cpu == "vnni" else "uint8", embedding_table=embedding_table)
+                           int8_weights="int8" if cpu == "vnni" else "uint8", embedding_table=embedding_table, fused=fused)
     click.echo(f"wrote {path} ({step_bytes(path) / 2**20:.2f} MiB with its weights file {weights_path(path).name}), {prefill_path(path).name} "
                f"and {path.parent / stored_name(tokenizer)}")
     if to_ort:

@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import ArchSpec, ChannelGroup, ChannelLayer, RecurrentLM, StateSpec, Tap
-from .ssm import PARALLEL_SCAN_MAX_TOKENS, selective_scan, selective_state_update, softplus
+from rnnquant.kernels.fused import GatedSelectiveStep, fusing
+
+from .ssm import PARALLEL_SCAN_MAX_TOKENS, causal_conv_silu_step, selective_scan, selective_state_update, softplus
 
 
 class RMSNorm(nn.Module):
@@ -52,12 +54,12 @@ class MambaMixer(nn.Module):
         # activation taps: SSM input x, step size dt, B, C, SSM output y (before gating), gate z
         self.tap_x, self.tap_dt, self.tap_B, self.tap_C, self.tap_y, self.tap_z = (Tap() for _ in range(6))
 
-    def _ssm_params(self, xc):
-        """xc [..., E] -> dt [..., E], B [..., N], C [..., N] (shared by forward and step)."""
+    def _ssm_params(self, xc, act=softplus):
+        """xc [..., E] -> dt [..., E] (``act`` of dt_proj's output), B [..., N], C [..., N] (shared by forward and step)."""
         dt, Bm, Cm = torch.split(self.x_proj(xc), [self.R, self.N, self.N], dim=-1)
         if self.bcdt_rms_eps is not None:
             dt, Bm, Cm = (weightless_rms(t, self.bcdt_rms_eps) for t in (dt, Bm, Cm))
-        dt = self.tap_dt(softplus(self.dt_proj(dt)))
+        dt = self.tap_dt(act(self.dt_proj(dt)))
         return dt, self.tap_B(Bm), self.tap_C(Cm)
 
     def _gate_out(self, y, z):
@@ -76,14 +78,15 @@ class MambaMixer(nn.Module):
     def step(self, x, conv_state, h):
         """x [B,D] -> (out [B,D], conv_state', h')."""
         xs, z = self.in_proj(x).split([self.E, self.E], dim=-1)  # [B,E] each (split: one ONNX op, chunk traces to 8)
-        conv_in = torch.cat([conv_state, xs.unsqueeze(1)], dim=1)  # [B,K,E]
-        xc = (conv_in * self.conv1d.weight.squeeze(1).T).sum(1)  # weight [E,1,K] -> [K,E]
-        if self.conv1d.bias is not None:
-            xc = xc + self.conv1d.bias
-        xc = self.tap_x(F.silu(xc))
+        xc, conv_state = causal_conv_silu_step(conv_state, xs, self.conv1d.weight.squeeze(1).T, self.conv1d.bias)  # weight [E,1,K] -> [K,E]
+        xc = self.tap_x(xc)
+        if fusing():  # `export --fused`: softplus, recurrence, readout, D skip and gate as one op (no tap records under export)
+            dt, Bm, Cm = self._ssm_params(xc, act=lambda t: t)
+            y, h = GatedSelectiveStep.apply(xc, dt, (-torch.exp(self.A_log)).T, Bm, Cm, self.D, z, h)
+            return self.out_proj(y), conv_state, h
         dt, Bm, Cm = self._ssm_params(xc)
         y, h = selective_state_update(xc, dt, -torch.exp(self.A_log), Bm, Cm, self.D, h)
-        return self._gate_out(y, z), conv_in[:, 1:], h
+        return self._gate_out(y, z), conv_state, h
 
 
 class MambaBlock(nn.Module):

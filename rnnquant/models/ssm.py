@@ -162,8 +162,25 @@ def selective_scan_parallel(u, dt, A, Bm, Cm, D, h0):
     return y, h_out[:, -1]
 
 
+def causal_conv_silu_step(conv_state, x, w, b):
+    """One step of the depthwise causal conv, then SiLU. conv_state [B,K-1,C] (the last K-1 inputs),
+    x [B,C], w [K,C], b [C] or None -> (silu(conv) [B,C], conv_state' [B,K-1,C]). Under
+    ``export --fused`` one custom op (``rnnquant.kernels.fused.ConvSiluStep``), this its twin."""
+    from rnnquant.kernels.fused import ConvSiluStep, fusing
+
+    if fusing():
+        return ConvSiluStep.apply(conv_state, x, w, b if b is not None else torch.zeros_like(w[0]))
+    conv_in = torch.cat([conv_state, x.unsqueeze(1)], dim=1)  # [B,K,C]
+    xc = (conv_in * w).sum(1)
+    if b is not None:
+        xc = xc + b
+    return F.silu(xc), conv_in[:, 1:]
+
+
 def selective_state_update(u, dt, A, Bm, Cm, D, h):
-    """One step of the recurrence. u, dt [B,E]; Bm, Cm [B,N]; h [B,N,E] -> (y [B,E], h')."""
+    """One step of the recurrence. u, dt [B,E]; Bm, Cm [B,N]; h [B,N,E] -> (y [B,E], h').
+    (Under ``export --fused`` Mamba's step runs this, with the softplus before it and the SiLU(z)
+    gate after it, as ``rnnquant.kernels.fused.GatedSelectiveStep``.)"""
     from rnnquant.kernels import use_triton
 
     if use_triton(u) and not torch.onnx.is_in_onnx_export():

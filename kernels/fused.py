@@ -1,0 +1,76 @@
+"""The trace side of rnnquant's custom ops (``rnnquant.kernels.ortops`` builds and loads them):
+while a ``fused_export`` is traced, each twin emits its op instead of stock ops.
+
+    ConvSiluStep         twin: rnnquant.models.ssm.causal_conv_silu_step (Mamba-1's conv step)
+    GatedSelectiveStep   twin: softplus, selective_state_update and the SiLU(z) gate (Mamba-1's SSM step)
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from .ortops import DOMAIN
+
+_FUSING = False
+
+
+@contextlib.contextmanager
+def fused_export(on: bool = True):
+    """While on, ``fusing()`` is true: the twins trace as their custom op instead of stock ops."""
+    global _FUSING
+    before, _FUSING = _FUSING, on
+    try:
+        yield
+    finally:
+        _FUSING = before
+
+
+def fusing() -> bool:
+    return _FUSING and torch.onnx.is_in_onnx_export()
+
+
+def _typed(g, outputs, like):
+    """Give a custom op's outputs the types (shapes) of ``like``: ONNX shape inference cannot know them."""
+    for out, ref in zip(outputs, like):
+        out.setType(ref.type())
+    return outputs
+
+
+class ConvSiluStep(torch.autograd.Function):
+    """``ai.rnnquant::ConvSiluStep``: one step of a depthwise causal conv and SiLU.
+    Twin: ``rnnquant.models.ssm.causal_conv_silu_step`` (its forward, the stock ops)."""
+
+    @staticmethod
+    def forward(ctx, conv_state, x, w, b):
+        from rnnquant.models.ssm import causal_conv_silu_step
+
+        with fused_export(False):  # the twin's stock ops, not this op again
+            return causal_conv_silu_step(conv_state, x, w, b)
+
+    @staticmethod
+    def symbolic(g, conv_state, x, w, b):
+        return _typed(g, g.op(f"{DOMAIN}::ConvSiluStep", conv_state, x, w, b, outputs=2), (x, conv_state))
+
+
+class GatedSelectiveStep(torch.autograd.Function):
+    """``ai.rnnquant::GatedSelectiveStep``: Mamba's step after x_proj / dt_proj, in one op:
+    dt = softplus(dt_raw); h' = exp(dt A) h + (dt u) B_t; y = (C_t^T h' + D u) * SiLU(z).
+    u, dt_raw, z [B,E]; At [N,E] (A transposed); Bm, Cm [B,N]; D [E]; h [B,N,E] -> (y [B,E], h').
+    Twin: ``rnnquant.models.ssm.softplus``, ``selective_state_update`` and the gate (its forward)."""
+
+    @staticmethod
+    def forward(ctx, u, dt_raw, At, Bm, Cm, D, z, h):
+        from rnnquant.models.ssm import selective_state_update, softplus
+
+        y, h = selective_state_update(u, softplus(dt_raw), At.T, Bm, Cm, D, h)
+        return y * torch.nn.functional.silu(z), h
+
+    @staticmethod
+    def symbolic(g, u, dt_raw, At, Bm, Cm, D, z, h):
+        return _typed(g, g.op(f"{DOMAIN}::GatedSelectiveStep", u, dt_raw, At, Bm, Cm, D, z, h, outputs=2), (u, h))
+
+
+def uses_fused_ops(model_proto) -> bool:
+    """Whether a graph (or a Loop prefill built from it) imports rnnquant's op domain."""
+    return any(o.domain == DOMAIN for o in model_proto.opset_import)

@@ -1,0 +1,172 @@
+// rnnquant's ONNX Runtime custom operators (domain "ai.rnnquant"), opt-in via `rnnquant export --fused`.
+// Each is the math of a PyTorch twin (rnnquant.kernels.fused names them), which is also the stock-op
+// graph it replaces; tests/kernels/test_ortops.py holds the two graphs to each other.
+//
+// ConvSiluStep: one step of a depthwise causal conv, then SiLU (twin: ssm.causal_conv_silu_step)
+//   inputs   state [B,K-1,C] (the last K-1 inputs), x [B,C], w [K,C], b [C]
+//   outputs  y [B,C] = silu(sum_k w_k in_k + b)  (in = state then x),   state' [B,K-1,C] = in[1:]
+//
+// GatedSelectiveStep: Mamba's step after its projections (twin: ssm.softplus, selective_state_update, gate)
+//   inputs   u [B,E], dt_raw [B,E], At [N,E] (A transposed, negative), Bm [B,N], Cm [B,N], D [E], z [B,E],
+//            h [B,N,E]               (E = d_inner, N = d_state; d_inner last, as the stock graph's state)
+//   outputs  y [B,E] = (C_t^T h' + D u) * silu(z),   h' [B,N,E] = exp(dt A) h + (dt u) B_t,  dt = softplus(dt_raw)
+//
+// In stock ops these are ~26 nodes per Mamba layer, most a pass over a [1,E] row or the [N,E] state
+// (ONNX Runtime's cost per small node is what a batch-1 step pays); here two passes, the exp
+// vectorised by the compiler (libmvec, -ffast-math).
+//
+// Built by rnnquant.kernels.ortops against ONNX Runtime's C API headers (the C API is append-only:
+// a library built against version V headers loads into any runtime that serves API version V).
+#define ORT_API_MANUAL_INIT
+#include "onnxruntime_cxx_api.h"
+#undef ORT_API_MANUAL_INIT
+
+#include <cmath>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace {
+
+const char* const kDomain = "ai.rnnquant";
+
+using Shape = std::vector<int64_t>;
+
+Shape shape_of(const Ort::ConstValue& v) { return v.GetTensorTypeAndShapeInfo().GetShape(); }
+
+void expect(const Ort::ConstValue& v, const Shape& want, const char* op, const char* name) {
+  if (shape_of(v) != want)
+    ORT_CXX_API_THROW(std::string(op) + ": input " + name + " has the wrong shape", ORT_INVALID_ARGUMENT);
+}
+
+inline float silu(float x) { return x / (1.0f + std::exp(-x)); }
+
+inline float softplus(float x) { return std::fmax(x, 0.0f) + std::log1p(std::exp(-std::fabs(x))); }
+
+// ---- ConvSiluStep ----------------------------------------------------------------------------
+void conv_silu_row(const float* state, const float* x, const float* w, const float* b, float* y, float* state_out,
+                   int64_t K, int64_t C) {
+  for (int64_t c = 0; c < C; ++c) y[c] = w[c] * state[c];  // k = 0 (K >= 2: the state has a row)
+  for (int64_t k = 1; k < K - 1; ++k) {
+    const float *wk = w + k * C, *sk = state + k * C;
+    for (int64_t c = 0; c < C; ++c) y[c] += wk[c] * sk[c];
+  }
+  const float* wl = w + (K - 1) * C;
+  for (int64_t c = 0; c < C; ++c) y[c] = silu(y[c] + wl[c] * x[c] + b[c]);
+  for (int64_t k = 0; k + 1 < K - 1; ++k) std::copy(state + (k + 1) * C, state + (k + 2) * C, state_out + k * C);
+  std::copy(x, x + C, state_out + (K - 2) * C);
+}
+
+struct ConvSiluStepKernel {
+  ConvSiluStepKernel(const OrtApi&, const OrtKernelInfo*) {}
+
+  void Compute(OrtKernelContext* raw) {
+    Ort::KernelContext ctx(raw);
+    const auto state = ctx.GetInput(0), x = ctx.GetInput(1), w = ctx.GetInput(2), b = ctx.GetInput(3);
+    const Shape ss = shape_of(state);  // [B,K-1,C]
+    if (ss.size() != 3 || ss[1] < 1) ORT_CXX_API_THROW("ConvSiluStep: state must be [B,K-1,C], K >= 2", ORT_INVALID_ARGUMENT);
+    const int64_t B = ss[0], K = ss[1] + 1, C = ss[2];
+    expect(x, {B, C}, "ConvSiluStep", "x");
+    expect(w, {K, C}, "ConvSiluStep", "w");
+    expect(b, {C}, "ConvSiluStep", "b");
+    auto y = ctx.GetOutput(0, Shape{B, C});
+    auto state_out = ctx.GetOutput(1, ss);
+    const float *ps = state.GetTensorData<float>(), *px = x.GetTensorData<float>();
+    float *py = y.GetTensorMutableData<float>(), *pso = state_out.GetTensorMutableData<float>();
+    for (int64_t i = 0; i < B; ++i)
+      conv_silu_row(ps + i * (K - 1) * C, px + i * C, w.GetTensorData<float>(), b.GetTensorData<float>(), py + i * C,
+                    pso + i * (K - 1) * C, K, C);
+  }
+};
+
+// ---- GatedSelectiveStep ----------------------------------------------------------------------
+void gated_selective_row(const float* u, const float* dt_raw, const float* At, const float* Bm, const float* Cm,
+                         const float* D, const float* z, const float* h, float* y, float* h_out, int64_t E, int64_t N,
+                         float* dt, float* dtu) {
+  for (int64_t e = 0; e < E; ++e) {
+    dt[e] = softplus(dt_raw[e]);
+    dtu[e] = dt[e] * u[e];
+    y[e] = 0.0f;
+  }
+  for (int64_t n = 0; n < N; ++n) {
+    const float bn = Bm[n], cn = Cm[n];
+    const float *a = At + n * E, *hn = h + n * E;
+    float* on = h_out + n * E;
+    for (int64_t e = 0; e < E; ++e) {
+      const float s = std::exp(dt[e] * a[e]) * hn[e] + dtu[e] * bn;
+      on[e] = s;
+      y[e] += cn * s;
+    }
+  }
+  for (int64_t e = 0; e < E; ++e) y[e] = (y[e] + u[e] * D[e]) * silu(z[e]);
+}
+
+struct GatedSelectiveStepKernel {
+  GatedSelectiveStepKernel(const OrtApi&, const OrtKernelInfo*) {}
+
+  void Compute(OrtKernelContext* raw) {
+    Ort::KernelContext ctx(raw);
+    const auto u = ctx.GetInput(0), dt = ctx.GetInput(1), At = ctx.GetInput(2), Bm = ctx.GetInput(3),
+               Cm = ctx.GetInput(4), D = ctx.GetInput(5), z = ctx.GetInput(6), h = ctx.GetInput(7);
+    const Shape hs = shape_of(h);  // [B,N,E]
+    if (hs.size() != 3) ORT_CXX_API_THROW("GatedSelectiveStep: h must be [B,N,E]", ORT_INVALID_ARGUMENT);
+    const int64_t B = hs[0], N = hs[1], E = hs[2];
+    const char* op = "GatedSelectiveStep";
+    expect(u, {B, E}, op, "u");
+    expect(dt, {B, E}, op, "dt_raw");
+    expect(At, {N, E}, op, "At");
+    expect(Bm, {B, N}, op, "Bm");
+    expect(Cm, {B, N}, op, "Cm");
+    expect(D, {E}, op, "D");
+    expect(z, {B, E}, op, "z");
+    auto y = ctx.GetOutput(0, Shape{B, E});
+    auto h_out = ctx.GetOutput(1, hs);
+    std::vector<float> scratch(2 * static_cast<size_t>(E));  // dt and dt * u of one row
+    const float *pu = u.GetTensorData<float>(), *pdt = dt.GetTensorData<float>(), *pB = Bm.GetTensorData<float>(),
+                *pC = Cm.GetTensorData<float>(), *pz = z.GetTensorData<float>(), *ph = h.GetTensorData<float>();
+    float *py = y.GetTensorMutableData<float>(), *pho = h_out.GetTensorMutableData<float>();
+    for (int64_t i = 0; i < B; ++i)
+      gated_selective_row(pu + i * E, pdt + i * E, At.GetTensorData<float>(), pB + i * N, pC + i * N,
+                          D.GetTensorData<float>(), pz + i * E, ph + i * N * E, py + i * E, pho + i * N * E, E, N,
+                          scratch.data(), scratch.data() + E);
+  }
+};
+
+template <typename Kernel, size_t Inputs>
+struct FloatOp : Ort::CustomOpBase<FloatOp<Kernel, Inputs>, Kernel> {
+  explicit FloatOp(const char* name) : name_(name) {}
+  void* CreateKernel(const OrtApi& api, const OrtKernelInfo* info) const { return new Kernel(api, info); }
+  const char* GetName() const { return name_; }
+  const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
+  size_t GetInputTypeCount() const { return Inputs; }
+  ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  size_t GetOutputTypeCount() const { return 2; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+
+ private:
+  const char* name_;
+};
+
+}  // namespace
+
+extern "C" ORT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
+  const OrtApi* api = api_base->GetApi(ORT_API_VERSION);
+  if (api == nullptr) return nullptr;  // a runtime older than these headers: nothing registered, the session names the missing op
+  Ort::InitApi(api);
+  // the ops and their domain must outlive every session that uses them: kept for the process
+  static FloatOp<ConvSiluStepKernel, 4> conv("ConvSiluStep");
+  static FloatOp<GatedSelectiveStepKernel, 8> ssm("GatedSelectiveStep");
+  static std::mutex lock;
+  static std::vector<Ort::CustomOpDomain> domains;
+  std::lock_guard<std::mutex> guard(lock);
+  try {
+    domains.emplace_back(kDomain);
+    domains.back().Add(&conv);
+    domains.back().Add(&ssm);
+    Ort::UnownedSessionOptions(options).Add(domains.back());
+  } catch (const Ort::Exception& e) {
+    return api->CreateStatus(ORT_FAIL, e.what());
+  }
+  return nullptr;
+}

@@ -1,0 +1,141 @@
+"""rnnquant's ONNX Runtime custom ops (``export --fused``) against their PyTorch twins and the stock graph."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from rnnquant.exporters.onnx_export import export_step
+from rnnquant.exporters.runner import OrtLM
+from rnnquant.kernels import ortops
+from rnnquant.kernels.fused import ConvSiluStep, GatedSelectiveStep
+from rnnquant.models import fingerprint
+from rnnquant.models.ssm import causal_conv_silu_step, selective_state_update, softplus
+from tests.conftest import TOKENIZER, tiny_model
+from tests.helpers import assert_one_line_error
+
+IDS = torch.randint(0, 4096, (2, 48), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def library():
+    return ortops.build()
+
+
+def _op_session(library, op: str, inputs: dict[str, np.ndarray], n_out: int = 2):
+    """A one-node graph of ``op`` (float inputs and outputs) in a session with the library."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    outs = [f"out{i}" for i in range(n_out)]
+    graph = helper.make_graph([helper.make_node(op, list(inputs), outs, domain=ortops.DOMAIN)], op,
+                              [helper.make_tensor_value_info(k, TensorProto.FLOAT, v.shape) for k, v in inputs.items()],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(ortops.DOMAIN, 1)])
+    opts = ort.SessionOptions()
+    ortops.register(opts)
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, inputs)
+
+
+@pytest.mark.parametrize("K", [2, 4])
+def test_conv_silu_step_op_is_its_twin(library, K):
+    g = torch.Generator().manual_seed(K)
+    state, x, w, b = torch.randn(3, K - 1, 40, generator=g), torch.randn(3, 40, generator=g), torch.randn(K, 40, generator=g), torch.randn(40, generator=g)
+    y, new_state = _op_session(library, "ConvSiluStep", {k: v.numpy() for k, v in zip(("state", "x", "w", "b"), (state, x, w, b))})
+    y_ref, state_ref = causal_conv_silu_step(state, x, w, b)
+    np.testing.assert_allclose(y, y_ref.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(new_state, state_ref.numpy())  # a shift: exact
+
+
+def test_gated_selective_step_op_is_its_twin(library):
+    g = torch.Generator().manual_seed(0)
+    B, N, E = 3, 16, 40
+    u, z = torch.randn(B, E, generator=g), torch.randn(B, E, generator=g)
+    dt_raw = torch.randn(B, E, generator=g) * 4  # both softplus branches, far from 0 too
+    A = -torch.exp(torch.randn(E, N, generator=g))
+    Bm, Cm, D, h = torch.randn(B, N, generator=g), torch.randn(B, N, generator=g), torch.randn(E, generator=g), torch.randn(B, N, E, generator=g)
+    feeds = dict(zip(("u", "dt_raw", "At", "Bm", "Cm", "D", "z", "h"), (u, dt_raw, A.T.contiguous(), Bm, Cm, D, z, h)))
+    y, h_new = _op_session(library, "GatedSelectiveStep", {k: v.numpy() for k, v in feeds.items()})
+    y_ref, h_ref = selective_state_update(u, softplus(dt_raw), A, Bm, Cm, D, h)
+    np.testing.assert_allclose(h_new, h_ref.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y, (y_ref * torch.nn.functional.silu(z)).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_the_functions_trace_values_are_the_twins(library):
+    """Outside a session the autograd Functions compute their twins' values (what the trace sees)."""
+    g = torch.Generator().manual_seed(1)
+    state, x, w, b = torch.randn(2, 3, 8, generator=g), torch.randn(2, 8, generator=g), torch.randn(4, 8, generator=g), torch.randn(8, generator=g)
+    for a, r in zip(ConvSiluStep.apply(state, x, w, b), causal_conv_silu_step(state, x, w, b)):
+        assert torch.equal(a, r)
+    u, dt, z, A = torch.randn(2, 8, generator=g), torch.randn(2, 8, generator=g), torch.randn(2, 8, generator=g), -torch.rand(8, 5, generator=g)
+    Bm, Cm, D, h = torch.randn(2, 5, generator=g), torch.randn(2, 5, generator=g), torch.randn(8, generator=g), torch.randn(2, 5, 8, generator=g)
+    y, h1 = GatedSelectiveStep.apply(u, dt, A.T, Bm, Cm, D, z, h)
+    y_ref, h_ref = selective_state_update(u, softplus(dt), A, Bm, Cm, D, h)
+    assert torch.equal(h1, h_ref) and torch.equal(y, y_ref * torch.nn.functional.silu(z))
+
+
+def _mamba(arch):
+    m = tiny_model(arch)
+    m.provenance = m.provenance.derive(fingerprint=fingerprint(m))
+    return m
+
+
+@pytest.mark.parametrize("arch", ["mamba", "falcon_mamba"])
+def test_fused_step_graph_equals_the_stock_one(library, tmp_path, arch):
+    """48 steps from the initial state, batch 2: the same logits and states as the stock-op graph."""
+    m = _mamba(arch)
+    stock = OrtLM(export_step(m, tmp_path / "stock.onnx", TOKENIZER, prefill=False))
+    fused = OrtLM(export_step(m, tmp_path / "fused.onnx", TOKENIZER, prefill=False, fused=True))
+    nodes = {k: [n.op_type for n in onnx.load(tmp_path / f"{k}.onnx", load_external_data=False).graph.node] for k in ("stock", "fused")}
+    assert nodes["fused"].count("ConvSiluStep") == nodes["fused"].count("GatedSelectiveStep") == m.config["num_hidden_layers"]
+    assert len(nodes["stock"]) - len(nodes["fused"]) >= 30 * m.config["num_hidden_layers"]  # ~40 stock nodes per layer replaced
+    s_state, f_state = stock.init_state(2), fused.init_state(2)
+    for t in range(IDS.shape[1]):
+        s_logits, s_state = stock.step(IDS[:, t].numpy(), s_state)
+        f_logits, f_state = fused.step(IDS[:, t].numpy(), f_state)
+        np.testing.assert_allclose(f_logits, s_logits, rtol=1e-4, atol=1e-4)
+    for a, b in zip(f_state, s_state, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_graph_says_it_needs_the_library(tmp_path):
+    path = export_step(_mamba("mamba"), tmp_path / "f.onnx", TOKENIZER, fused=True)
+    meta = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+    assert meta["custom_ops"] == ortops.DOMAIN
+    prefill = onnx.load(tmp_path / "f.prefill.onnx", load_external_data=False)
+    assert all(n.domain != ortops.DOMAIN for n in prefill.graph.node)  # the prefill graph stays stock ops
+
+
+def test_export_fused_refuses_a_model_without_fused_ops(capsys, tmp_path):
+    from rnnquant.io import save_checkpoint
+
+    save_checkpoint(tiny_model("lstm"), tmp_path / "lstm", tokenizer_path=TOKENIZER)
+    assert_one_line_error(capsys, "export", tmp_path / "lstm", "--fused", "--out", tmp_path / "o" / "a.onnx", match="has no fused op")
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+
+
+@pytest.mark.parametrize("other", [["--web"], ["--ort"], ["--format", "qoperator"]])
+def test_export_fused_refuses_runtimes_without_the_library(capsys, tmp_path, other):
+    assert_one_line_error(capsys, "export", "mamba-pydoc", "--fused", *other, "--out", tmp_path / "a.onnx", match="--fused")
+    assert not list(tmp_path.glob("a*"))
+
+
+def test_a_library_that_cannot_be_built_is_one_line(capsys, tmp_path, monkeypatch, library):
+    """No compiler that works: one line, exit 2, before any export work, and no library left behind."""
+    cache = tmp_path / "cache"
+    (cache / "ortops").mkdir(parents=True)
+    (cache / "ortops" / "include").symlink_to(library.parent.parent / "include")  # the headers, not the built library
+    monkeypatch.setenv("RNNQUANT_CACHE", str(cache))
+    monkeypatch.setenv("CXX", "false")
+    assert_one_line_error(capsys, "export", "mamba-pydoc", "--fused", "--out", tmp_path / "a.onnx", match="cannot build the fused-op library")
+    assert not ortops.library_path().exists() and not list(tmp_path.glob("a*"))
+
+
+def test_loading_the_library_keeps_subnormals(library):
+    """The library must not set flush-to-zero for the process (GCC's crtfastmath.o does, when a
+    -ffast-math shared object is linked with -ffast-math): torch and numpy would lose subnormals."""
+    _op_session(library, "ConvSiluStep", {"state": np.ones((1, 1, 4), np.float32), "x": np.ones((1, 4), np.float32),
+                                          "w": np.ones((2, 4), np.float32), "b": np.zeros(4, np.float32)})
+    tiny = np.finfo(np.float32).tiny
+    assert np.float32(tiny) / np.float32(4) > 0 and torch.tensor(tiny) / 4 > 0
