@@ -23,7 +23,7 @@ import torch
 from rnnquant import __version__
 from rnnquant.errors import RnnquantError
 from rnnquant.io import atomic_path
-from rnnquant.kernels.fused import fused_export, uses_fused_ops
+from rnnquant.kernels.fused import FUSED_STEPS, fused_export, uses_fused_ops
 from rnnquant.kernels import ortops
 from rnnquant.tokenizer import stored_name
 
@@ -430,7 +430,7 @@ def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bo
             step = _trace(_WeightsAsInputs(_StepGraph(model), len(inputs)), (torch.tensor([0]), *state, *weights.values()), [*inputs, *weights],
                           outputs, {k: {0: "batch"} for k in inputs + outputs}, opset, nbits, fused)
             if fused and not any(n.domain == ortops.DOMAIN for n in step.graph.node):
-                raise RnnquantError(f"--fused: {model.model_type}'s step has no fused op (rnnquant's fused op is Mamba-1's selective scan)")
+                raise RnnquantError(f"--fused: {model.model_type}'s step has no fused op (rnnquant's are for {FUSED_STEPS})")
             proto = staged.take(step, weights)
             del step
             if prefill and model.parallel_prefill:

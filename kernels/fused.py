@@ -3,6 +3,7 @@ while a ``fused_export`` is traced, each twin emits its op instead of stock ops.
 
     ConvSiluStep         twin: rnnquant.models.ssm.causal_conv_silu_step (Mamba-1's conv step)
     GatedSelectiveStep   twin: softplus, selective_state_update and the SiLU(z) gate (Mamba-1's SSM step)
+    DeltaRuleStep        twin: rnnquant.models.rwkv7.delta_rule_step (RWKV-7's state update and read-out)
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 
 from .ortops import DOMAIN
 
+FUSED_STEPS = "Mamba-1 / FalconMamba (conv, selective scan) and RWKV-7 (delta rule)"  # where the twins are called
 _FUSING = False
 
 
@@ -69,6 +71,22 @@ class GatedSelectiveStep(torch.autograd.Function):
     @staticmethod
     def symbolic(g, u, dt_raw, At, Bm, Cm, D, z, h):
         return _typed(g, g.op(f"{DOMAIN}::GatedSelectiveStep", u, dt_raw, At, Bm, Cm, D, z, h, outputs=2), (u, h))
+
+
+class DeltaRuleStep(torch.autograd.Function):
+    """``ai.rnnquant::DeltaRuleStep``: one position of RWKV-7's generalized delta rule, S [B,H,N,N];
+    r, w, k, v, kk, a [B,H,N] -> (o [B,H,N], S'). Twin: ``rnnquant.models.rwkv7.delta_rule_step``."""
+
+    @staticmethod
+    def forward(ctx, S, r, w, k, v, kk, a):
+        from rnnquant.models.rwkv7 import delta_rule_step
+
+        with fused_export(False):
+            return delta_rule_step(S, r, w, k, v, kk, a)
+
+    @staticmethod
+    def symbolic(g, S, r, w, k, v, kk, a):
+        return _typed(g, g.op(f"{DOMAIN}::DeltaRuleStep", S, r, w, k, v, kk, a, outputs=2), (r, S))
 
 
 def uses_fused_ops(model_proto) -> bool:

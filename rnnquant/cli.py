@@ -439,8 +439,9 @@ def generate(model, prompt, max_new_tokens, temperature, top_k, seed):
                    "(vocab x hidden more bytes on disk), so that ONNX Runtime releases the head's table once its "
                    "matmul has packed it and the lookup reads one row per token: a step session smaller by about "
                    "that table (RESULTS §23).")
-@click.option("--fused", is_flag=True, help="Run the step's recurrence as rnnquant's ONNX Runtime custom op (Mamba-1 / "
-              "FalconMamba: one pass over the state instead of ~13 stock nodes per layer). The op library is built on "
+@click.option("--fused", is_flag=True, help="Run the step's recurrence as rnnquant's ONNX Runtime custom ops (Mamba-1 / "
+              "FalconMamba: conv and selective scan; RWKV-7: the delta rule), a pass or two over the state where stock "
+              "ops take ~20-40 nodes per layer. The op library is built on "
               "first use with this machine's C++ compiler and loaded by `rnnquant run` / `compare`; native ONNX "
               "Runtime only (not with --web, --ort or --format qoperator).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")

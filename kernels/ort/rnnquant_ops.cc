@@ -11,6 +11,10 @@
 //            h [B,N,E]               (E = d_inner, N = d_state; d_inner last, as the stock graph's state)
 //   outputs  y [B,E] = (C_t^T h' + D u) * silu(z),   h' [B,N,E] = exp(dt A) h + (dt u) B_t,  dt = softplus(dt_raw)
 //
+// DeltaRuleStep: one position of RWKV-7's generalized delta rule (twin: rwkv7.delta_rule_step)
+//   inputs   S [B,H,N,N] (key x value), r, w (log decay), k, v, kk, a [B,H,N]
+//   outputs  o [B,H,N] = r^T S',   S' = S * exp(w) (per key row) + (kk a) ((-kk)^T S) + k v^T
+//
 // In stock ops these are ~26 nodes per Mamba layer, most a pass over a [1,E] row or the [N,E] state
 // (ONNX Runtime's cost per small node is what a batch-1 step pays); here two passes, the exp
 // vectorised by the compiler (libmvec, -ffast-math).
@@ -133,6 +137,57 @@ struct GatedSelectiveStepKernel {
   }
 };
 
+// ---- DeltaRuleStep ---------------------------------------------------------------------------
+// one head: S [N(key i), N(value j)]; sa = (-kk)^T S; S' = S exp(w)_i + (kk a)_i sa_j + k_i v_j; o = r^T S'
+void delta_rule_head(const float* S, const float* r, const float* w, const float* k, const float* v, const float* kk,
+                     const float* a, float* o, float* S_out, int64_t N, float* sa) {
+  for (int64_t j = 0; j < N; ++j) sa[j] = 0.0f, o[j] = 0.0f;
+  for (int64_t i = 0; i < N; ++i) {
+    const float m = -kk[i];
+    const float* row = S + i * N;
+    for (int64_t j = 0; j < N; ++j) sa[j] += m * row[j];
+  }
+  for (int64_t i = 0; i < N; ++i) {
+    const float d = std::exp(w[i]), c = kk[i] * a[i], ki = k[i], ri = r[i];
+    const float* row = S + i * N;
+    float* out = S_out + i * N;
+    for (int64_t j = 0; j < N; ++j) {
+      const float s = row[j] * d + c * sa[j] + ki * v[j];
+      out[j] = s;
+      o[j] += ri * s;
+    }
+  }
+}
+
+struct DeltaRuleStepKernel {
+  DeltaRuleStepKernel(const OrtApi&, const OrtKernelInfo*) {}
+
+  void Compute(OrtKernelContext* raw) {
+    Ort::KernelContext ctx(raw);
+    const auto S = ctx.GetInput(0);
+    const Shape ss = shape_of(S);  // [B,H,N,N]
+    if (ss.size() != 4 || ss[2] != ss[3]) ORT_CXX_API_THROW("DeltaRuleStep: S must be [B,H,N,N]", ORT_INVALID_ARGUMENT);
+    const int64_t B = ss[0], H = ss[1], N = ss[2];
+    const char* names[] = {"r", "w", "k", "v", "kk", "a"};
+    const float* in[6];
+    for (size_t t = 0; t < 6; ++t) {
+      const auto x = ctx.GetInput(t + 1);
+      expect(x, {B, H, N}, "DeltaRuleStep", names[t]);
+      in[t] = x.GetTensorData<float>();
+    }
+    auto o = ctx.GetOutput(0, Shape{B, H, N});
+    auto S_out = ctx.GetOutput(1, ss);
+    std::vector<float> sa(static_cast<size_t>(N));
+    const float* pS = S.GetTensorData<float>();
+    float *po = o.GetTensorMutableData<float>(), *pSo = S_out.GetTensorMutableData<float>();
+    for (int64_t bh = 0; bh < B * H; ++bh) {
+      const int64_t v0 = bh * N;
+      delta_rule_head(pS + bh * N * N, in[0] + v0, in[1] + v0, in[2] + v0, in[3] + v0, in[4] + v0, in[5] + v0,
+                      po + v0, pSo + bh * N * N, N, sa.data());
+    }
+  }
+};
+
 template <typename Kernel, size_t Inputs>
 struct FloatOp : Ort::CustomOpBase<FloatOp<Kernel, Inputs>, Kernel> {
   explicit FloatOp(const char* name) : name_(name) {}
@@ -157,6 +212,7 @@ extern "C" ORT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOption
   // the ops and their domain must outlive every session that uses them: kept for the process
   static FloatOp<ConvSiluStepKernel, 4> conv("ConvSiluStep");
   static FloatOp<GatedSelectiveStepKernel, 8> ssm("GatedSelectiveStep");
+  static FloatOp<DeltaRuleStepKernel, 7> delta("DeltaRuleStep");
   static std::mutex lock;
   static std::vector<Ort::CustomOpDomain> domains;
   std::lock_guard<std::mutex> guard(lock);
@@ -164,6 +220,7 @@ extern "C" ORT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOption
     domains.emplace_back(kDomain);
     domains.back().Add(&conv);
     domains.back().Add(&ssm);
+    domains.back().Add(&delta);
     Ort::UnownedSessionOptions(options).Add(domains.back());
   } catch (const Ort::Exception& e) {
     return api->CreateStatus(ORT_FAIL, e.what());

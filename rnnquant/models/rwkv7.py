@@ -62,7 +62,12 @@ def shifted(x, prev):
 
 def delta_rule_step(S, r, w, k, v, kk, a):
     """One position of the generalized delta rule. S [B,H,N,N] (key x value); r, w, k, kk, a [B,H,N];
-    v [B,H,N] -> (o [B,H,N], S')."""
+    v [B,H,N] -> (o [B,H,N], S'). Under ``export --fused`` one custom op
+    (``rnnquant.kernels.fused.DeltaRuleStep``), this its twin."""
+    from rnnquant.kernels.fused import DeltaRuleStep, fusing
+
+    if fusing():
+        return DeltaRuleStep.apply(S, r, w, k, v, kk, a)
     sa = (-kk).unsqueeze(-2) @ S  # (-kk)^T S: [B,H,1,N], from the S before decay (a matmul: one pass over S, no strided sum)
     S = S * torch.exp(w).unsqueeze(-1) + (kk * a).unsqueeze(-1) * sa + k.unsqueeze(-1) * v.unsqueeze(-2)
     return (r.unsqueeze(-2) @ S).squeeze(-2), S

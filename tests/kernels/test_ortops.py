@@ -11,6 +11,7 @@ from rnnquant.exporters.runner import OrtLM
 from rnnquant.kernels import ortops
 from rnnquant.kernels.fused import ConvSiluStep, GatedSelectiveStep
 from rnnquant.models import fingerprint
+from rnnquant.models.rwkv7 import delta_rule_step
 from rnnquant.models.ssm import causal_conv_silu_step, selective_state_update, softplus
 from tests.conftest import TOKENIZER, tiny_model
 from tests.helpers import assert_one_line_error
@@ -75,21 +76,42 @@ def test_the_functions_trace_values_are_the_twins(library):
     assert torch.equal(h1, h_ref) and torch.equal(y, y_ref * torch.nn.functional.silu(z))
 
 
-def _mamba(arch):
+def _model(arch):
     m = tiny_model(arch)
     m.provenance = m.provenance.derive(fingerprint=fingerprint(m))
     return m
 
 
-@pytest.mark.parametrize("arch", ["mamba", "falcon_mamba"])
+def test_delta_rule_step_op_is_its_twin(library):
+    g = torch.Generator().manual_seed(2)
+    B, H, N = 2, 3, 16
+    S = torch.randn(B, H, N, N, generator=g)
+    r, k, v = (torch.randn(B, H, N, generator=g) for _ in range(3))
+    w = -torch.rand(B, H, N, generator=g) * 0.6  # RWKV-7's log decay: in (-e^-0.5, 0)
+    kk = torch.nn.functional.normalize(torch.randn(B, H, N, generator=g), dim=-1)
+    a = torch.rand(B, H, N, generator=g)
+    o, S_new = _op_session(library, "DeltaRuleStep", {n: t.numpy() for n, t in zip(("S", "r", "w", "k", "v", "kk", "a"), (S, r, w, k, v, kk, a))})
+    o_ref, S_ref = delta_rule_step(S, r, w, k, v, kk, a)
+    np.testing.assert_allclose(S_new, S_ref.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(o, o_ref.numpy(), rtol=1e-5, atol=1e-4)
+
+
+# the ops each architecture's fused step has per layer, and how many stock nodes a layer at least saves
+FUSED = {"mamba": ({"ConvSiluStep", "GatedSelectiveStep"}, 30), "falcon_mamba": ({"ConvSiluStep", "GatedSelectiveStep"}, 30),
+         "rwkv7": ({"DeltaRuleStep"}, 12)}
+
+
+@pytest.mark.parametrize("arch", sorted(FUSED))
 def test_fused_step_graph_equals_the_stock_one(library, tmp_path, arch):
     """48 steps from the initial state, batch 2: the same logits and states as the stock-op graph."""
-    m = _mamba(arch)
+    m = _model(arch)
     stock = OrtLM(export_step(m, tmp_path / "stock.onnx", TOKENIZER, prefill=False))
     fused = OrtLM(export_step(m, tmp_path / "fused.onnx", TOKENIZER, prefill=False, fused=True))
     nodes = {k: [n.op_type for n in onnx.load(tmp_path / f"{k}.onnx", load_external_data=False).graph.node] for k in ("stock", "fused")}
-    assert nodes["fused"].count("ConvSiluStep") == nodes["fused"].count("GatedSelectiveStep") == m.config["num_hidden_layers"]
-    assert len(nodes["stock"]) - len(nodes["fused"]) >= 30 * m.config["num_hidden_layers"]  # ~40 stock nodes per layer replaced
+    ops, saved = FUSED[arch]
+    layers = m.config["num_hidden_layers"]
+    assert all(nodes["fused"].count(op) == layers for op in ops)
+    assert len(nodes["stock"]) - len(nodes["fused"]) >= saved * layers
     s_state, f_state = stock.init_state(2), fused.init_state(2)
     for t in range(IDS.shape[1]):
         s_logits, s_state = stock.step(IDS[:, t].numpy(), s_state)
@@ -100,7 +122,7 @@ def test_fused_step_graph_equals_the_stock_one(library, tmp_path, arch):
 
 
 def test_fused_graph_says_it_needs_the_library(tmp_path):
-    path = export_step(_mamba("mamba"), tmp_path / "f.onnx", TOKENIZER, fused=True)
+    path = export_step(_model("mamba"), tmp_path / "f.onnx", TOKENIZER, fused=True)
     meta = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
     assert meta["custom_ops"] == ortops.DOMAIN
     prefill = onnx.load(tmp_path / "f.prefill.onnx", load_external_data=False)
