@@ -19,6 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from rnnquant.exporters.runner import read_metadata
+from rnnquant.kernels import ortops
 from rnnquant.exporters.states import initial_state
 
 LAYER_SUFFIX = re.compile(r"_[0-9]+(/|$)")  # the exporter numbers repeated module names: /in_proj_17/...
@@ -31,10 +32,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--by-node", action="store_true")
     args = ap.parse_args()
-    states = json.loads(read_metadata(args.model)["states"])
+    meta = read_metadata(args.model)
+    states = json.loads(meta["states"])
     opts = ort.SessionOptions()
     opts.enable_profiling = True
     opts.intra_op_num_threads = args.threads
+    if meta.get("custom_ops"):  # `export --fused`
+        ortops.register(opts)
     sess = ort.InferenceSession(args.model, opts, providers=["CPUExecutionProvider"])
     feeds = {"input_ids": np.array([5])} | dict(zip((s["name"] for s in states), initial_state(states, 1)))  # each state's dtype and initial value
     for _ in range(args.steps):
