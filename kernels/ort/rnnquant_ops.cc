@@ -25,6 +25,7 @@
 #include "onnxruntime_cxx_api.h"
 #undef ORT_API_MANUAL_INIT
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <mutex>
@@ -85,10 +86,25 @@ struct ConvSiluStepKernel {
 };
 
 // ---- GatedSelectiveStep ----------------------------------------------------------------------
-void gated_selective_row(const float* u, const float* dt_raw, const float* At, const float* Bm, const float* Cm,
-                         const float* D, const float* z, const float* h, float* y, float* h_out, int64_t E, int64_t N,
-                         float* dt, float* dtu) {
-  for (int64_t e = 0; e < E; ++e) {
+// one batch row, channels [e0, e1): every channel's recurrence is independent, so blocks of
+// channels run as separate tasks (ONNX Runtime's intra-op threads)
+constexpr int64_t kBlock = 256;  // channels per task: 1 KiB rows of each [N, E] plane
+
+struct GatedSelectiveArgs {
+  const float *u, *dt_raw, *At, *Bm, *Cm, *D, *z, *h;
+  float *y, *h_out;
+  int64_t E, N, blocks;  // blocks per batch row
+};
+
+void gated_selective_block(void* raw, size_t task) {
+  const auto& p = *static_cast<const GatedSelectiveArgs*>(raw);
+  const int64_t b = static_cast<int64_t>(task) / p.blocks, e0 = (static_cast<int64_t>(task) % p.blocks) * kBlock;
+  const int64_t len = std::min(kBlock, p.E - e0), E = p.E, N = p.N;
+  const float *u = p.u + b * E + e0, *dt_raw = p.dt_raw + b * E + e0, *z = p.z + b * E + e0, *D = p.D + e0;
+  const float *Bm = p.Bm + b * N, *Cm = p.Cm + b * N, *h = p.h + b * N * E + e0, *At = p.At + e0;
+  float *y = p.y + b * E + e0, *h_out = p.h_out + b * N * E + e0;
+  float dt[kBlock], dtu[kBlock];
+  for (int64_t e = 0; e < len; ++e) {
     dt[e] = softplus(dt_raw[e]);
     dtu[e] = dt[e] * u[e];
     y[e] = 0.0f;
@@ -97,13 +113,13 @@ void gated_selective_row(const float* u, const float* dt_raw, const float* At, c
     const float bn = Bm[n], cn = Cm[n];
     const float *a = At + n * E, *hn = h + n * E;
     float* on = h_out + n * E;
-    for (int64_t e = 0; e < E; ++e) {
+    for (int64_t e = 0; e < len; ++e) {
       const float s = std::exp(dt[e] * a[e]) * hn[e] + dtu[e] * bn;
       on[e] = s;
       y[e] += cn * s;
     }
   }
-  for (int64_t e = 0; e < E; ++e) y[e] = (y[e] + u[e] * D[e]) * silu(z[e]);
+  for (int64_t e = 0; e < len; ++e) y[e] = (y[e] + u[e] * D[e]) * silu(z[e]);
 }
 
 struct GatedSelectiveStepKernel {
@@ -126,29 +142,37 @@ struct GatedSelectiveStepKernel {
     expect(z, {B, E}, op, "z");
     auto y = ctx.GetOutput(0, Shape{B, E});
     auto h_out = ctx.GetOutput(1, hs);
-    std::vector<float> scratch(2 * static_cast<size_t>(E));  // dt and dt * u of one row
-    const float *pu = u.GetTensorData<float>(), *pdt = dt.GetTensorData<float>(), *pB = Bm.GetTensorData<float>(),
-                *pC = Cm.GetTensorData<float>(), *pz = z.GetTensorData<float>(), *ph = h.GetTensorData<float>();
-    float *py = y.GetTensorMutableData<float>(), *pho = h_out.GetTensorMutableData<float>();
-    for (int64_t i = 0; i < B; ++i)
-      gated_selective_row(pu + i * E, pdt + i * E, At.GetTensorData<float>(), pB + i * N, pC + i * N,
-                          D.GetTensorData<float>(), pz + i * E, ph + i * N * E, py + i * E, pho + i * N * E, E, N,
-                          scratch.data(), scratch.data() + E);
+    GatedSelectiveArgs args{u.GetTensorData<float>(), dt.GetTensorData<float>(), At.GetTensorData<float>(),
+                            Bm.GetTensorData<float>(), Cm.GetTensorData<float>(), D.GetTensorData<float>(),
+                            z.GetTensorData<float>(), h.GetTensorData<float>(), y.GetTensorMutableData<float>(),
+                            h_out.GetTensorMutableData<float>(), E, N, (E + kBlock - 1) / kBlock};
+    if (B * E > 0) ctx.ParallelFor(gated_selective_block, static_cast<size_t>(B * args.blocks), 0, &args);
   }
 };
 
 // ---- DeltaRuleStep ---------------------------------------------------------------------------
 // one head: S [N(key i), N(value j)]; sa = (-kk)^T S; S' = S exp(w)_i + (kk a)_i sa_j + k_i v_j; o = r^T S'
-void delta_rule_head(const float* S, const float* r, const float* w, const float* k, const float* v, const float* kk,
-                     const float* a, float* o, float* S_out, int64_t N, float* sa) {
-  for (int64_t j = 0; j < N; ++j) sa[j] = 0.0f, o[j] = 0.0f;
+struct DeltaRuleArgs {
+  const float *S, *r, *w, *k, *v, *kk, *a;
+  float *o, *S_out;
+  int64_t N;
+};
+
+void delta_rule_head(void* raw, size_t task) {
+  const auto& p = *static_cast<const DeltaRuleArgs*>(raw);
+  const int64_t N = p.N, v0 = static_cast<int64_t>(task) * N;
+  const float *S = p.S + v0 * N, *r = p.r + v0, *w = p.w + v0, *k = p.k + v0, *v = p.v + v0, *kk = p.kk + v0, *a = p.a + v0;
+  float *o = p.o + v0, *S_out = p.S_out + v0 * N;
+  std::vector<float> sa(static_cast<size_t>(N), 0.0f), decay(static_cast<size_t>(N));
+  for (int64_t j = 0; j < N; ++j) o[j] = 0.0f;
+  for (int64_t i = 0; i < N; ++i) decay[i] = std::exp(w[i]);  // a vector exp, not one scalar exp per row
   for (int64_t i = 0; i < N; ++i) {
     const float m = -kk[i];
     const float* row = S + i * N;
     for (int64_t j = 0; j < N; ++j) sa[j] += m * row[j];
   }
   for (int64_t i = 0; i < N; ++i) {
-    const float d = std::exp(w[i]), c = kk[i] * a[i], ki = k[i], ri = r[i];
+    const float d = decay[i], c = kk[i] * a[i], ki = k[i], ri = r[i];
     const float* row = S + i * N;
     float* out = S_out + i * N;
     for (int64_t j = 0; j < N; ++j) {
@@ -177,14 +201,9 @@ struct DeltaRuleStepKernel {
     }
     auto o = ctx.GetOutput(0, Shape{B, H, N});
     auto S_out = ctx.GetOutput(1, ss);
-    std::vector<float> sa(static_cast<size_t>(N));
-    const float* pS = S.GetTensorData<float>();
-    float *po = o.GetTensorMutableData<float>(), *pSo = S_out.GetTensorMutableData<float>();
-    for (int64_t bh = 0; bh < B * H; ++bh) {
-      const int64_t v0 = bh * N;
-      delta_rule_head(pS + bh * N * N, in[0] + v0, in[1] + v0, in[2] + v0, in[3] + v0, in[4] + v0, in[5] + v0,
-                      po + v0, pSo + bh * N * N, N, sa.data());
-    }
+    DeltaRuleArgs args{S.GetTensorData<float>(), in[0], in[1], in[2], in[3], in[4], in[5], o.GetTensorMutableData<float>(),
+                       S_out.GetTensorMutableData<float>(), N};
+    if (B * H * N > 0) ctx.ParallelFor(delta_rule_head, static_cast<size_t>(B * H), 0, &args);  // heads are independent
   }
 };
 
