@@ -4,6 +4,7 @@ while a ``fused_export`` is traced, each twin emits its op instead of stock ops.
     ConvSiluStep         twin: rnnquant.models.ssm.causal_conv_silu_step (Mamba-1's conv step)
     GatedSelectiveStep   twin: softplus, selective_state_update and the SiLU(z) gate (Mamba-1's SSM step)
     DeltaRuleStep        twin: rnnquant.models.rwkv7.delta_rule_step (RWKV-7's state update and read-out)
+    SSDStep              twin: rnnquant.models.ssd.ssd_step (Mamba-2's state update and read-out)
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 
 from .ortops import DOMAIN
 
-FUSED_STEPS = "Mamba-1 / FalconMamba (conv, selective scan) and RWKV-7 (delta rule)"  # where the twins are called
+FUSED_STEPS = "Mamba-1 / FalconMamba (conv, selective scan), Mamba-2 (conv, SSD) and RWKV-7 (delta rule)"  # where the twins are called
 _FUSING = False
 
 
@@ -87,6 +88,23 @@ class DeltaRuleStep(torch.autograd.Function):
     @staticmethod
     def symbolic(g, S, r, w, k, v, kk, a):
         return _typed(g, g.op(f"{DOMAIN}::DeltaRuleStep", S, r, w, k, v, kk, a, outputs=2), (r, S))
+
+
+class SSDStep(torch.autograd.Function):
+    """``ai.rnnquant::SSDStep``: one step of Mamba-2's SSD recurrence, x [B,H,P], dt [B,H] (after
+    softplus), A, D [H], Bm, Cm [B,G,N], h [B,H,N,P] -> (y [B,H,P], h'). Twin: ``rnnquant.models.ssd.ssd_step``."""
+
+    @staticmethod
+    def forward(ctx, x, dt, A, Bm, Cm, D, h):
+        from rnnquant.models.ssd import ssd_step
+
+        (H, P), (G, N) = x.shape[1:], Bm.shape[1:]
+        with fused_export(False):
+            return ssd_step(x, dt, A, Bm, Cm, D, h, (H, P, G, N))
+
+    @staticmethod
+    def symbolic(g, x, dt, A, Bm, Cm, D, h):
+        return _typed(g, g.op(f"{DOMAIN}::SSDStep", x, dt, A, Bm, Cm, D, h, outputs=2), (x, h))
 
 
 def uses_fused_ops(model_proto) -> bool:

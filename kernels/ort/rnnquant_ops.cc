@@ -15,6 +15,10 @@
 //   inputs   S [B,H,N,N] (key x value), r, w (log decay), k, v, kk, a [B,H,N]
 //   outputs  o [B,H,N] = r^T S',   S' = S * exp(w) (per key row) + (kk a) ((-kk)^T S) + k v^T
 //
+// SSDStep: one step of Mamba-2's SSD recurrence (twin: ssd.ssd_step)
+//   inputs   x [B,H,P], dt [B,H] (after softplus), A [H] (negative), Bm [B,G,N], Cm [B,G,N], D [H], h [B,H,N,P]
+//   outputs  y [B,H,P] = C^T h' + D x,   h' = exp(dt A) h + (dt x) B^T   (a group's heads share B and C)
+//
 // In stock ops these are ~26 nodes per Mamba layer, most a pass over a [1,E] row or the [N,E] state
 // (ONNX Runtime's cost per small node is what a batch-1 step pays); here two passes, the exp
 // vectorised by the compiler (libmvec, -ffast-math).
@@ -207,6 +211,64 @@ struct DeltaRuleStepKernel {
   }
 };
 
+// ---- SSDStep ---------------------------------------------------------------------------------
+// one head h of Mamba-2: a = exp(dt_h A_h); S' [N,P] = a S + (dt_h x) B_g^T; y = C_g^T S' + D_h x
+struct SSDArgs {
+  const float *x, *dt, *A, *Bm, *Cm, *D, *h;
+  float *y, *h_out;
+  int64_t H, P, G, N;
+};
+
+void ssd_head(void* raw, size_t task) {
+  const auto& p = *static_cast<const SSDArgs*>(raw);
+  const int64_t P = p.P, N = p.N, H = p.H, b = static_cast<int64_t>(task) / H, hd = static_cast<int64_t>(task) % H;
+  const int64_t g = hd / (H / p.G);  // a group's heads share B and C
+  const float* x = p.x + task * P;
+  const float *Bm = p.Bm + (b * p.G + g) * N, *Cm = p.Cm + (b * p.G + g) * N;
+  const float *S = p.h + task * N * P, dt = p.dt[task], a = std::exp(dt * p.A[hd]), d = p.D[hd];
+  float *y = p.y + task * P, *S_out = p.h_out + task * N * P;
+  std::vector<float> u(static_cast<size_t>(P));
+  for (int64_t j = 0; j < P; ++j) u[j] = dt * x[j], y[j] = 0.0f;
+  for (int64_t n = 0; n < N; ++n) {
+    const float bn = Bm[n], cn = Cm[n];
+    const float* row = S + n * P;
+    float* out = S_out + n * P;
+    for (int64_t j = 0; j < P; ++j) {
+      const float s = a * row[j] + u[j] * bn;
+      out[j] = s;
+      y[j] += cn * s;
+    }
+  }
+  for (int64_t j = 0; j < P; ++j) y[j] += x[j] * d;
+}
+
+struct SSDStepKernel {
+  SSDStepKernel(const OrtApi&, const OrtKernelInfo*) {}
+
+  void Compute(OrtKernelContext* raw) {
+    Ort::KernelContext ctx(raw);
+    const auto x = ctx.GetInput(0), dt = ctx.GetInput(1), A = ctx.GetInput(2), Bm = ctx.GetInput(3), Cm = ctx.GetInput(4),
+               D = ctx.GetInput(5), h = ctx.GetInput(6);
+    const Shape hs = shape_of(h), bs = shape_of(Bm);  // [B,H,N,P], [B,G,N]
+    if (hs.size() != 4 || bs.size() != 3) ORT_CXX_API_THROW("SSDStep: h must be [B,H,N,P], Bm [B,G,N]", ORT_INVALID_ARGUMENT);
+    const int64_t B = hs[0], H = hs[1], N = hs[2], P = hs[3], G = bs[1];
+    if (G < 1 || H % G != 0) ORT_CXX_API_THROW("SSDStep: the heads must split into the groups of Bm", ORT_INVALID_ARGUMENT);
+    const char* op = "SSDStep";
+    expect(x, {B, H, P}, op, "x");
+    expect(dt, {B, H}, op, "dt");
+    expect(A, {H}, op, "A");
+    expect(Bm, {B, G, N}, op, "Bm");
+    expect(Cm, {B, G, N}, op, "Cm");
+    expect(D, {H}, op, "D");
+    auto y = ctx.GetOutput(0, Shape{B, H, P});
+    auto h_out = ctx.GetOutput(1, hs);
+    SSDArgs args{x.GetTensorData<float>(), dt.GetTensorData<float>(), A.GetTensorData<float>(), Bm.GetTensorData<float>(),
+                 Cm.GetTensorData<float>(), D.GetTensorData<float>(), h.GetTensorData<float>(), y.GetTensorMutableData<float>(),
+                 h_out.GetTensorMutableData<float>(), H, P, G, N};
+    if (B * H * N * P > 0) ctx.ParallelFor(ssd_head, static_cast<size_t>(B * H), 0, &args);  // heads are independent
+  }
+};
+
 template <typename Kernel, size_t Inputs>
 struct FloatOp : Ort::CustomOpBase<FloatOp<Kernel, Inputs>, Kernel> {
   explicit FloatOp(const char* name) : name_(name) {}
@@ -232,6 +294,7 @@ extern "C" ORT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOption
   static FloatOp<ConvSiluStepKernel, 4> conv("ConvSiluStep");
   static FloatOp<GatedSelectiveStepKernel, 8> ssm("GatedSelectiveStep");
   static FloatOp<DeltaRuleStepKernel, 7> delta("DeltaRuleStep");
+  static FloatOp<SSDStepKernel, 7> ssd("SSDStep");
   static std::mutex lock;
   static std::vector<Ort::CustomOpDomain> domains;
   std::lock_guard<std::mutex> guard(lock);
@@ -240,6 +303,7 @@ extern "C" ORT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOption
     domains.back().Add(&conv);
     domains.back().Add(&ssm);
     domains.back().Add(&delta);
+    domains.back().Add(&ssd);
     Ort::UnownedSessionOptions(options).Add(domains.back());
   } catch (const Ort::Exception& e) {
     return api->CreateStatus(ORT_FAIL, e.what());

@@ -20,7 +20,7 @@ from torch import nn
 from .base import ArchSpec, ChannelGroup, ChannelLayer, StateSpec, Tap
 from .mamba import MambaLM
 from .ssd import SSD_MAX_TOKENS, ssd_scan, ssd_step
-from .ssm import softplus
+from .ssm import causal_conv_silu_step, softplus
 
 
 class GatedRMSNorm(nn.Module):
@@ -59,10 +59,11 @@ class Mamba2Mixer(nn.Module):
         # activation taps: SSD input x, step size dt, B, C, SSD output y (before the gate), gate z
         self.tap_x, self.tap_dt, self.tap_B, self.tap_C, self.tap_y, self.tap_z = (Tap() for _ in range(6))
 
-    def _split(self, xc, dt, lead):
-        """Conv output [..., conv_dim] and raw dt [..., H] -> x [..., H, P], dt [..., H], B, C [..., G, N].
-        ``lead``: the leading shape, (-1,) in the step (constant reshapes in its graph)."""
-        xs, Bm, Cm = torch.split(F.silu(xc), [self.E, self.G * self.N, self.G * self.N], dim=-1)
+    def _split(self, xc, dt, lead, act=F.silu):
+        """Conv output [..., conv_dim] (``act`` applied here: the step's conv step applies it itself) and raw
+        dt [..., H] -> x [..., H, P], dt [..., H], B, C [..., G, N]. ``lead``: the leading shape, (-1,) in the
+        step (constant reshapes in its graph)."""
+        xs, Bm, Cm = torch.split(act(xc), [self.E, self.G * self.N, self.G * self.N], dim=-1)
         dt = softplus(dt + self.dt_bias)
         if self.dt_limit != (0.0, math.inf):  # softplus is >= 0 already: the default limit is no op
             dt = dt.clamp(*self.dt_limit)
@@ -85,13 +86,10 @@ class Mamba2Mixer(nn.Module):
     def step(self, x, conv_state, h):
         """x [B,D] -> (out [B,D], conv_state', h')."""
         z, xBC, dt = self.in_proj(x).split([self.E, self.conv_dim, self.H], dim=-1)
-        conv_in = torch.cat([conv_state, xBC.unsqueeze(1)], dim=1)  # [B,K,conv_dim]
-        xc = (conv_in * self.conv1d.weight.squeeze(1).T).sum(1)  # weight [C,1,K] -> [K,C]
-        if self.conv1d.bias is not None:
-            xc = xc + self.conv1d.bias
-        xs, dt, Bm, Cm = self._split(xc, dt, (-1,))
+        xc, conv_state = causal_conv_silu_step(conv_state, xBC, self.conv1d.weight.squeeze(1).T, self.conv1d.bias)  # weight [C,1,K] -> [K,C]
+        xs, dt, Bm, Cm = self._split(xc, dt, (-1,), act=lambda t: t)
         y, h = ssd_step(xs, dt, -torch.exp(self.A_log), Bm, Cm, self.D, h, (self.H, self.P, self.G, self.N))
-        return self._out(y, z), conv_in[:, 1:], h
+        return self._out(y, z), conv_state, h
 
 
 def _limit(v) -> list[float]:

@@ -91,7 +91,12 @@ def ssd_step(x, dt, A, Bm, Cm, D, h, sizes: tuple[int, int, int, int]):
 
     ``sizes`` = (H, P, G, N) as Python ints from the config, and -1 for the batch: every reshape
     is then one ONNX Reshape with a constant shape (sizes read from tensors trace into
-    Shape/Gather/Concat chains, 36 % of the step graph's nodes when they were)."""
+    Shape/Gather/Concat chains, 36 % of the step graph's nodes when they were). Under
+    ``export --fused`` one custom op (``rnnquant.kernels.fused.SSDStep``), this its twin."""
+    from rnnquant.kernels.fused import SSDStep, fusing
+
+    if fusing():
+        return SSDStep.apply(x, dt, A, Bm, Cm, D, h)
     H, P, G, N = sizes
     R = H // G
     hg = h.reshape(-1, G, R, N, P)  # a group's heads share B and C: broadcast, no repeat

@@ -12,6 +12,7 @@ from rnnquant.kernels import ortops
 from rnnquant.kernels.fused import ConvSiluStep, GatedSelectiveStep
 from rnnquant.models import fingerprint
 from rnnquant.models.rwkv7 import delta_rule_step
+from rnnquant.models.ssd import ssd_step
 from rnnquant.models.ssm import causal_conv_silu_step, selective_state_update, softplus
 from tests.conftest import TOKENIZER, tiny_model
 from tests.helpers import assert_one_line_error
@@ -97,9 +98,22 @@ def test_delta_rule_step_op_is_its_twin(library):
     np.testing.assert_allclose(o, o_ref.numpy(), rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("G", [1, 2])  # one group of B, C for every head; two, each shared by 2 heads
+def test_ssd_step_op_is_its_twin(library, G):
+    g = torch.Generator().manual_seed(3)
+    B, H, P, N = 2, 4, 24, 16
+    x, dt = torch.randn(B, H, P, generator=g), torch.rand(B, H, generator=g)
+    A, D = -torch.rand(H, generator=g) * 4, torch.randn(H, generator=g)
+    Bm, Cm, h = torch.randn(B, G, N, generator=g), torch.randn(B, G, N, generator=g), torch.randn(B, H, N, P, generator=g)
+    y, h_new = _op_session(library, "SSDStep", {n: t.numpy() for n, t in zip(("x", "dt", "A", "Bm", "Cm", "D", "h"), (x, dt, A, Bm, Cm, D, h))})
+    y_ref, h_ref = ssd_step(x, dt, A, Bm, Cm, D, h, (H, P, G, N))
+    np.testing.assert_allclose(h_new, h_ref.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y, y_ref.numpy(), rtol=1e-5, atol=1e-4)
+
+
 # the ops each architecture's fused step has per layer, and how many stock nodes a layer at least saves
 FUSED = {"mamba": ({"ConvSiluStep", "GatedSelectiveStep"}, 30), "falcon_mamba": ({"ConvSiluStep", "GatedSelectiveStep"}, 30),
-         "rwkv7": ({"DeltaRuleStep"}, 12)}
+         "mamba2": ({"ConvSiluStep", "SSDStep"}, 30), "rwkv7": ({"DeltaRuleStep"}, 12)}
 
 
 @pytest.mark.parametrize("arch", sorted(FUSED))
