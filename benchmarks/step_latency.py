@@ -50,8 +50,9 @@ OUT = Path(__file__).parent / "results"
 W4A8_RTN = replace(PRESETS["w4a8"], name="w4a8-rtn", hadamard=False, rules=[replace(r, w_method="rtn") for r in PRESETS["w4a8"].rules])
 SHAPES = {
     "mamba": {"model_type": "mamba", "vocab_size": 50280, "hidden_size": 768, "num_hidden_layers": 24, "state_size": 16, "expand": 2},
-    # mamba2-130m's shape (state-spaces/mamba2-130m): 24 heads of 64, d_state 128, one group
-    "mamba2": {"model_type": "mamba2", "vocab_size": 50280, "hidden_size": 768, "num_hidden_layers": 24, "state_size": 128, "expand": 2,
+    # mamba2-130m's shape (state-spaces/mamba2-130m): 24 heads of 64, d_state 128, one group; its vocabulary padded
+    # to a multiple of 16 (50288) as the Hugging Face config has it, which llama.cpp's converter requires
+    "mamba2": {"model_type": "mamba2", "vocab_size": 50288, "hidden_size": 768, "num_hidden_layers": 24, "state_size": 128, "expand": 2,
                "num_heads": 24, "head_dim": 64, "n_groups": 1, "tie_word_embeddings": True},
     "lstm": {"model_type": "lstm", "vocab_size": 50280, "embed_size": 768, "hidden_size": 1536, "num_layers": 3},
     # RWKV-4 169M (RWKV/rwkv-4-169m-pile) and RWKV-7 0.1B (BlinkDL's x070 World 0.1B: LoRA ranks 64 / 64 / 32 / 128)

@@ -440,10 +440,10 @@ def generate(model, prompt, max_new_tokens, temperature, top_k, seed):
                    "matmul has packed it and the lookup reads one row per token: a step session smaller by about "
                    "that table (RESULTS §23).")
 @click.option("--fused", is_flag=True, help="Run the step's recurrence as rnnquant's ONNX Runtime custom ops (Mamba-1 / "
-              "FalconMamba: conv and selective scan; RWKV-7: the delta rule), a pass or two over the state where stock "
-              "ops take ~20-40 nodes per layer. The op library is built on "
-              "first use with this machine's C++ compiler and loaded by `rnnquant run` / `compare`; native ONNX "
-              "Runtime only (not with --web, --ort or --format qoperator).")
+              "FalconMamba: conv and selective scan; Mamba-2: conv and SSD; RWKV-7: the delta rule), a pass or two over "
+              "the state where stock ops take ~17-41 nodes per layer. The op library is built on first use with this "
+              "machine's C++ compiler and loaded by `rnnquant run` / `compare`; native ONNX Runtime only (not with "
+              "--web, --ort or --format qoperator).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 def export(model, recipe, calib, data, samples, seq_len, prune_spec, out, to_ort, to_web, opset, fmt, prefill_logits, cpu, embedding_table, fused, force):
     """Export the O(1) step graph (token + state in, logits + state out) to ONNX.
@@ -456,7 +456,7 @@ def export(model, recipe, calib, data, samples, seq_len, prune_spec, out, to_ort
       rnnquant export mamba-pydoc --out out/mamba-fp32.onnx
       rnnquant export mamba-pydoc --calib calib/ --recipe w8a8-outlier --out out/mamba-w8a8.onnx
       rnnquant export mamba-pydoc --calib calib/ --recipe w8a8-outlier --cpu vnni --out out/mamba-w8a8-vnni.onnx
-      rnnquant export mamba-pydoc --calib calib/ --recipe w8a8-smooth --cpu vnni --fused --out out/mamba-fused.onnx
+      rnnquant export mamba-pydoc --calib calib/ --recipe w8a8-outlier --cpu vnni --fused --out out/mamba-fused.onnx
       rnnquant export mamba-w4/ --out out/mamba-w4.onnx --ort
       rnnquant export mamba-pydoc --format qoperator --out out/mamba-qop.onnx
       rnnquant export mamba-pydoc --recipe w4a16-gptq --out web/model.onnx --web

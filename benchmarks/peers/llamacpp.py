@@ -36,7 +36,7 @@ def _world_vocab(path: Path) -> None:
 
 # per layout llama.cpp's convert_hf_to_gguf.py reads: the class name it dispatches on, and the
 # tokenizer file it needs beside the weights (Mamba: none, it uses its bundled GPT-NeoX vocabulary)
-ARCHITECTURES = {"mamba": ("MambaForCausalLM", None), "rwkv7": ("RWKV7ForCausalLM", ("rwkv_vocab_v20230424.txt", _world_vocab))}
+ARCHITECTURES = {"mamba": ("MambaForCausalLM", None), "mamba2": ("Mamba2ForCausalLM", None), "rwkv7": ("RWKV7ForCausalLM", ("rwkv_vocab_v20230424.txt", _world_vocab))}
 
 
 def supports(model) -> bool:

@@ -176,3 +176,18 @@ def test_loading_the_library_keeps_subnormals(library):
                                           "w": np.ones((2, 4), np.float32), "b": np.zeros(4, np.float32)})
     tiny = np.finfo(np.float32).tiny
     assert np.float32(tiny) / np.float32(4) > 0 and torch.tensor(tiny) / 4 > 0
+
+
+def test_run_loads_the_library_without_torch(tmp_path, library):
+    """`rnnquant run` on a fused graph where torch cannot be imported: the runner builds nothing new
+    and loads the library itself (its metadata says so)."""
+    import os
+    import subprocess
+    import sys
+
+    path = export_step(_model("mamba"), tmp_path / "f.onnx", TOKENIZER, fused=True)
+    code = "import sys; sys.modules['torch'] = None; from rnnquant.cli import main; main(sys.argv[1:])"
+    res = subprocess.run([sys.executable, "-c", code, "run", str(path), "--prompt", "def f(x):", "--max-new-tokens", "8"],
+                         capture_output=True, text=True, env=os.environ | {"PYTHONPATH": os.getcwd()}, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("def f(x):") and "decode 8 tokens" in res.stderr
