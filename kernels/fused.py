@@ -33,7 +33,7 @@ def fusing() -> bool:
     return _FUSING and torch.onnx.is_in_onnx_export()
 
 
-def _typed(g, outputs, like):
+def _typed(outputs, like):
     """Give a custom op's outputs the types (shapes) of ``like``: ONNX shape inference cannot know them."""
     for out, ref in zip(outputs, like):
         out.setType(ref.type())
@@ -53,7 +53,7 @@ class ConvSiluStep(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g, conv_state, x, w, b):
-        return _typed(g, g.op(f"{DOMAIN}::ConvSiluStep", conv_state, x, w, b, outputs=2), (x, conv_state))
+        return _typed(g.op(f"{DOMAIN}::ConvSiluStep", conv_state, x, w, b, outputs=2), (x, conv_state))
 
 
 class GatedSelectiveStep(torch.autograd.Function):
@@ -71,7 +71,7 @@ class GatedSelectiveStep(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g, u, dt_raw, At, Bm, Cm, D, z, h):
-        return _typed(g, g.op(f"{DOMAIN}::GatedSelectiveStep", u, dt_raw, At, Bm, Cm, D, z, h, outputs=2), (u, h))
+        return _typed(g.op(f"{DOMAIN}::GatedSelectiveStep", u, dt_raw, At, Bm, Cm, D, z, h, outputs=2), (u, h))
 
 
 class DeltaRuleStep(torch.autograd.Function):
@@ -87,7 +87,7 @@ class DeltaRuleStep(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g, S, r, w, k, v, kk, a):
-        return _typed(g, g.op(f"{DOMAIN}::DeltaRuleStep", S, r, w, k, v, kk, a, outputs=2), (r, S))
+        return _typed(g.op(f"{DOMAIN}::DeltaRuleStep", S, r, w, k, v, kk, a, outputs=2), (r, S))
 
 
 class SSDStep(torch.autograd.Function):
@@ -104,7 +104,7 @@ class SSDStep(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g, x, dt, A, Bm, Cm, D, h):
-        return _typed(g, g.op(f"{DOMAIN}::SSDStep", x, dt, A, Bm, Cm, D, h, outputs=2), (x, h))
+        return _typed(g.op(f"{DOMAIN}::SSDStep", x, dt, A, Bm, Cm, D, h, outputs=2), (x, h))
 
 
 def uses_fused_ops(model_proto) -> bool:

@@ -75,9 +75,12 @@ def _headers() -> Path:
             for m in tar.getmembers():
                 if m.isfile() and m.name.startswith(HEADERS_IN_PACKAGE) and m.name.endswith(".h"):
                     (staged / Path(m.name).name).write_bytes(tar.extractfile(m).read())
-        inc.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(inc, ignore_errors=True)
-        os.replace(staged, inc)  # whole or not at all
+        shutil.rmtree(inc, ignore_errors=True)  # an incomplete one (a complete one returned above)
+        try:
+            os.replace(staged, inc)  # whole or not at all
+        except OSError:
+            if not (inc / "onnxruntime_cxx_api.h").is_file():  # (else another build unpacked them first)
+                raise
     return inc
 
 
@@ -90,8 +93,11 @@ def build() -> Path:
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if cxx is None:
         raise RnnquantError("cannot build the fused-op library: no C++ compiler (apt-get install g++)")
-    inc = _headers()
-    lib.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        lib.parent.mkdir(parents=True, exist_ok=True)
+        inc = _headers()
+    except OSError as e:
+        raise RnnquantError(f"cannot build the fused-op library: cannot write {cache_dir()} ({e.strerror or e}; set RNNQUANT_CACHE)") from None
     tmp, obj = (lib.with_name(f".{lib.name}.{os.getpid()}.{ext}") for ext in ("tmp", "o"))
     try:
         for cmd in ([cxx, *CXXFLAGS, f"-I{inc}", "-c", str(SOURCE), "-o", str(obj)], [cxx, *LDFLAGS, str(obj), "-o", str(tmp)]):

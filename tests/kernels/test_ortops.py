@@ -191,3 +191,11 @@ def test_run_loads_the_library_without_torch(tmp_path, library):
                          capture_output=True, text=True, env=os.environ | {"PYTHONPATH": os.getcwd()}, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("def f(x):") and "decode 8 tokens" in res.stderr
+
+
+def test_runner_refuses_custom_ops_of_another_domain(capsys, tmp_path):
+    path = export_step(_model("mamba"), tmp_path / "f.onnx", TOKENIZER, fused=True, prefill=False)
+    proto = onnx.load(path, load_external_data=False)
+    next(p for p in proto.metadata_props if p.key == "custom_ops").value = "x.other"
+    onnx.save(proto, path)
+    assert_one_line_error(capsys, "run", path, "--prompt", "def", "--max-new-tokens", "2", match="custom ops of domain 'x.other'")
