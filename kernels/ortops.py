@@ -18,7 +18,6 @@ the same source gives the same library path, a changed one a new build.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
