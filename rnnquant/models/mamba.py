@@ -20,7 +20,6 @@ from torch import nn
 from rnnquant.kernels.fused import GatedSelectiveStep, fusing
 
 from .base import ArchSpec, ChannelGroup, ChannelLayer, RecurrentLM, StateSpec, Tap
-
 from .ssm import PARALLEL_SCAN_MAX_TOKENS, causal_conv_silu_step, selective_scan, selective_state_update, softplus
 
 
