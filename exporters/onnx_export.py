@@ -318,13 +318,12 @@ def _check_loads(path: Path) -> None:
 def _trace(module, args, inputs: list[str], outputs: list[str], dynamic_axes: dict, opset: int, nbits: bool, fused: bool = False):
     import onnx
 
-    domains = ({"com.microsoft": 1} if nbits else {}) | ({ortops.DOMAIN: 1} if fused else {})
     with tempfile.TemporaryDirectory(prefix="rnnquant-trace-") as td, warnings.catch_warnings(), fused_export(fused):
         warnings.simplefilter("ignore")
         tmp = Path(td) / "graph.onnx"
         torch.onnx.export(
             module.eval(), args, str(tmp), input_names=inputs, output_names=outputs, dynamic_axes=dynamic_axes,
-            opset_version=opset, dynamo=False, custom_opsets=domains or None, do_constant_folding=True,
+            opset_version=opset, dynamo=False, custom_opsets={"com.microsoft": 1} if nbits else None, do_constant_folding=True,
         )
         return onnx.load(str(tmp))
 
@@ -429,7 +428,7 @@ def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bo
             weights = _export_weights(model)
             step = _trace(_WeightsAsInputs(_StepGraph(model), len(inputs)), (torch.tensor([0]), *state, *weights.values()), [*inputs, *weights],
                           outputs, {k: {0: "batch"} for k in inputs + outputs}, opset, nbits, fused)
-            if fused and not any(n.domain == ortops.DOMAIN for n in step.graph.node):
+            if fused and not uses_fused_ops(step):
                 raise RnnquantError(f"--fused: {model.model_type}'s step has no fused op (rnnquant's are for {FUSED_STEPS})")
             proto = staged.take(step, weights)
             del step

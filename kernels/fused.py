@@ -108,5 +108,6 @@ class SSDStep(torch.autograd.Function):
 
 
 def uses_fused_ops(model_proto) -> bool:
-    """Whether a graph (or a Loop prefill built from it) imports rnnquant's op domain."""
+    """Whether a graph (or a Loop prefill built from it) imports rnnquant's op domain: the exporter
+    imports a custom domain only where a node of it was traced."""
     return any(o.domain == DOMAIN for o in model_proto.opset_import)

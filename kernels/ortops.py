@@ -2,8 +2,9 @@
 (``rnnquant export --fused``): built here, registered with a session. Torch-free (the runner
 uses it); the trace side, each op beside its PyTorch twin, is ``rnnquant.kernels.fused``.
 
-    ConvSiluStep, GatedSelectiveStep (domain ai.rnnquant): Mamba-1's step between its projections
-        in two ops and two passes, where the stock graph has ~26 nodes per layer
+    ConvSiluStep, GatedSelectiveStep, SSDStep, DeltaRuleStep (domain ai.rnnquant): the step's
+        recurrence of Mamba-1 / FalconMamba, Mamba-2 and RWKV-7 in one or two passes over the
+        state, where the stock graph has ~17-41 nodes per layer
 
 Building. ONNX Runtime's PyPI and npm packages carry no C/C++ headers; the one registry package
 these machines reach that does is an npm package of ONNX Runtime's official mobile binaries

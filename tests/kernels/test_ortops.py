@@ -152,6 +152,20 @@ def test_export_fused_refuses_a_model_without_fused_ops(capsys, tmp_path):
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
 
 
+def test_export_fused_refusal_is_one_line_on_the_process_stderr(tmp_path):
+    """The exporter's own C++ warnings count too (capsys does not see them): nothing but the error line."""
+    import os
+    import subprocess
+    import sys
+
+    from rnnquant.io import save_checkpoint
+
+    save_checkpoint(tiny_model("lstm"), tmp_path / "lstm", tokenizer_path=TOKENIZER)
+    res = subprocess.run([sys.executable, "-m", "rnnquant.cli", "export", str(tmp_path / "lstm"), "--fused", "--out", str(tmp_path / "a.onnx")],
+                         capture_output=True, text=True, env=os.environ | {"PYTHONPATH": os.getcwd()}, timeout=300)
+    assert res.returncode == 2 and res.stderr.startswith("error: --fused") and res.stderr.count("\n") == 1, res.stderr
+
+
 @pytest.mark.parametrize("other", [["--web"], ["--ort"], ["--format", "qoperator"]])
 def test_export_fused_refuses_runtimes_without_the_library(capsys, tmp_path, other):
     assert_one_line_error(capsys, "export", "mamba-pydoc", "--fused", *other, "--out", tmp_path / "a.onnx", match="--fused")
