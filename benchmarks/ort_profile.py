@@ -14,6 +14,7 @@ import collections
 import json
 import os
 import re
+import tempfile
 
 import numpy as np
 import onnxruntime as ort
@@ -36,6 +37,7 @@ def main() -> None:
     states = json.loads(meta["states"])
     opts = ort.SessionOptions()
     opts.enable_profiling = True
+    opts.profile_file_prefix = os.path.join(tempfile.gettempdir(), "rnnquant_ort_profile")  # a run killed before end_profiling leaves nothing here
     opts.intra_op_num_threads = args.threads
     if meta.get("custom_ops"):  # `export --fused`
         ortops.register(opts)

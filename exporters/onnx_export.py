@@ -66,7 +66,7 @@ class _WeightsAsInputs(torch.nn.Module):
         return self.graph(*args[: self.n_inputs])
 
 
-_EXPORT_FIELDS = {"w8": ("codes", "scales"), "nbits": ("codes", "scales", "zero_points")}
+_EXPORT_FIELDS = {"w8": ("codes", "scales"), "w8packed": ("codes", "scales", "colsum"), "nbits": ("codes", "scales", "zero_points")}
 _FLOAT_FIELDS = {"_weight_t": "weight_t", "_w_float_t": "w_float_t", "_rotation": "rotation", "_rows": "weight", "_row_scales": "scales", "_cols": None}  # (_cols: the tied head's weight_t)
 
 
@@ -409,7 +409,7 @@ def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bo
     for m in qlinears:
         from .qops import prepare
 
-        prepare(m, int8_weights)
+        prepare(m, int8_weights, fused)
     nbits = any(m._export[0] == "nbits" for m in qlinears if hasattr(m, "_export"))
     names = [s.name for s in model.arch_spec().states]
     state = model.init_state(1)

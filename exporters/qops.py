@@ -6,6 +6,9 @@ Each quantized matmul is a ``torch.autograd.Function`` whose ``forward`` is the 
     W8, A8 dynamic per-token: amax = ReduceMax|x|; s = amax/127; xq = Cast<uint8>(Round(x/s) + 128)
                               y = Cast<float>(MatMulInteger(xq, Wt, a_zp=128, b_zp=128)) * s * w_scale
     W8, A8 static:            xq = QuantizeLinear(x, a_scale, 128:uint8); y = Cast(MatMulInteger(xq, Wt, 128, 128)) * (a_scale * w_scale)
+    W8, A8 static, fused:     ``export --fused --cpu vnni``: y = ai.rnnquant::Int8Linear(x, a_scale, packed codes, colsum, w_scale),
+                              the same integers and roundings in one op over codes packed for vpdpbusd
+                              (``rnnquant.kernels.fused.pack_int8``); the prefill graph unpacks that one initializer in stock ops
     W8 over W8_BLOCK_BYTES:   MatMulInteger per column block of Wt, the int32 sums concatenated, then one Cast and scale
 Activations go in as uint8 with zero point 128 (exactly the symmetric int8 grid shifted). The
 weights' form is the export's ``int8_weights`` choice (``rnnquant export --cpu``):
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import torch
 
+from rnnquant.kernels.fused import Int8Linear, fusing, pack_int8, packed_rows, unpack_int8
 from rnnquant.quant.primitives import fake_quant_dynamic
 
 MS = "com.microsoft"
@@ -91,10 +95,15 @@ class _DynamicW8(torch.autograd.Function):
         return g.op("Mul", g.op("Mul", g.op("Cast", _matmul_integer(g, qu, _zp128(g), blocks, signed), to_i=1), s), w_scale)
 
 
+def static_w8_reference(x, w_scale, a_scale, *blocks):
+    """The static W8A8 product as the graph computes it: fake_quant_static's grid, exact int32 sums, one scale."""
+    return _int8_blocks(torch.round(x / a_scale).clamp(-128, 127), blocks) * (a_scale * w_scale)
+
+
 class _StaticW8(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w_scale, a_scale, signed, *blocks):
-        return _int8_blocks(torch.round(x / a_scale).clamp(-128, 127), blocks) * (a_scale * w_scale)  # fake_quant_static's grid
+        return static_w8_reference(x, w_scale, a_scale, *blocks)
 
     @staticmethod
     def symbolic(g, x, w_scale, a_scale, signed, *blocks):
@@ -163,9 +172,10 @@ def nbits_weight(b: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, K: 
     return ((codes - z.unsqueeze(-1)) * scales.reshape(N, blocks, 1)).reshape(N, -1)[:, :K]
 
 
-def prepare(qlinear, int8_weights: str = "uint8") -> None:
+def prepare(qlinear, int8_weights: str = "uint8", fused: bool = False) -> None:
     """Attach the export-form buffers of a QLinear (integer codes laid out for the chosen op; a W8
-    Linear's codes stored as ``int8_weights``, one of ``INT8_WEIGHTS``)."""
+    Linear's codes stored as ``int8_weights``, one of ``INT8_WEIGHTS``). ``fused`` (with int8
+    weights): a static W8A8 Linear's codes packed for rnnquant's ``Int8Linear`` op ("w8packed")."""
     qw = qlinear.qweight
     if qw is None or hasattr(qlinear, "_export"):
         return
@@ -178,6 +188,10 @@ def prepare(qlinear, int8_weights: str = "uint8") -> None:
         return
     if not qw.symmetric:  # int8 asymmetric: stored codes are 0..255 with zero points; re-center is exact only if zero == 128
         raise NotImplementedError("asymmetric 8-bit per-channel weights: use a symmetric grid or group-wise (MatMulNBits)")
+    if fused and int8_weights == "int8" and qlinear.a_mode == "static":
+        packed, colsum = pack_int8(qw.q)
+        qlinear._export = ("w8packed", packed, qw.scale[:, 0].float().contiguous(), colsum)
+        return
     codes = qw.q if int8_weights == "int8" else _unsigned(qw.q, 8)  # symmetric codes are stored as int8
     qlinear._export = ("w8", codes.T.contiguous(), qw.scale[:, 0].float().contiguous())
 
@@ -195,6 +209,8 @@ def qlinear_forward(m, x):
             b, scales, zeros, has_zeros, bits, block = t
             acc = 4 if m.a_bits else 0
             y = _MatMulNBits.apply(xq, b, scales, zeros, len(m.quant_idx), m.out_features, bits, block, acc, has_zeros)
+        elif kind == "w8packed":
+            y = _w8_packed_matmul(m, xq, *t)
         else:
             y = _w8_matmul(m, xq, *t)
         if m.mixed:
@@ -224,6 +240,14 @@ def _w8_matmul(m, xq, wt, w_scale):
     return _StaticW8.apply(xq, w_scale, m.a_scale, signed, *blocks)
 
 
+def _w8_packed_matmul(m, xq, packed, w_scale, colsum):
+    """The static W8A8 product from packed codes: rnnquant's Int8Linear in a fused step graph, else
+    (the prefill graph) the stock ops over the codes unpacked in the graph, stored once for both."""
+    if fusing():
+        return Int8Linear.apply(xq, m.a_scale, packed, colsum, w_scale)
+    return _StaticW8.apply(xq, w_scale, m.a_scale, True, unpack_int8(packed, xq.shape[-1], w_scale.shape[0]))
+
+
 def linear_forward(m, x):
     """Export-mode forward of a float nn.Linear: x @ W^T through ``m._weight_t`` (a transposed view,
     traced as a graph input), so the graph reads W^T [in, out] as the TorchScript exporter's folded
@@ -244,7 +268,7 @@ def gathers_codes(head) -> bool:
     """Whether a tied embedding can gather rows of the (prepared) head's 8-bit codes; else the graph
     needs the dequantized float table (which the exporter then makes, and only then)."""
     kind, *t = getattr(head, "_export", (None,))
-    return kind == "w8" or (kind == "nbits" and t[4] == 8 and t[0].shape[1] == 1 and not t[3])  # one 8-bit block per row, symmetric
+    return kind in ("w8", "w8packed") or (kind == "nbits" and t[4] == 8 and t[0].shape[1] == 1 and not t[3])  # one 8-bit block per row, symmetric
 
 
 def own_code_rows(head) -> torch.Tensor:
@@ -254,6 +278,8 @@ def own_code_rows(head) -> torch.Tensor:
     kind, *t = head._export
     if kind == "w8":
         return t[0].T  # a view: laid out row-major only as its bytes are written
+    if kind == "w8packed":
+        return unpack_int8(t[0], head.in_features, head.out_features).T
     return t[0].reshape(t[0].shape[0], -1)[:, : head.in_features]  # MatMulNBits' rows: the same bytes where no block is padded
 
 
@@ -269,6 +295,8 @@ def qembedding_forward(e, ids):
         rows = torch.index_select(e._rows, 0, ids)
     elif kind == "w8":
         rows = torch.index_select(t[0], 1, ids).T
+    elif kind == "w8packed":
+        rows = packed_rows(t[0], ids, m.in_features)
     elif gathers_codes(m):
         rows = torch.index_select(t[0], 0, ids).reshape(ids.shape[0], -1)[:, : m.in_features]  # [B, K] uint8 codes + 128 (the block may be padded)
     else:

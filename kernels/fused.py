@@ -5,6 +5,8 @@ while a ``fused_export`` is traced, each twin emits its op instead of stock ops.
     GatedSelectiveStep   twin: softplus, selective_state_update and the SiLU(z) gate (Mamba-1's SSM step)
     DeltaRuleStep        twin: rnnquant.models.rwkv7.delta_rule_step (RWKV-7's state update and read-out)
     SSDStep              twin: rnnquant.models.ssd.ssd_step (Mamba-2's state update and read-out)
+    Int8Linear           twin: rnnquant.exporters.qops' static W8A8 matmul (QuantizeLinear -> MatMulInteger -> Cast -> Mul),
+                         its int8 codes stored in the layout the op reads (``pack_int8``)
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ import torch
 
 from .ortops import DOMAIN
 
-FUSED_STEPS = "Mamba-1 / FalconMamba (conv, selective scan), Mamba-2 (conv, SSD) and RWKV-7 (delta rule)"  # where the twins are called
+FUSED_STEPS = ("Mamba-1 / FalconMamba (conv, selective scan), Mamba-2 (conv, SSD), RWKV-7 (delta rule), "
+               "and every architecture's static int8 Linears with --cpu vnni")  # where the twins are called
 _FUSING = False
 
 
@@ -105,6 +108,55 @@ class SSDStep(torch.autograd.Function):
     @staticmethod
     def symbolic(g, x, dt, A, Bm, Cm, D, h):
         return _typed(g.op(f"{DOMAIN}::SSDStep", x, dt, A, Bm, Cm, D, h, outputs=2), (x, h))
+
+
+TILE = 16  # Int8Linear's weight tile: 16 output columns x 4 inputs, the 64 bytes one vpdpbusd reads
+
+
+def pack_int8(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 codes W [N, K] -> (Int8Linear's weight [Np/16, Kp/4, 16, 4], element [t, q, c, j] =
+    W[16t + c, 4q + j], zero padded; colsum [N] int32, sum_k W[n, k]: the zero point's correction)."""
+    N, K = codes.shape
+    Np, Kp = -(-N // TILE) * TILE, -(-K // 4) * 4
+    padded = torch.nn.functional.pad(codes, (0, Kp - K, 0, Np - N))
+    packed = padded.reshape(Np // TILE, TILE, Kp // 4, 4).permute(0, 2, 1, 3).contiguous()
+    return packed, codes.sum(1, dtype=torch.int32)
+
+
+def unpack_int8(packed: torch.Tensor, K: int, N: int) -> torch.Tensor:
+    """``pack_int8``'s inverse as the codes' transpose [K, N], in ops a trace records (a graph that
+    reads the packed weight with stock ops: ONNX Runtime folds them into a constant at load)."""
+    tiles, quads = packed.shape[:2]
+    return packed.permute(0, 2, 1, 3).reshape(tiles * TILE, quads * 4)[:N, :K].T
+
+
+def packed_rows(packed: torch.Tensor, ids: torch.Tensor, K: int) -> torch.Tensor:
+    """Rows ``ids`` [B] of the codes W [N, K] from the packed weight: int8 [B, K] (a tied
+    embedding's lookup into its head), a Gather of tiles and a GatherElements of the column."""
+    tiles = torch.index_select(packed, 0, torch.div(ids, TILE, rounding_mode="floor"))  # [B, Kp/4, 16, 4]
+    B, quads = tiles.shape[:2]
+    cols = tiles.permute(0, 2, 1, 3).reshape(B, TILE, quads * 4)
+    index = torch.remainder(ids, TILE).reshape(B, 1, 1).expand(B, 1, quads * 4)
+    return torch.gather(cols, 1, index)[:, 0, :K]
+
+
+class Int8Linear(torch.autograd.Function):
+    """``ai.rnnquant::Int8Linear``: y [..., N] = (xq - 128) @ W^T * (a_scale * w_scale), xq the static
+    uint8 activation (zero point 128); W's codes packed (``pack_int8``). Twin: the stock static W8 path."""
+
+    @staticmethod
+    def forward(ctx, x, a_scale, packed, colsum, w_scale):
+        from rnnquant.exporters.qops import static_w8_reference
+
+        return static_w8_reference(x, w_scale, a_scale, unpack_int8(packed, x.shape[-1], w_scale.shape[0]))
+
+    @staticmethod
+    def symbolic(g, x, a_scale, packed, colsum, w_scale):
+        y = g.op(f"{DOMAIN}::Int8Linear", x, a_scale, packed, colsum, w_scale)
+        rank, N = x.type().dim(), w_scale.type().sizes()[0]
+        if rank is not None:
+            y.setType(x.type().with_sizes([None] * (rank - 1) + [N]))
+        return y
 
 
 def uses_fused_ops(model_proto) -> bool:

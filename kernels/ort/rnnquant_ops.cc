@@ -19,6 +19,12 @@
 //   inputs   x [B,H,P], dt [B,H] (after softplus), A [H] (negative), Bm [B,G,N], Cm [B,G,N], D [H], h [B,H,N,P]
 //   outputs  y [B,H,P] = C^T h' + D x,   h' = exp(dt A) h + (dt x) B^T   (a group's heads share B and C)
 //
+// Int8Linear: a Linear with static uint8 activations and int8 weights (twin: exporters.qops' static W8 path)
+//   inputs   x [...,K] float, a_scale [] float, W [Np/16,Kp/4,16,4] int8 (the codes W[n,k] packed for VNNI:
+//            element [t,q,c,j] = W[16t+c, 4q+j], zero padded), colsum [N] int32 (sum_k W[n,k]), w_scale [N] float
+//   output   y [...,N] = (sum_k (xq_k - 128) W[n,k]) * (a_scale * w_scale[n]),  xq = saturate(round_even(x / a_scale) + 128)
+//   (QuantizeLinear -> MatMulInteger -> Cast -> Mul in stock ops: the same integers, the same two float roundings.)
+//
 // In stock ops these are ~41 nodes per Mamba-1 layer, ~38 per Mamba-2 layer and ~17 per RWKV-7
 // layer, most a pass over a row or the whole state (ONNX Runtime's cost per small node is what a
 // batch-1 step pays); here one or two passes, the exp vectorised by the compiler (libmvec, -ffast-math).
@@ -28,6 +34,10 @@
 #define ORT_API_MANUAL_INIT
 #include "onnxruntime_cxx_api.h"
 #undef ORT_API_MANUAL_INIT
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -269,6 +279,133 @@ struct SSDStepKernel {
   }
 };
 
+// ---- Int8Linear ------------------------------------------------------------------------------
+// Batch-1 int8 matmuls are a read of the weights; ONNX Runtime's MatMulInteger chain adds a
+// quantize, a cast and a scale node per Linear and its packing. Here the weights are stored in the
+// layout vpdpbusd reads (64 bytes: 16 columns x 4 inputs), one pass over them, four column tiles at
+// a time (four streams for the prefetcher), the zero point's 128 * colsum taken off the exact int32 sums.
+constexpr int64_t kTiles = 4;  // 16-column tiles per task
+
+struct Int8LinearArgs {
+  const uint8_t* xq;  // [M, Kp] quantized rows
+  const int8_t* W;
+  const int32_t* colsum;
+  const float* w_scale;
+  float a_scale;
+  float* y;  // [M, N]
+  int64_t Kp, N, tiles, groups;  // groups of kTiles tiles per row
+};
+
+// round_even(x / s) + 128, saturated to [0, 255], as MLAS's QuantizeLinear computes it (a true division:
+// the intrinsics below are not rewritten into a multiplication by 1/s under -ffast-math)
+void quantize_row(const float* x, float s, uint8_t* q, int64_t K, int64_t Kp) {
+  int64_t k = 0;
+#if defined(__AVX512F__)
+  const __m512 vs = _mm512_set1_ps(s), lo = _mm512_set1_ps(-128.0f), hi = _mm512_set1_ps(127.0f);
+  const __m512i zp = _mm512_set1_epi32(128);
+  for (; k < K; k += 16) {
+    const __mmask16 m = K - k >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (K - k)) - 1);
+    __m512 v = _mm512_div_round_ps(_mm512_maskz_loadu_ps(m, x + k), vs, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+    const __m512i i = _mm512_add_epi32(_mm512_cvt_roundps_epi32(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), zp);
+    _mm512_mask_cvtepi32_storeu_epi8(q + k, m, i);
+  }
+  k = K;
+#endif
+  for (; k < K; ++k) q[k] = static_cast<uint8_t>(std::nearbyint(std::fmin(std::fmax(x[k] / s, -128.0f), 127.0f)) + 128.0f);
+  for (; k < Kp; ++k) q[k] = 128;  // padded inputs meet zero weights
+}
+
+void int8_linear_group(void* raw, size_t task) {
+  const auto& p = *static_cast<const Int8LinearArgs*>(raw);
+  const int64_t row = static_cast<int64_t>(task) / p.groups, t0 = (static_cast<int64_t>(task) % p.groups) * kTiles;
+  const int64_t nt = std::min(kTiles, p.tiles - t0), K4 = p.Kp / 4, tile_bytes = K4 * 64;
+  const uint8_t* xq = p.xq + row * p.Kp;
+  const int8_t* W = p.W + t0 * tile_bytes;
+#if defined(__AVX512VNNI__)
+  const int32_t* xa = reinterpret_cast<const int32_t*>(xq);  // 4 inputs per int32 lane, broadcast
+  __m512i a[kTiles];
+  for (int64_t j = 0; j < kTiles; ++j) a[j] = _mm512_setzero_si512();
+  if (nt == kTiles) {  // four accumulators in registers, one broadcast for the four streams
+    __m512i a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
+    const int8_t *w0 = W, *w1 = W + tile_bytes, *w2 = W + 2 * tile_bytes, *w3 = W + 3 * tile_bytes;
+    for (int64_t q = 0; q < K4; ++q, w0 += 64, w1 += 64, w2 += 64, w3 += 64) {
+      const __m512i xb = _mm512_set1_epi32(xa[q]);
+      a0 = _mm512_dpbusd_epi32(a0, xb, _mm512_loadu_si512(w0));
+      a1 = _mm512_dpbusd_epi32(a1, xb, _mm512_loadu_si512(w1));
+      a2 = _mm512_dpbusd_epi32(a2, xb, _mm512_loadu_si512(w2));
+      a3 = _mm512_dpbusd_epi32(a3, xb, _mm512_loadu_si512(w3));
+    }
+    a[0] = a0, a[1] = a1, a[2] = a2, a[3] = a3;
+  } else {
+    for (int64_t j = 0; j < nt; ++j)
+      for (int64_t q = 0; q < K4; ++q) a[j] = _mm512_dpbusd_epi32(a[j], _mm512_set1_epi32(xa[q]), _mm512_loadu_si512(W + j * tile_bytes + q * 64));
+  }
+  float* y = p.y + row * p.N;
+  constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;  // opaque to -ffast-math: the stock graph's two roundings, in its order
+  for (int64_t j = 0; j < nt; ++j) {
+    const int64_t n0 = (t0 + j) * 16;
+    const __mmask16 m = p.N - n0 >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (p.N - n0)) - 1);
+    const __m512i c = _mm512_sub_epi32(a[j], _mm512_slli_epi32(_mm512_maskz_loadu_epi32(m, p.colsum + n0), 7));
+    const __m512 sc = _mm512_mul_round_ps(_mm512_set1_ps(p.a_scale), _mm512_maskz_loadu_ps(m, p.w_scale + n0), kRound);
+    _mm512_mask_storeu_ps(y + n0, m, _mm512_mul_round_ps(_mm512_cvtepi32_ps(c), sc, kRound));
+  }
+#else
+  int32_t acc[kTiles][16];
+  for (int64_t j = 0; j < nt; ++j) {
+    const int8_t* w = W + j * tile_bytes;
+    for (int c = 0; c < 16; ++c) acc[j][c] = 0;
+    for (int64_t q = 0; q < K4; ++q)
+      for (int c = 0; c < 16; ++c)
+        for (int i = 0; i < 4; ++i) acc[j][c] += static_cast<int32_t>(xq[4 * q + i]) * w[q * 64 + c * 4 + i];
+  }
+  float* y = p.y + row * p.N;
+  for (int64_t j = 0; j < nt; ++j)
+    for (int64_t c = 0, n = (t0 + j) * 16; c < 16 && n < p.N; ++c, ++n)
+      y[n] = static_cast<float>(acc[j][c] - 128 * p.colsum[n]) * (p.a_scale * p.w_scale[n]);
+#endif
+}
+
+struct Int8LinearKernel {
+  Int8LinearKernel(const OrtApi&, const OrtKernelInfo*) {}
+
+  void Compute(OrtKernelContext* raw) {
+    Ort::KernelContext ctx(raw);
+    const auto x = ctx.GetInput(0), a_scale = ctx.GetInput(1), W = ctx.GetInput(2), colsum = ctx.GetInput(3), w_scale = ctx.GetInput(4);
+    const char* op = "Int8Linear";
+    Shape xs = shape_of(x);
+    const Shape ws = shape_of(W), ns = shape_of(w_scale);
+    if (xs.empty() || ws.size() != 4 || ws[2] != 16 || ws[3] != 4 || ns.size() != 1)
+      ORT_CXX_API_THROW("Int8Linear: x must be [...,K], W [Np/16,Kp/4,16,4], w_scale [N]", ORT_INVALID_ARGUMENT);
+    const int64_t K = xs.back(), N = ns[0], Kp = ws[1] * 4, tiles = ws[0];
+    if (K > Kp || Kp - K >= 4 || N > tiles * 16 || tiles * 16 - N >= 16)
+      ORT_CXX_API_THROW("Int8Linear: W's padded shape does not fit x and w_scale", ORT_INVALID_ARGUMENT);
+    expect(colsum, {N}, op, "colsum");
+    if (a_scale.GetTensorTypeAndShapeInfo().GetElementCount() != 1) ORT_CXX_API_THROW("Int8Linear: a_scale must be one value", ORT_INVALID_ARGUMENT);
+    const int64_t M = static_cast<int64_t>(x.GetTensorTypeAndShapeInfo().GetElementCount()) / std::max<int64_t>(K, 1);
+    xs.back() = N;
+    auto y = ctx.GetOutput(0, xs);
+    const float s = *a_scale.GetTensorData<float>();
+    std::vector<uint8_t> xq(static_cast<size_t>(M * Kp));
+    for (int64_t m = 0; m < M; ++m) quantize_row(x.GetTensorData<float>() + m * K, s, xq.data() + m * Kp, K, Kp);
+    Int8LinearArgs args{xq.data(), W.GetTensorData<int8_t>(), colsum.GetTensorData<int32_t>(), w_scale.GetTensorData<float>(), s,
+                        y.GetTensorMutableData<float>(), Kp, N, tiles, (tiles + kTiles - 1) / kTiles};
+    if (M * N > 0) ctx.ParallelFor(int8_linear_group, static_cast<size_t>(M * args.groups), 0, &args);
+  }
+};
+
+struct Int8LinearOp : Ort::CustomOpBase<Int8LinearOp, Int8LinearKernel> {
+  void* CreateKernel(const OrtApi& api, const OrtKernelInfo* info) const { return new Int8LinearKernel(api, info); }
+  const char* GetName() const { return "Int8Linear"; }
+  const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
+  size_t GetInputTypeCount() const { return 5; }
+  ONNXTensorElementDataType GetInputType(size_t i) const {
+    return i == 2 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8 : i == 3 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+};
+
 template <typename Kernel, size_t Inputs>
 struct FloatOp : Ort::CustomOpBase<FloatOp<Kernel, Inputs>, Kernel> {
   explicit FloatOp(const char* name) : name_(name) {}
@@ -295,6 +432,7 @@ extern "C" ORT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOption
   static FloatOp<GatedSelectiveStepKernel, 8> ssm("GatedSelectiveStep");
   static FloatOp<DeltaRuleStepKernel, 7> delta("DeltaRuleStep");
   static FloatOp<SSDStepKernel, 7> ssd("SSDStep");
+  static Int8LinearOp linear;
   static std::mutex lock;
   static std::vector<Ort::CustomOpDomain> domains;
   std::lock_guard<std::mutex> guard(lock);
@@ -304,6 +442,7 @@ extern "C" ORT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOption
     domains.back().Add(&ssm);
     domains.back().Add(&delta);
     domains.back().Add(&ssd);
+    domains.back().Add(&linear);
     Ort::UnownedSessionOptions(options).Add(domains.back());
   } catch (const Ort::Exception& e) {
     return api->CreateStatus(ORT_FAIL, e.what());

@@ -9,11 +9,14 @@ import torch
 from rnnquant.exporters.onnx_export import export_step
 from rnnquant.exporters.runner import OrtLM
 from rnnquant.kernels import ortops
-from rnnquant.kernels.fused import ConvSiluStep, GatedSelectiveStep
+from rnnquant.calibrate import CalibConfig, calibrate, calibration_batches
+from rnnquant.kernels.fused import ConvSiluStep, GatedSelectiveStep, pack_int8, packed_rows, unpack_int8
 from rnnquant.models import fingerprint
 from rnnquant.models.rwkv7 import delta_rule_step
 from rnnquant.models.ssd import ssd_step
 from rnnquant.models.ssm import causal_conv_silu_step, selective_state_update, softplus
+from rnnquant.exporters.qops import static_w8_reference
+from rnnquant.quant import PRESETS, quantize
 from tests.conftest import TOKENIZER, tiny_model
 from tests.helpers import assert_one_line_error
 
@@ -213,3 +216,74 @@ def test_runner_refuses_custom_ops_of_another_domain(capsys, tmp_path):
     next(p for p in proto.metadata_props if p.key == "custom_ops").value = "x.other"
     onnx.save(proto, path)
     assert_one_line_error(capsys, "run", path, "--prompt", "def", "--max-new-tokens", "2", match="custom ops of domain 'x.other'")
+
+
+# ---- Int8Linear: every static int8 Linear of a `--fused --cpu vnni` step graph ----------------
+
+def test_packed_codes_unpack_to_the_codes():
+    codes = torch.randint(-127, 128, (45, 37), dtype=torch.int8, generator=torch.Generator().manual_seed(4))  # N, K: both padded
+    packed, colsum = pack_int8(codes)
+    assert packed.shape == (3, 10, 16, 4) and torch.equal(colsum, codes.sum(1, dtype=torch.int32))
+    assert torch.equal(unpack_int8(packed, 37, 45), codes.T)
+    ids = torch.tensor([0, 17, 44, 17])
+    assert torch.equal(packed_rows(packed, ids, 37), codes[ids])  # a tied embedding's rows
+
+
+@pytest.mark.parametrize("K,N", [(37, 45), (64, 80), (48, 200)])  # padded K and N; one full task of 4 tiles and a partial one
+def test_int8_linear_op_is_its_twin(library, K, N):
+    """Bit for bit: the same int32 sums and the same two float roundings as the stock chain's twin,
+    the activations' saturation included (x up to 300 scales)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    g = torch.Generator().manual_seed(K + N)
+    codes = torch.randint(-127, 128, (N, K), dtype=torch.int8, generator=g)
+    x = torch.randn(3, 2, K, generator=g) * torch.tensor([1.0, 300.0]).reshape(1, 2, 1)
+    a_scale, w_scale = torch.tensor(0.02), torch.rand(N, generator=g) * 1e-2
+    packed, colsum = pack_int8(codes)
+    feeds = {"x": x.numpy(), "a_scale": a_scale.numpy(), "W": packed.numpy(), "colsum": colsum.numpy(), "w_scale": w_scale.numpy()}
+    types = {"W": TensorProto.INT8, "colsum": TensorProto.INT32}
+    graph = helper.make_graph([helper.make_node("Int8Linear", list(feeds), ["y"], domain=ortops.DOMAIN)], "linear",
+                              [helper.make_tensor_value_info(k, types.get(k, TensorProto.FLOAT), v.shape) for k, v in feeds.items()],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    opts = ort.SessionOptions()
+    ortops.register(opts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(ortops.DOMAIN, 1)])
+    (y,) = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, feeds)
+    np.testing.assert_array_equal(y, static_w8_reference(x, w_scale, a_scale, codes.T).numpy())
+
+
+def _static_int8(arch):
+    m = _model(arch)
+    ids = IDS.reshape(-1)
+    return quantize(m, PRESETS["w8a8-outlier"], calibrate(m, ids, CalibConfig(samples=4, seq_len=24)), calibration_batches(ids, 4, 24, 2))
+
+
+@pytest.mark.parametrize("arch", ["mamba", "lstm"])  # with fused step ops, and an architecture with none
+def test_fused_static_int8_linears_are_the_stock_integers(library, tmp_path, arch):
+    """`--fused --cpu vnni`: every static int8 Linear is one Int8Linear (the tied head's lookup reads
+    its packed codes) and the logits are the U8U8 stock graph's, step by step and through the
+    prefill graph, which reads the same packed initializers: the weights are stored once."""
+    q = _static_int8(arch)
+    stock = OrtLM(export_step(q, tmp_path / "stock.onnx", TOKENIZER))
+    fused = OrtLM(export_step(q, tmp_path / "fused.onnx", TOKENIZER, int8_weights="int8", fused=True))
+    step = [n.op_type for n in onnx.load(tmp_path / "fused.onnx", load_external_data=False).graph.node]
+    assert "MatMulInteger" not in step and step.count("Int8Linear") == sum(1 for m in q.modules() if type(m).__name__ == "QLinear")
+    s_state, f_state = stock.init_state(2), fused.init_state(2)
+    for t in range(24):
+        s_logits, s_state = stock.step(IDS[:, t].numpy(), s_state)
+        f_logits, f_state = fused.step(IDS[:, t].numpy(), f_state)
+        np.testing.assert_allclose(f_logits, s_logits, rtol=1e-4, atol=1e-4)
+    s_logits, _ = stock.prefill(IDS[:, :24].numpy(), stock.init_state(2))
+    f_logits, _ = fused.prefill(IDS[:, :24].numpy(), fused.init_state(2))
+    np.testing.assert_allclose(f_logits, s_logits, rtol=1e-4, atol=1e-4)
+    data = {k: (tmp_path / f"{k}.onnx.data").stat().st_size for k in ("stock", "fused")}
+    assert data["fused"] <= 1.3 * data["stock"]  # tiny shapes: tiles' padding and column sums, not a second copy
+
+
+def test_dynamic_int8_linears_stay_stock(library, tmp_path):
+    """Int8Linear takes a static activation scale: a w8a8-dynamic model's Linears keep their chains."""
+    m = _model("mamba")
+    path = export_step(quantize(m, PRESETS["w8a8-dynamic"]), tmp_path / "f.onnx", TOKENIZER, int8_weights="int8", fused=True)
+    step = [n.op_type for n in onnx.load(path, load_external_data=False).graph.node]
+    assert "Int8Linear" not in step and "MatMulInteger" in step
