@@ -214,7 +214,7 @@ def main() -> None:
         w4a8 = quantize(model, W4A8_RTN)
         paths["rnnquant w4a8-rtn"] = export_step(w4a8, td / "w4a8.onnx", MODELS_DIR / "tokenizer.json", prefill=False)
         if vnni and "rnnquant w8a8-smooth (static)" in int8:  # `export --fused` (rnnquant's custom ops), where the architecture has them
-            fused = {"rnnquant w8a8-smooth (static) --cpu vnni --fused": (int8["rnnquant w8a8-smooth (static)"], "int8"), "rnnquant w4a8-rtn --fused": (w4a8, "uint8")}
+            fused = {"rnnquant w8a8-smooth (static) --cpu vnni --fused": (int8["rnnquant w8a8-smooth (static)"], "int8"), "rnnquant w4a8-rtn --fused": (w4a8, "int8")}
             for i, (name, (q, weights)) in enumerate(fused.items()):
                 try:
                     paths[name] = export_step(q, td / f"fused_{i}.onnx", MODELS_DIR / "tokenizer.json", prefill=False, int8_weights=weights, fused=True)

@@ -6,7 +6,7 @@ Each quantized matmul is a ``torch.autograd.Function`` whose ``forward`` is the 
     W8, A8 dynamic per-token: amax = ReduceMax|x|; s = amax/127; xq = Cast<uint8>(Round(x/s) + 128)
                               y = Cast<float>(MatMulInteger(xq, Wt, a_zp=128, b_zp=128)) * s * w_scale
     W8, A8 static:            xq = QuantizeLinear(x, a_scale, 128:uint8); y = Cast(MatMulInteger(xq, Wt, 128, 128)) * (a_scale * w_scale)
-    W8, A8 static, fused:     ``export --fused --cpu vnni``: y = ai.rnnquant::Int8Linear(x, a_scale, packed codes, colsum, w_scale),
+    W8, A8, fused:            ``export --fused --cpu vnni``: y = ai.rnnquant::Int8Linear(x, packed codes, colsum, w_scale[, a_scale]),
                               the same integers and roundings in one op over codes packed for vpdpbusd
                               (``rnnquant.kernels.fused.pack_int8``); the prefill graph unpacks that one initializer in stock ops
     W8 over W8_BLOCK_BYTES:   MatMulInteger per column block of Wt, the int32 sums concatenated, then one Cast and scale
@@ -80,11 +80,16 @@ def _matmul_integer(g, q, a_zero, blocks, signed: bool):
     return g.op("Concat", *acc, axis_i=-1) if len(acc) > 1 else acc[0]
 
 
+def dynamic_w8_reference(x, w_scale, *blocks):
+    """The dynamic W8A8 product (the simulation's per-token grid, exact int32 sums, then * s * w_scale)."""
+    s = (x.abs().amax(-1, keepdim=True) / 127).clamp(min=1e-12)  # fake_quant_dynamic's per-token scale
+    return _int8_blocks(torch.round(x / s).clamp(-127, 127), blocks) * s * w_scale
+
+
 class _DynamicW8(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w_scale, signed, *blocks):
-        s = (x.abs().amax(-1, keepdim=True) / 127).clamp(min=1e-12)  # fake_quant_dynamic's per-token scale
-        return _int8_blocks(torch.round(x / s).clamp(-127, 127), blocks) * s * w_scale
+        return dynamic_w8_reference(x, w_scale, *blocks)
 
     @staticmethod
     def symbolic(g, x, w_scale, signed, *blocks):
@@ -175,7 +180,7 @@ def nbits_weight(b: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, K: 
 def prepare(qlinear, int8_weights: str = "uint8", fused: bool = False) -> None:
     """Attach the export-form buffers of a QLinear (integer codes laid out for the chosen op; a W8
     Linear's codes stored as ``int8_weights``, one of ``INT8_WEIGHTS``). ``fused`` (with int8
-    weights): a static W8A8 Linear's codes packed for rnnquant's ``Int8Linear`` op ("w8packed")."""
+    weights): a W8A8 Linear's codes packed for rnnquant's ``Int8Linear`` op ("w8packed")."""
     qw = qlinear.qweight
     if qw is None or hasattr(qlinear, "_export"):
         return
@@ -188,7 +193,7 @@ def prepare(qlinear, int8_weights: str = "uint8", fused: bool = False) -> None:
         return
     if not qw.symmetric:  # int8 asymmetric: stored codes are 0..255 with zero points; re-center is exact only if zero == 128
         raise NotImplementedError("asymmetric 8-bit per-channel weights: use a symmetric grid or group-wise (MatMulNBits)")
-    if fused and int8_weights == "int8" and qlinear.a_mode == "static":
+    if fused and int8_weights == "int8":
         packed, colsum = pack_int8(qw.q)
         qlinear._export = ("w8packed", packed, qw.scale[:, 0].float().contiguous(), colsum)
         return
@@ -241,11 +246,13 @@ def _w8_matmul(m, xq, wt, w_scale):
 
 
 def _w8_packed_matmul(m, xq, packed, w_scale, colsum):
-    """The static W8A8 product from packed codes: rnnquant's Int8Linear in a fused step graph, else
-    (the prefill graph) the stock ops over the codes unpacked in the graph, stored once for both."""
+    """The W8A8 product from packed codes: rnnquant's Int8Linear in a fused step graph, else (the
+    prefill graph) the stock ops over the codes unpacked in the graph, stored once for both."""
+    dynamic = m.a_mode == "dynamic"
     if fusing():
-        return Int8Linear.apply(xq, m.a_scale, packed, colsum, w_scale)
-    return _StaticW8.apply(xq, w_scale, m.a_scale, True, unpack_int8(packed, xq.shape[-1], w_scale.shape[0]))
+        return Int8Linear.apply(xq, packed, colsum, w_scale, None if dynamic else m.a_scale)
+    codes = unpack_int8(packed, xq.shape[-1], w_scale.shape[0])
+    return _DynamicW8.apply(xq, w_scale, True, codes) if dynamic else _StaticW8.apply(xq, w_scale, m.a_scale, True, codes)
 
 
 def linear_forward(m, x):

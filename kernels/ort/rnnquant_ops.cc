@@ -19,11 +19,15 @@
 //   inputs   x [B,H,P], dt [B,H] (after softplus), A [H] (negative), Bm [B,G,N], Cm [B,G,N], D [H], h [B,H,N,P]
 //   outputs  y [B,H,P] = C^T h' + D x,   h' = exp(dt A) h + (dt x) B^T   (a group's heads share B and C)
 //
-// Int8Linear: a Linear with static uint8 activations and int8 weights (twin: exporters.qops' static W8 path)
-//   inputs   x [...,K] float, a_scale [] float, W [Np/16,Kp/4,16,4] int8 (the codes W[n,k] packed for VNNI:
-//            element [t,q,c,j] = W[16t+c, 4q+j], zero padded), colsum [N] int32 (sum_k W[n,k]), w_scale [N] float
-//   output   y [...,N] = (sum_k (xq_k - 128) W[n,k]) * (a_scale * w_scale[n]),  xq = saturate(round_even(x / a_scale) + 128)
-//   (QuantizeLinear -> MatMulInteger -> Cast -> Mul in stock ops: the same integers, the same two float roundings.)
+// Int8Linear: a Linear with uint8 activations and int8 weights (twin: exporters.qops' W8A8 paths)
+//   inputs   x [...,K] float, W [Np/16,Kp/4,16,4] int8 (the codes W[n,k] packed for VNNI: element [t,q,c,j] =
+//            W[16t+c, 4q+j], zero padded), colsum [N] int32 (sum_k W[n,k]), w_scale [N] float,
+//            a_scale [] float (optional: absent, each row's dynamic scale s = max(max|x|, 127e-12) / 127)
+//   output   static:  y [...,N] = acc * (a_scale * w_scale[n]),   xq = saturate(round_even(x / a_scale) + 128)
+//            dynamic: y [...,N] = (acc * s) * w_scale[n],         xq = round_even(x / s) + 128
+//            acc = sum_k (xq_k - 128) W[n,k]  (exact int32)
+//   (the stock chains, QuantizeLinear or Abs/ReduceMax/Div/Round -> MatMulInteger -> Cast -> Mul: the same
+//   integers, the same float roundings in the same order.)
 //
 // In stock ops these are ~41 nodes per Mamba-1 layer, ~38 per Mamba-2 layer and ~17 per RWKV-7
 // layer, most a pass over a row or the whole state (ONNX Runtime's cost per small node is what a
@@ -291,7 +295,8 @@ struct Int8LinearArgs {
   const int8_t* W;
   const int32_t* colsum;
   const float* w_scale;
-  float a_scale;
+  const float* a_scale;  // [M]: one per row (static: every row the same)
+  bool dynamic;
   float* y;  // [M, N]
   int64_t Kp, N, tiles, groups;  // groups of kTiles tiles per row
 };
@@ -314,6 +319,14 @@ void quantize_row(const float* x, float s, uint8_t* q, int64_t K, int64_t Kp) {
 #endif
   for (; k < K; ++k) q[k] = static_cast<uint8_t>(std::nearbyint(std::fmin(std::fmax(x[k] / s, -128.0f), 127.0f)) + 128.0f);
   for (; k < Kp; ++k) q[k] = 128;  // padded inputs meet zero weights
+}
+
+// the stock dynamic chain's per-row scale: Div(Max(ReduceMax(Abs(x)), 127e-12), 127), a true division
+float dynamic_scale(const float* x, int64_t K) {
+  float amax = 0.0f;
+  for (int64_t k = 0; k < K; ++k) amax = std::fmax(amax, std::fabs(x[k]));
+  const __m128 m = _mm_set_ss(std::fmax(amax, static_cast<float>(1e-12 * 127)));
+  return _mm_cvtss_f32(_mm_div_ss(m, _mm_set_ss(127.0f)));
 }
 
 void int8_linear_group(void* raw, size_t task) {
@@ -347,8 +360,9 @@ void int8_linear_group(void* raw, size_t task) {
     const int64_t n0 = (t0 + j) * 16;
     const __mmask16 m = p.N - n0 >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (p.N - n0)) - 1);
     const __m512i c = _mm512_sub_epi32(a[j], _mm512_slli_epi32(_mm512_maskz_loadu_epi32(m, p.colsum + n0), 7));
-    const __m512 sc = _mm512_mul_round_ps(_mm512_set1_ps(p.a_scale), _mm512_maskz_loadu_ps(m, p.w_scale + n0), kRound);
-    _mm512_mask_storeu_ps(y + n0, m, _mm512_mul_round_ps(_mm512_cvtepi32_ps(c), sc, kRound));
+    const __m512 s = _mm512_set1_ps(p.a_scale[row]), w = _mm512_maskz_loadu_ps(m, p.w_scale + n0), f = _mm512_cvtepi32_ps(c);
+    _mm512_mask_storeu_ps(y + n0, m, p.dynamic ? _mm512_mul_round_ps(_mm512_mul_round_ps(f, s, kRound), w, kRound)
+                                               : _mm512_mul_round_ps(f, _mm512_mul_round_ps(s, w, kRound), kRound));
   }
 #else
   int32_t acc[kTiles][16];
@@ -362,7 +376,8 @@ void int8_linear_group(void* raw, size_t task) {
   float* y = p.y + row * p.N;
   for (int64_t j = 0; j < nt; ++j)
     for (int64_t c = 0, n = (t0 + j) * 16; c < 16 && n < p.N; ++c, ++n)
-      y[n] = static_cast<float>(acc[j][c] - 128 * p.colsum[n]) * (p.a_scale * p.w_scale[n]);
+      y[n] = p.dynamic ? static_cast<float>(acc[j][c] - 128 * p.colsum[n]) * p.a_scale[row] * p.w_scale[n]
+                       : static_cast<float>(acc[j][c] - 128 * p.colsum[n]) * (p.a_scale[row] * p.w_scale[n]);
 #endif
 }
 
@@ -371,7 +386,8 @@ struct Int8LinearKernel {
 
   void Compute(OrtKernelContext* raw) {
     Ort::KernelContext ctx(raw);
-    const auto x = ctx.GetInput(0), a_scale = ctx.GetInput(1), W = ctx.GetInput(2), colsum = ctx.GetInput(3), w_scale = ctx.GetInput(4);
+    const auto x = ctx.GetInput(0), W = ctx.GetInput(1), colsum = ctx.GetInput(2), w_scale = ctx.GetInput(3);
+    const bool dynamic = ctx.GetInputCount() < 5 || static_cast<const OrtValue*>(ctx.GetInput(4)) == nullptr;
     const char* op = "Int8Linear";
     Shape xs = shape_of(x);
     const Shape ws = shape_of(W), ns = shape_of(w_scale);
@@ -381,15 +397,20 @@ struct Int8LinearKernel {
     if (K > Kp || Kp - K >= 4 || N > tiles * 16 || tiles * 16 - N >= 16)
       ORT_CXX_API_THROW("Int8Linear: W's padded shape does not fit x and w_scale", ORT_INVALID_ARGUMENT);
     expect(colsum, {N}, op, "colsum");
-    if (a_scale.GetTensorTypeAndShapeInfo().GetElementCount() != 1) ORT_CXX_API_THROW("Int8Linear: a_scale must be one value", ORT_INVALID_ARGUMENT);
+    if (!dynamic && ctx.GetInput(4).GetTensorTypeAndShapeInfo().GetElementCount() != 1)
+      ORT_CXX_API_THROW("Int8Linear: a_scale must be one value", ORT_INVALID_ARGUMENT);
     const int64_t M = static_cast<int64_t>(x.GetTensorTypeAndShapeInfo().GetElementCount()) / std::max<int64_t>(K, 1);
     xs.back() = N;
     auto y = ctx.GetOutput(0, xs);
-    const float s = *a_scale.GetTensorData<float>();
+    const float* xd = x.GetTensorData<float>();
+    std::vector<float> scale(static_cast<size_t>(M), dynamic ? 0.0f : *ctx.GetInput(4).GetTensorData<float>());
     std::vector<uint8_t> xq(static_cast<size_t>(M * Kp));
-    for (int64_t m = 0; m < M; ++m) quantize_row(x.GetTensorData<float>() + m * K, s, xq.data() + m * Kp, K, Kp);
-    Int8LinearArgs args{xq.data(), W.GetTensorData<int8_t>(), colsum.GetTensorData<int32_t>(), w_scale.GetTensorData<float>(), s,
-                        y.GetTensorMutableData<float>(), Kp, N, tiles, (tiles + kTiles - 1) / kTiles};
+    for (int64_t m = 0; m < M; ++m) {
+      if (dynamic) scale[m] = dynamic_scale(xd + m * K, K);
+      quantize_row(xd + m * K, scale[m], xq.data() + m * Kp, K, Kp);
+    }
+    Int8LinearArgs args{xq.data(), W.GetTensorData<int8_t>(), colsum.GetTensorData<int32_t>(), w_scale.GetTensorData<float>(), scale.data(),
+                        dynamic, y.GetTensorMutableData<float>(), Kp, N, tiles, (tiles + kTiles - 1) / kTiles};
     if (M * N > 0) ctx.ParallelFor(int8_linear_group, static_cast<size_t>(M * args.groups), 0, &args);
   }
 };
@@ -400,7 +421,10 @@ struct Int8LinearOp : Ort::CustomOpBase<Int8LinearOp, Int8LinearKernel> {
   const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
   size_t GetInputTypeCount() const { return 5; }
   ONNXTensorElementDataType GetInputType(size_t i) const {
-    return i == 2 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8 : i == 3 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+    return i == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8 : i == 2 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
+    return i == 4 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;  // a_scale: absent for dynamic activations
   }
   size_t GetOutputTypeCount() const { return 1; }
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }

@@ -15,7 +15,7 @@ from rnnquant.models import fingerprint
 from rnnquant.models.rwkv7 import delta_rule_step
 from rnnquant.models.ssd import ssd_step
 from rnnquant.models.ssm import causal_conv_silu_step, selective_state_update, softplus
-from rnnquant.exporters.qops import static_w8_reference
+from rnnquant.exporters.qops import _int8_matmul, static_w8_reference
 from rnnquant.quant import PRESETS, quantize
 from tests.conftest import TOKENIZER, tiny_model
 from tests.helpers import assert_one_line_error
@@ -229,10 +229,11 @@ def test_packed_codes_unpack_to_the_codes():
     assert torch.equal(packed_rows(packed, ids, 37), codes[ids])  # a tied embedding's rows
 
 
+@pytest.mark.parametrize("dynamic", [False, True])
 @pytest.mark.parametrize("K,N", [(37, 45), (64, 80), (48, 200)])  # padded K and N; one full task of 4 tiles and a partial one
-def test_int8_linear_op_is_its_twin(library, K, N):
-    """Bit for bit: the same int32 sums and the same two float roundings as the stock chain's twin,
-    the activations' saturation included (x up to 300 scales)."""
+def test_int8_linear_op_is_its_twin(library, K, N, dynamic):
+    """Bit for bit: the same int32 sums and the same float roundings as the stock chains (static:
+    the activations' saturation included, x up to 300 scales; dynamic: each row's own scale)."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
@@ -241,7 +242,7 @@ def test_int8_linear_op_is_its_twin(library, K, N):
     x = torch.randn(3, 2, K, generator=g) * torch.tensor([1.0, 300.0]).reshape(1, 2, 1)
     a_scale, w_scale = torch.tensor(0.02), torch.rand(N, generator=g) * 1e-2
     packed, colsum = pack_int8(codes)
-    feeds = {"x": x.numpy(), "a_scale": a_scale.numpy(), "W": packed.numpy(), "colsum": colsum.numpy(), "w_scale": w_scale.numpy()}
+    feeds = {"x": x.numpy(), "W": packed.numpy(), "colsum": colsum.numpy(), "w_scale": w_scale.numpy()} | ({} if dynamic else {"a_scale": a_scale.numpy()})
     types = {"W": TensorProto.INT8, "colsum": TensorProto.INT32}
     graph = helper.make_graph([helper.make_node("Int8Linear", list(feeds), ["y"], domain=ortops.DOMAIN)], "linear",
                               [helper.make_tensor_value_info(k, types.get(k, TensorProto.FLOAT), v.shape) for k, v in feeds.items()],
@@ -250,7 +251,12 @@ def test_int8_linear_op_is_its_twin(library, K, N):
     ortops.register(opts)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(ortops.DOMAIN, 1)])
     (y,) = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, feeds)
-    np.testing.assert_array_equal(y, static_w8_reference(x, w_scale, a_scale, codes.T).numpy())
+    if dynamic:  # the stock graph's scale: Max(amax, 127e-12) / 127 (the simulation clamps after the division)
+        s = torch.maximum(x.abs().amax(-1, keepdim=True), torch.tensor(1e-12 * 127)) / 127
+        ref = _int8_matmul(torch.round(x / s), codes.T) * s * w_scale
+    else:
+        ref = static_w8_reference(x, w_scale, a_scale, codes.T)
+    np.testing.assert_array_equal(y, ref.numpy())
 
 
 def _static_int8(arch):
@@ -281,9 +287,14 @@ def test_fused_static_int8_linears_are_the_stock_integers(library, tmp_path, arc
     assert data["fused"] <= 1.3 * data["stock"]  # tiny shapes: tiles' padding and column sums, not a second copy
 
 
-def test_dynamic_int8_linears_stay_stock(library, tmp_path):
-    """Int8Linear takes a static activation scale: a w8a8-dynamic model's Linears keep their chains."""
-    m = _model("mamba")
-    path = export_step(quantize(m, PRESETS["w8a8-dynamic"]), tmp_path / "f.onnx", TOKENIZER, int8_weights="int8", fused=True)
-    step = [n.op_type for n in onnx.load(path, load_external_data=False).graph.node]
-    assert "Int8Linear" not in step and "MatMulInteger" in step
+def test_fused_dynamic_int8_linears_are_the_stock_integers(library, tmp_path):
+    """w8a8-dynamic (and every 4-bit preset's int8 head): each row's own scale, in the op."""
+    q = quantize(_model("mamba"), PRESETS["w8a8-dynamic"])
+    stock = OrtLM(export_step(q, tmp_path / "stock.onnx", TOKENIZER, prefill=False))
+    fused = OrtLM(export_step(q, tmp_path / "fused.onnx", TOKENIZER, int8_weights="int8", fused=True, prefill=False))
+    assert "MatMulInteger" not in [n.op_type for n in onnx.load(tmp_path / "fused.onnx", load_external_data=False).graph.node]
+    s_state, f_state = stock.init_state(2), fused.init_state(2)
+    for t in range(24):
+        s_logits, s_state = stock.step(IDS[:, t].numpy(), s_state)
+        f_logits, f_state = fused.step(IDS[:, t].numpy(), f_state)
+        np.testing.assert_allclose(f_logits, s_logits, rtol=1e-4, atol=1e-4)
