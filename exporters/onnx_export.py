@@ -66,7 +66,8 @@ class _WeightsAsInputs(torch.nn.Module):
         return self.graph(*args[: self.n_inputs])
 
 
-_EXPORT_FIELDS = {"w8": ("codes", "scales"), "w8packed": ("codes", "scales", "colsum"), "nbits": ("codes", "scales", "zero_points")}
+_EXPORT_FIELDS = {"w8": ("codes", "scales"), "w8packed": ("codes", "scales", "colsum"), "nbits": ("codes", "scales", "zero_points"),
+                  "nbits_packed": ("codes", "scales", "zero_points")}
 _FLOAT_FIELDS = {"_weight_t": "weight_t", "_w_float_t": "w_float_t", "_rotation": "rotation", "_rows": "weight", "_row_scales": "scales", "_cols": None}  # (_cols: the tied head's weight_t)
 
 
@@ -410,7 +411,8 @@ def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bo
         from .qops import prepare
 
         prepare(m, int8_weights, fused)
-    nbits = any(m._export[0] == "nbits" for m in qlinears if hasattr(m, "_export"))
+    kinds = {m._export[0] for m in qlinears if hasattr(m, "_export")}
+    nbits = "nbits" in kinds  # com.microsoft's MatMulNBits in the step graph; the prefill's also stands for Int4Linear there
     names = [s.name for s in model.arch_spec().states]
     state = model.init_state(1)
     outputs = ["logits", *[f"new_{n}" for n in names]]
@@ -437,7 +439,7 @@ def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bo
                 last = prefill_logits == "last"
                 axes = {k: {0: "batch"} for k in inputs + outputs} | {"prompt_ids": {0: "batch", 1: "seq"}} | ({} if last else {"logits": {0: "batch", 1: "seq"}})
                 traced = _trace(_WeightsAsInputs(_PrefillGraph(model, last), len(inputs)), (torch.tensor([[0, 0]]), *state, *weights.values()),
-                                [*inputs, *weights], outputs, axes, opset, nbits)
+                                [*inputs, *weights], outputs, axes, opset, nbits or "nbits_packed" in kinds)
                 prefill_proto = staged.take(traced, weights)
                 del traced
             del weights

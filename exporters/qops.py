@@ -9,6 +9,8 @@ Each quantized matmul is a ``torch.autograd.Function`` whose ``forward`` is the 
     W8, A8, fused:            ``export --fused --cpu vnni``: y = ai.rnnquant::Int8Linear(x, packed codes, colsum, w_scale[, a_scale]),
                               the same integers and roundings in one op over codes packed for vpdpbusd
                               (``rnnquant.kernels.fused.pack_int8``); the prefill graph unpacks that one initializer in stock ops
+    4-bit, A8, fused:         ``export --fused``: y = ai.rnnquant::Int4Linear(x, B, scales[, zero_points]), MatMulNBits'
+                              inputs permuted to the op's tiles (``pack_nbits``); the prefill's MatMulNBits permutes them back
     W8 over W8_BLOCK_BYTES:   MatMulInteger per column block of Wt, the int32 sums concatenated, then one Cast and scale
 Activations go in as uint8 with zero point 128 (exactly the symmetric int8 grid shifted). The
 weights' form is the export's ``int8_weights`` choice (``rnnquant export --cpu``):
@@ -35,7 +37,7 @@ from __future__ import annotations
 
 import torch
 
-from rnnquant.kernels.fused import Int8Linear, fusing, pack_int8, packed_rows, unpack_int8
+from rnnquant.kernels.fused import Int4Linear, Int8Linear, fusing, pack_int8, pack_nbits, packed_rows, unpack_int8, unpack_nbits
 from rnnquant.quant.primitives import fake_quant_dynamic
 
 MS = "com.microsoft"
@@ -189,6 +191,9 @@ def prepare(qlinear, int8_weights: str = "uint8", fused: bool = False) -> None:
     if qw.group_size < K or qw.bits == 4 or whole_row:
         block = max(16, 1 << (K - 1).bit_length()) if whole_row else qw.group_size  # MatMulNBits blocks are powers of two >= 16
         b, scales, zeros = nbits_tensors(qw, K, block)
+        if fused and qw.bits == 4 and qlinear.a_bits and K % block == 0:  # rnnquant's Int4Linear: the same bytes, permuted
+            qlinear._export = ("nbits_packed", *pack_nbits(b, scales, zeros, block), block)
+            return
         qlinear._export = ("nbits", b, scales, zeros if zeros is not None else torch.zeros(0, dtype=torch.uint8), zeros is not None, qw.bits, block)
         return
     if not qw.symmetric:  # int8 asymmetric: stored codes are 0..255 with zero points; re-center is exact only if zero == 128
@@ -214,6 +219,8 @@ def qlinear_forward(m, x):
             b, scales, zeros, has_zeros, bits, block = t
             acc = 4 if m.a_bits else 0
             y = _MatMulNBits.apply(xq, b, scales, zeros, len(m.quant_idx), m.out_features, bits, block, acc, has_zeros)
+        elif kind == "nbits_packed":
+            y = _nbits_packed_matmul(m, xq, *t)
         elif kind == "w8packed":
             y = _w8_packed_matmul(m, xq, *t)
         else:
@@ -253,6 +260,16 @@ def _w8_packed_matmul(m, xq, packed, w_scale, colsum):
         return Int8Linear.apply(xq, packed, colsum, w_scale, None if dynamic else m.a_scale)
     codes = unpack_int8(packed, xq.shape[-1], w_scale.shape[0])
     return _DynamicW8.apply(xq, w_scale, True, codes) if dynamic else _StaticW8.apply(xq, w_scale, m.a_scale, True, codes)
+
+
+def _nbits_packed_matmul(m, xq, B, S, Z, block):
+    """The 4-bit A8 product from Int4Linear's inputs: the op in a fused step graph, else (the prefill
+    graph) MatMulNBits over the same initializers, permuted back in the graph."""
+    if fusing():
+        return Int4Linear.apply(xq, B, S, Z, m.out_features, block)
+    b, scales, zeros = unpack_nbits(B, S, Z, m.out_features, block)
+    zeros = scales if zeros is None else zeros  # (unread without zero points: any traced tensor will do)
+    return _MatMulNBits.apply(xq, b, scales, zeros, len(m.quant_idx), m.out_features, 4, block, 4, Z is not None)
 
 
 def linear_forward(m, x):

@@ -7,6 +7,8 @@ while a ``fused_export`` is traced, each twin emits its op instead of stock ops.
     SSDStep              twin: rnnquant.models.ssd.ssd_step (Mamba-2's state update and read-out)
     Int8Linear           twin: rnnquant.exporters.qops' static W8A8 matmul (QuantizeLinear -> MatMulInteger -> Cast -> Mul),
                          its int8 codes stored in the layout the op reads (``pack_int8``)
+    Int4Linear           twin: a 4-bit group-wise Linear with dynamic int8 activations (MatMulNBits, accuracy_level 4,
+                         in stock ops), its MatMulNBits inputs permuted to the layout the op reads (``pack_nbits``)
 """
 from __future__ import annotations
 
@@ -156,6 +158,56 @@ class Int8Linear(torch.autograd.Function):
     def symbolic(g, x, packed, colsum, w_scale, a_scale):
         y = g.op(f"{DOMAIN}::Int8Linear", x, packed, colsum, w_scale, *([] if a_scale is None else [a_scale]))
         rank, N = x.type().dim(), w_scale.type().sizes()[0]
+        if rank is not None:
+            y.setType(x.type().with_sizes([None] * (rank - 1) + [N]))
+        return y
+
+
+def _tiles_last(t: torch.Tensor, N: int) -> torch.Tensor:
+    """[N, ...] rows -> [Np/16, ..., 16]: each 16-row tile's entries side by side (rows zero padded)."""
+    Np = -(-N // TILE) * TILE
+    t = torch.nn.functional.pad(t, (0, 0) * (t.dim() - 1) + (0, Np - N))
+    return t.reshape(Np // TILE, TILE, *t.shape[1:]).movedim(1, -1 if t.dim() == 2 else 2).contiguous()
+
+
+def pack_nbits(b: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, block: int):
+    """4-bit MatMulNBits inputs (B [N, blocks, block/2], scales [N*blocks], packed zero points
+    [N*ceil(blocks/2)] or None) -> Int4Linear's: B [Np/16, K/8, 16, 4] (each tile's 16 rows' 4-byte
+    words side by side), scales [Np/16, blocks, 16], zeros [Np/16, ceil(blocks/2), 16]: the same bytes, permuted."""
+    N, blocks = b.shape[:2]
+    B = _tiles_last(b.reshape(N, -1, 4), N)  # [Np/16, K/8, 16, 4]
+    S = _tiles_last(scales.reshape(N, blocks), N)  # [Np/16, blocks, 16]
+    Z = None if zeros is None else _tiles_last(zeros.reshape(N, -1), N)
+    return B, S, Z
+
+
+def unpack_nbits(B: torch.Tensor, S: torch.Tensor, Z: torch.Tensor | None, N: int, block: int):
+    """``pack_nbits``' inverse, in ops a trace records (the prefill graph's MatMulNBits reads the step
+    graph's initializers through them; ONNX Runtime folds them at load)."""
+    tiles, octets = B.shape[:2]
+    b = B.permute(0, 2, 1, 3).reshape(tiles * TILE, octets * 4)[:N].reshape(N, -1, block // 2)
+    s = S.permute(0, 2, 1).reshape(tiles * TILE, -1)[:N].reshape(-1)
+    z = None if Z is None else Z.permute(0, 2, 1).reshape(tiles * TILE, -1)[:N].reshape(-1)
+    return b, s, z
+
+
+class Int4Linear(torch.autograd.Function):
+    """``ai.rnnquant::Int4Linear``: y [..., N] = fake_quant_dynamic(x, 8) @ W^T, W 4-bit group-wise
+    ((code - zero) * scale per ``block`` inputs); inputs ``pack_nbits``' (zeros None: symmetric codes,
+    zero point 8). Twin: the simulation MatMulNBits (accuracy_level 4) stands for in the stock graph."""
+
+    @staticmethod
+    def forward(ctx, x, B, S, Z, N, block):
+        from rnnquant.exporters.qops import nbits_weight
+        from rnnquant.quant.primitives import fake_quant_dynamic
+
+        b, s, z = unpack_nbits(B, S, Z, N, block)
+        return fake_quant_dynamic(x, 8) @ nbits_weight(b, s, z, x.shape[-1], 4, Z is not None).T
+
+    @staticmethod
+    def symbolic(g, x, B, S, Z, N, block):
+        y = g.op(f"{DOMAIN}::Int4Linear", x, B, S, *([] if Z is None else [Z]), group_i=block, N_i=N)
+        rank = x.type().dim()
         if rank is not None:
             y.setType(x.type().with_sizes([None] * (rank - 1) + [N]))
         return y

@@ -29,6 +29,15 @@
 //   (the stock chains, QuantizeLinear or Abs/ReduceMax/Div/Round -> MatMulInteger -> Cast -> Mul: the same
 //   integers, the same float roundings in the same order.)
 //
+// Int4Linear: a Linear with 4-bit group-wise weights and dynamic int8 activations (twin: fake_quant_dynamic(x) @ W^T,
+//   W = (code - zero) * scale per group; the graph's stock form is MatMulNBits with accuracy_level 4)
+//   inputs   x [...,K] float, B [Np/16,K/8,16,4] uint8 (MatMulNBits' bytes [N,K/2] permuted: element [t,o,c,j] =
+//            byte 4o+j of row 16t+c, codes k = 8o+2j (low nibble) and 8o+2j+1 (high)), scales [Np/16,G,16] float,
+//            zeros [Np/16,ceil(G/2),16] uint8 (MatMulNBits' packed zero points, permuted the same way; optional:
+//            absent, every zero point is 8); attributes group (K / G), N
+//   output   y [...,N] = s * sum_g scale[n,g] * sum_{k in g} q_k (code[n,k] - zero[n,g]),
+//            s = max(max|x| / 127, 1e-12), q = clamp(round_even(x / s), -127, 127)  (fake_quant_dynamic's grid)
+//
 // In stock ops these are ~41 nodes per Mamba-1 layer, ~38 per Mamba-2 layer and ~17 per RWKV-7
 // layer, most a pass over a row or the whole state (ONNX Runtime's cost per small node is what a
 // batch-1 step pays); here one or two passes, the exp vectorised by the compiler (libmvec, -ffast-math).
@@ -283,6 +292,16 @@ struct SSDStepKernel {
   }
 };
 
+// a / b as a true division on x86 too: -ffast-math would otherwise make it a * (1/b) (another rounding),
+// where the stock graphs divide
+inline float true_div(float a, float b) {
+#if defined(__SSE__)
+  return _mm_cvtss_f32(_mm_div_ss(_mm_set_ss(a), _mm_set_ss(b)));
+#else
+  return a / b;
+#endif
+}
+
 // ---- Int8Linear ------------------------------------------------------------------------------
 // Batch-1 int8 matmuls are a read of the weights; ONNX Runtime's MatMulInteger chain adds a
 // quantize, a cast and a scale node per Linear and its packing. Here the weights are stored in the
@@ -325,8 +344,7 @@ void quantize_row(const float* x, float s, uint8_t* q, int64_t K, int64_t Kp) {
 float dynamic_scale(const float* x, int64_t K) {
   float amax = 0.0f;
   for (int64_t k = 0; k < K; ++k) amax = std::fmax(amax, std::fabs(x[k]));
-  const __m128 m = _mm_set_ss(std::fmax(amax, static_cast<float>(1e-12 * 127)));
-  return _mm_cvtss_f32(_mm_div_ss(m, _mm_set_ss(127.0f)));
+  return true_div(std::fmax(amax, static_cast<float>(1e-12 * 127)), 127.0f);
 }
 
 void int8_linear_group(void* raw, size_t task) {
@@ -415,6 +433,140 @@ struct Int8LinearKernel {
   }
 };
 
+// ---- Int4Linear ------------------------------------------------------------------------------
+// One 64-byte load is 16 columns x 8 inputs: the low nibbles meet the even inputs, the high ones the
+// odd inputs (two vpdpbusd, the codes as the unsigned operand, the int8 activations as the signed
+// one); each group's zero point comes off through the group's activation sum, its scale once per group.
+struct Int4LinearArgs {
+  const int32_t *xe, *xo, *xsum;  // [M, K/8] even / odd inputs of each octet, 4 per lane; [M, G] group sums
+  const float* s;                 // [M] activation scales
+  const uint8_t *B, *zeros;       // zeros: nullptr = 8
+  const float* scales;
+  float* y;
+  int64_t K8, G, octets, halves, N, tiles;  // octets per group; halves = ceil(G/2)
+};
+
+// One 16-column tile per task: its codes, scales and zero points are three streams (four tiles'
+// twelve streams ran at two thirds of the bandwidth at mamba-130m's in_proj, docs/RESULTS.md §32)
+void int4_linear_tile(void* raw, size_t task) {
+  const auto& p = *static_cast<const Int4LinearArgs*>(raw);
+  const int64_t row = static_cast<int64_t>(task) / p.tiles, t = static_cast<int64_t>(task) % p.tiles;
+  const int32_t *xe = p.xe + row * p.K8, *xo = p.xo + row * p.K8, *xsum = p.xsum + row * p.G;
+  float* y = p.y + row * p.N;
+  const uint8_t* B = p.B + t * p.K8 * 64;
+  const float* scales = p.scales + t * p.G * 16;
+  const uint8_t* zeros = p.zeros ? p.zeros + t * p.halves * 16 : nullptr;
+#if defined(__AVX512VNNI__)
+  const __m512i low = _mm512_set1_epi8(0x0F), low32 = _mm512_set1_epi32(0x0F);
+  __m512 out = _mm512_setzero_ps();
+  for (int64_t g = 0; g < p.G; ++g) {
+    __m512i a = _mm512_setzero_si512();
+    for (int64_t o = g * p.octets; o < (g + 1) * p.octets; ++o) {
+      const __m512i w = _mm512_loadu_si512(B + o * 64);
+      a = _mm512_dpbusd_epi32(a, _mm512_and_si512(w, low), _mm512_set1_epi32(xe[o]));
+      a = _mm512_dpbusd_epi32(a, _mm512_and_si512(_mm512_srli_epi16(w, 4), low), _mm512_set1_epi32(xo[o]));
+    }
+    __m512i z = _mm512_set1_epi32(8);
+    if (zeros) {
+      const __m512i zz = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(zeros + g / 2 * 16)));
+      z = g % 2 ? _mm512_srli_epi32(zz, 4) : _mm512_and_si512(zz, low32);
+    }
+    const __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(a, _mm512_mullo_epi32(z, _mm512_set1_epi32(xsum[g]))));
+    out = _mm512_fmadd_ps(f, _mm512_loadu_ps(scales + g * 16), out);
+  }
+  const int64_t n0 = t * 16;
+  const __mmask16 m = p.N - n0 >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (p.N - n0)) - 1);
+  _mm512_mask_storeu_ps(y + n0, m, _mm512_mul_ps(out, _mm512_set1_ps(p.s[row])));
+#else
+  for (int64_t c = 0, n = t * 16; c < 16 && n < p.N; ++c, ++n) {
+    float out = 0.0f;
+    for (int64_t g = 0; g < p.G; ++g) {
+      int32_t acc = 0;
+      for (int64_t o = g * p.octets; o < (g + 1) * p.octets; ++o) {
+        const uint8_t* w = B + (o * 16 + c) * 4;
+        for (int i = 0; i < 4; ++i) {
+          acc += (w[i] & 0x0F) * static_cast<int8_t>(xe[o] >> (8 * i) & 0xFF);
+          acc += (w[i] >> 4) * static_cast<int8_t>(xo[o] >> (8 * i) & 0xFF);
+        }
+      }
+      const int32_t z = zeros ? (zeros[g / 2 * 16 + c] >> (4 * (g % 2))) & 0x0F : 8;
+      out += static_cast<float>(acc - z * xsum[g]) * scales[g * 16 + c];
+    }
+    y[n] = out * p.s[row];
+  }
+#endif
+}
+
+struct Int4LinearKernel {
+  Int4LinearKernel(const OrtApi&, const OrtKernelInfo* info)
+      : group_(Ort::ConstKernelInfo(info).GetAttribute<int64_t>("group")), n_(Ort::ConstKernelInfo(info).GetAttribute<int64_t>("N")) {}
+
+  void Compute(OrtKernelContext* raw) {
+    Ort::KernelContext ctx(raw);
+    const auto x = ctx.GetInput(0), B = ctx.GetInput(1), scales = ctx.GetInput(2);
+    const bool has_zeros = ctx.GetInputCount() > 3 && static_cast<const OrtValue*>(ctx.GetInput(3)) != nullptr;
+    Shape xs = shape_of(x);
+    const Shape bs = shape_of(B), ss = shape_of(scales);
+    const int64_t K = xs.empty() ? 0 : xs.back(), tiles = bs.size() == 4 ? bs[0] : 0, G = group_ > 0 ? K / group_ : 0;
+    if (xs.empty() || bs.size() != 4 || bs[1] * 8 != K || bs[2] != 16 || bs[3] != 4 || group_ % 8 || G * group_ != K ||
+        ss != Shape{tiles, G, 16})
+      ORT_CXX_API_THROW("Int4Linear: x must be [...,K], B [Np/16,K/8,16,4], scales [Np/16,K/group,16], group a multiple of 8", ORT_INVALID_ARGUMENT);
+    const int64_t halves = (G + 1) / 2;
+    if (has_zeros) expect(ctx.GetInput(3), {tiles, halves, 16}, "Int4Linear", "zeros");
+    const int64_t cols = n_;
+    if (cols > tiles * 16 || tiles * 16 - cols >= 16) ORT_CXX_API_THROW("Int4Linear: attribute N does not fit B", ORT_INVALID_ARGUMENT);
+    const int64_t M = static_cast<int64_t>(x.GetTensorTypeAndShapeInfo().GetElementCount()) / std::max<int64_t>(K, 1), K8 = K / 8;
+    xs.back() = cols;
+    auto y = ctx.GetOutput(0, xs);
+    std::vector<int32_t> xe(static_cast<size_t>(M * K8)), xo(static_cast<size_t>(M * K8)), xsum(static_cast<size_t>(M * G));
+    std::vector<float> sc(static_cast<size_t>(M));
+    std::vector<int8_t> q(static_cast<size_t>(K));
+    const float* xd = x.GetTensorData<float>();
+    for (int64_t m = 0; m < M; ++m) {
+      const float* r = xd + m * K;
+      float amax = 0.0f;
+      for (int64_t k = 0; k < K; ++k) amax = std::fmax(amax, std::fabs(r[k]));
+      sc[m] = std::fmax(true_div(amax, 127.0f), 1e-12f);
+      for (int64_t k = 0; k < K; ++k) q[k] = static_cast<int8_t>(std::fmin(std::fmax(std::nearbyint(true_div(r[k], sc[m])), -127.0f), 127.0f));
+      for (int64_t o = 0; o < K8; ++o) {
+        uint32_t e = 0, d = 0;
+        for (int i = 0; i < 4; ++i) {
+          e |= static_cast<uint32_t>(static_cast<uint8_t>(q[8 * o + 2 * i])) << (8 * i);
+          d |= static_cast<uint32_t>(static_cast<uint8_t>(q[8 * o + 2 * i + 1])) << (8 * i);
+        }
+        xe[m * K8 + o] = static_cast<int32_t>(e), xo[m * K8 + o] = static_cast<int32_t>(d);
+      }
+      for (int64_t g = 0; g < G; ++g) {
+        int32_t t = 0;
+        for (int64_t k = g * group_; k < (g + 1) * group_; ++k) t += q[k];
+        xsum[m * G + g] = t;
+      }
+    }
+    Int4LinearArgs args{xe.data(), xo.data(), xsum.data(), sc.data(), B.GetTensorData<uint8_t>(),
+                        has_zeros ? ctx.GetInput(3).GetTensorData<uint8_t>() : nullptr, scales.GetTensorData<float>(),
+                        y.GetTensorMutableData<float>(), K8, G, group_ / 8, halves, cols, tiles};
+    if (M * cols > 0) ctx.ParallelFor(int4_linear_tile, static_cast<size_t>(M * tiles), 0, &args);
+  }
+
+ private:
+  int64_t group_, n_;
+};
+
+struct Int4LinearOp : Ort::CustomOpBase<Int4LinearOp, Int4LinearKernel> {
+  void* CreateKernel(const OrtApi& api, const OrtKernelInfo* info) const { return new Int4LinearKernel(api, info); }
+  const char* GetName() const { return "Int4Linear"; }
+  const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
+  size_t GetInputTypeCount() const { return 4; }
+  ONNXTensorElementDataType GetInputType(size_t i) const {
+    return i == 1 || i == 3 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
+    return i == 3 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;  // zeros: absent for symmetric codes (zero point 8)
+  }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+};
+
 struct Int8LinearOp : Ort::CustomOpBase<Int8LinearOp, Int8LinearKernel> {
   void* CreateKernel(const OrtApi& api, const OrtKernelInfo* info) const { return new Int8LinearKernel(api, info); }
   const char* GetName() const { return "Int8Linear"; }
@@ -457,6 +609,7 @@ extern "C" ORT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOption
   static FloatOp<DeltaRuleStepKernel, 7> delta("DeltaRuleStep");
   static FloatOp<SSDStepKernel, 7> ssd("SSDStep");
   static Int8LinearOp linear;
+  static Int4LinearOp linear4;
   static std::mutex lock;
   static std::vector<Ort::CustomOpDomain> domains;
   std::lock_guard<std::mutex> guard(lock);
@@ -467,6 +620,7 @@ extern "C" ORT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOption
     domains.back().Add(&delta);
     domains.back().Add(&ssd);
     domains.back().Add(&linear);
+    domains.back().Add(&linear4);
     Ort::UnownedSessionOptions(options).Add(domains.back());
   } catch (const Ort::Exception& e) {
     return api->CreateStatus(ORT_FAIL, e.what());

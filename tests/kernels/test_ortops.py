@@ -10,7 +10,7 @@ from rnnquant.exporters.onnx_export import export_step
 from rnnquant.exporters.runner import OrtLM
 from rnnquant.kernels import ortops
 from rnnquant.calibrate import CalibConfig, calibrate, calibration_batches
-from rnnquant.kernels.fused import ConvSiluStep, GatedSelectiveStep, pack_int8, packed_rows, unpack_int8
+from rnnquant.kernels.fused import ConvSiluStep, GatedSelectiveStep, Int4Linear, pack_int8, pack_nbits, packed_rows, unpack_int8, unpack_nbits
 from rnnquant.models import fingerprint
 from rnnquant.models.rwkv7 import delta_rule_step
 from rnnquant.models.ssd import ssd_step
@@ -298,3 +298,67 @@ def test_fused_dynamic_int8_linears_are_the_stock_integers(library, tmp_path):
         s_logits, s_state = stock.step(IDS[:, t].numpy(), s_state)
         f_logits, f_state = fused.step(IDS[:, t].numpy(), f_state)
         np.testing.assert_allclose(f_logits, s_logits, rtol=1e-4, atol=1e-4)
+
+
+# ---- Int4Linear: every 4-bit A8 Linear of a `--fused` step graph ----------------------------
+
+def test_packed_nbits_unpack_to_matmulnbits_inputs():
+    g = torch.Generator().manual_seed(5)
+    N, blocks, block = 45, 3, 16
+    b = torch.randint(0, 256, (N, blocks, block // 2), dtype=torch.uint8, generator=g)
+    scales, zeros = torch.rand(N * blocks, generator=g), torch.randint(0, 256, (N * 2,), dtype=torch.uint8, generator=g)
+    B, S, Z = pack_nbits(b, scales, zeros, block)
+    assert B.shape == (3, 6, 16, 4) and S.shape == (3, 3, 16) and Z.shape == (3, 2, 16)
+    assert B[1, 2, 3, 1] == b.reshape(N, -1)[19, 9] and S[2, 1, 5] == scales.reshape(N, blocks)[37, 1]  # [t, o, c, j]: byte 4o + j of row 16t + c
+    for mine, theirs in zip(unpack_nbits(B, S, Z, N, block), (b, scales, zeros)):
+        assert torch.equal(mine, theirs)
+
+
+@pytest.mark.parametrize("zeros", [True, False])
+@pytest.mark.parametrize("K,N,block", [(48, 45, 16), (64, 80, 32), (256, 200, 128)])  # an odd number of groups; 4-tile tasks and a partial one
+def test_int4_linear_op_is_its_twin(library, K, N, block, zeros):
+    """The simulation's values: per-token int8 activations, each group's codes less its zero point (8
+    without zero points) times its scale; exact integer sums, so only float rounding differs."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    g = torch.Generator().manual_seed(K + N)
+    blocks = K // block
+    b = torch.randint(0, 256, (N, blocks, block // 2), dtype=torch.uint8, generator=g)
+    scales = torch.rand(N * blocks, generator=g) * 1e-2
+    z = torch.randint(0, 256, (N * -(-blocks // 2),), dtype=torch.uint8, generator=g) if zeros else None
+    B, S, Z = pack_nbits(b, scales, z, block)
+    x = torch.randn(3, 2, K, generator=g) * torch.tensor([1.0, 300.0]).reshape(1, 2, 1)
+    feeds = {"x": x.numpy(), "B": B.numpy(), "S": S.numpy()} | ({"Z": Z.numpy()} if zeros else {})
+    types = {"B": TensorProto.UINT8, "Z": TensorProto.UINT8}
+    graph = helper.make_graph([helper.make_node("Int4Linear", list(feeds), ["y"], domain=ortops.DOMAIN, group=block, N=N)], "linear4",
+                              [helper.make_tensor_value_info(k, types.get(k, TensorProto.FLOAT), v.shape) for k, v in feeds.items()],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    opts = ort.SessionOptions()
+    ortops.register(opts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(ortops.DOMAIN, 1)])
+    (y,) = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, feeds)
+    ref = Int4Linear.apply(x, B, S, Z, N, block)
+    np.testing.assert_allclose(y, ref.numpy(), rtol=1e-5, atol=1e-5 * ref.abs().max().item())
+
+
+def test_fused_int4_linears_are_the_simulation(library, tmp_path):
+    """w4a8 with `--fused`: every 4-bit Linear whose width its group divides is one Int4Linear, and
+    the step follows the PyTorch model's own step to 1e-4 (ONNX Runtime's MatMulNBits quantizes the
+    activations per 32-input block instead, 0.2 off here); the prefill graph reads the same bytes."""
+    from dataclasses import replace
+
+    recipe = replace(PRESETS["w4a8"], hadamard=False, rules=[replace(r, w_method="rtn") for r in PRESETS["w4a8"].rules])
+    q = quantize(_model("mamba"), recipe)
+    stock = OrtLM(export_step(q, tmp_path / "stock.onnx", TOKENIZER))
+    fused = OrtLM(export_step(q, tmp_path / "fused.onnx", TOKENIZER, fused=True))
+    step = [n.op_type for n in onnx.load(tmp_path / "fused.onnx", load_external_data=False).graph.node]
+    assert step.count("Int4Linear") == 3 * q.config["num_hidden_layers"]  # in_proj, x_proj, out_proj (dt_proj's 2 inputs: stock)
+    state, f_state = q.init_state(1), fused.init_state(1)
+    with torch.no_grad():
+        for t in range(24):
+            logits, state = q.step(IDS[:1, t], state)
+            f_logits, f_state = fused.step(IDS[:1, t].numpy(), f_state)
+            np.testing.assert_allclose(f_logits, logits.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(fused.prefill(IDS[:1, :24].numpy(), fused.init_state(1))[0], stock.prefill(IDS[:1, :24].numpy(), stock.init_state(1))[0])
+    assert (tmp_path / "fused.onnx.data").stat().st_size <= 1.3 * (tmp_path / "stock.onnx.data").stat().st_size
