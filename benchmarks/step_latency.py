@@ -14,7 +14,7 @@ d_state 16, expand 2; or an LSTM LM of similar size) and times, at batch 1:
   - the memory-bandwidth floor: weight bytes read per token / read bandwidth measured now, both
     by one numpy thread and by ONNX Runtime's own int8 MatMulInteger at the same thread count
     (`over_ort_floor`: each variant's time / the floor for its weight width);
-  - llama.cpp (Mamba and RWKV-7) F32, Q8_0 and Q4_0 with llama-bench, when benchmarks/peers/llamacpp.sh
+  - llama.cpp (Mamba, Mamba-2 and RWKV-7) F32, Q8_0, Q4_0 and Q4_0 --pure with llama-bench, when benchmarks/peers/llamacpp.sh
     has built it (skipped with a message otherwise).
 Prints ratios and writes benchmarks/results/step_latency_<arch>.json.
 """

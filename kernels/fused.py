@@ -19,7 +19,7 @@ import torch
 from .ortops import DOMAIN
 
 FUSED_STEPS = ("Mamba-1 / FalconMamba (conv, selective scan), Mamba-2 (conv, SSD), RWKV-7 (delta rule), "
-               "and every architecture's static int8 Linears with --cpu vnni")  # where the twins are called
+               "and every architecture's int8 Linears with --cpu vnni and 4-bit Linears with int8 activations")  # where the twins are called
 _FUSING = False
 
 

@@ -43,8 +43,10 @@ def supports(model) -> bool:
     return model.model_type in ARCHITECTURES
 
 
-def to_gguf(model, work: Path, quants=("Q8_0", "Q4_0")) -> dict[str, Path]:
-    """Save ``model`` in the Hugging Face layout, convert to f32 GGUF, quantize. GGUF files stay in ``work``."""
+def to_gguf(model, work: Path, quants=("Q8_0", "Q4_0", "Q4_0 --pure")) -> dict[str, Path]:
+    """Save ``model`` in the Hugging Face layout, convert to f32 GGUF, quantize (a type and
+    llama-quantize's flags: ``--pure`` quantizes every tensor to the type, the output and embedding
+    too, where the default Q4_0 file keeps the output at Q6_K). GGUF files stay in ``work``."""
     from rnnquant.io import save_checkpoint
 
     hf = work / "hf"
@@ -59,8 +61,9 @@ def to_gguf(model, work: Path, quants=("Q8_0", "Q4_0")) -> dict[str, Path]:
                    check=True, capture_output=True)
     out = {"F32": f32}
     for q in quants:
-        out[q] = work / f"model-{q}.gguf"
-        subprocess.run([str(BIN / "llama-quantize"), str(f32), str(out[q]), q], check=True, capture_output=True)
+        kind, *flags = q.split()
+        out[q] = work / f"model-{'-'.join([kind, *(f.strip('-') for f in flags)])}.gguf"
+        subprocess.run([str(BIN / "llama-quantize"), *flags, str(f32), str(out[q]), kind], check=True, capture_output=True)
     return out
 
 
