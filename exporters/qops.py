@@ -221,6 +221,8 @@ def qlinear_forward(m, x):
             y = _MatMulNBits.apply(xq, b, scales, zeros, len(m.quant_idx), m.out_features, bits, block, acc, has_zeros)
         elif kind == "nbits_packed":
             y = _nbits_packed_matmul(m, xq, *t)
+        elif kind == "w8packed" and fusing() and not m.mixed and m.a_mode == "static":  # the op adds the bias too
+            return Int8Linear.apply(xq, t[0], t[2], t[1], m.a_scale, m.bias)
         elif kind == "w8packed":
             y = _w8_packed_matmul(m, xq, *t)
         else:
@@ -257,7 +259,7 @@ def _w8_packed_matmul(m, xq, packed, w_scale, colsum):
     prefill graph) the stock ops over the codes unpacked in the graph, stored once for both."""
     dynamic = m.a_mode == "dynamic"
     if fusing():
-        return Int8Linear.apply(xq, packed, colsum, w_scale, None if dynamic else m.a_scale)
+        return Int8Linear.apply(xq, packed, colsum, w_scale, None if dynamic else m.a_scale, None)
     codes = unpack_int8(packed, xq.shape[-1], w_scale.shape[0])
     return _DynamicW8.apply(xq, w_scale, True, codes) if dynamic else _StaticW8.apply(xq, w_scale, m.a_scale, True, codes)
 

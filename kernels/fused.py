@@ -143,20 +143,23 @@ def packed_rows(packed: torch.Tensor, ids: torch.Tensor, K: int) -> torch.Tensor
 
 
 class Int8Linear(torch.autograd.Function):
-    """``ai.rnnquant::Int8Linear``: y [..., N] = (xq - 128) @ W^T * scales, xq the uint8 activation
-    (zero point 128) on the static grid ``a_scale`` or, where it is None, each row's dynamic one; W's
-    codes packed (``pack_int8``). Twin: the stock W8A8 paths of ``rnnquant.exporters.qops``."""
+    """``ai.rnnquant::Int8Linear``: y [..., N] = (xq - 128) @ W^T * scales (+ bias), xq the uint8
+    activation (zero point 128) on the static grid ``a_scale`` or, where it is None, each row's dynamic
+    one; W's codes packed (``pack_int8``). Twin: the stock W8A8 paths of ``rnnquant.exporters.qops``."""
 
     @staticmethod
-    def forward(ctx, x, packed, colsum, w_scale, a_scale):
+    def forward(ctx, x, packed, colsum, w_scale, a_scale, bias):
         from rnnquant.exporters.qops import dynamic_w8_reference, static_w8_reference
 
         codes = unpack_int8(packed, x.shape[-1], w_scale.shape[0])
-        return dynamic_w8_reference(x, w_scale, codes) if a_scale is None else static_w8_reference(x, w_scale, a_scale, codes)
+        y = dynamic_w8_reference(x, w_scale, codes) if a_scale is None else static_w8_reference(x, w_scale, a_scale, codes)
+        return y if bias is None else y + bias
 
     @staticmethod
-    def symbolic(g, x, packed, colsum, w_scale, a_scale):
-        y = g.op(f"{DOMAIN}::Int8Linear", x, packed, colsum, w_scale, *([] if a_scale is None else [a_scale]))
+    def symbolic(g, x, packed, colsum, w_scale, a_scale, bias):
+        assert bias is None or a_scale is not None, "a bias rides only with a static scale (no empty input between)"
+        optional = [t for t in (a_scale, bias) if t is not None]
+        y = g.op(f"{DOMAIN}::Int8Linear", x, packed, colsum, w_scale, *optional)
         rank, N = x.type().dim(), w_scale.type().sizes()[0]
         if rank is not None:
             y.setType(x.type().with_sizes([None] * (rank - 1) + [N]))

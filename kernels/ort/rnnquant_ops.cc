@@ -22,7 +22,8 @@
 // Int8Linear: a Linear with uint8 activations and int8 weights (twin: exporters.qops' W8A8 paths)
 //   inputs   x [...,K] float, W [Np/16,Kp/4,16,4] int8 (the codes W[n,k] packed for VNNI: element [t,q,c,j] =
 //            W[16t+c, 4q+j], zero padded), colsum [N] int32 (sum_k W[n,k]), w_scale [N] float,
-//            a_scale [] float (optional: absent, each row's dynamic scale s = max(max|x|, 127e-12) / 127)
+//            a_scale [] float (optional: absent, each row's dynamic scale s = max(max|x|, 127e-12) / 127),
+//            bias [N] float (optional: added last, as the stock graph's Add)
 //   output   static:  y [...,N] = acc * (a_scale * w_scale[n]),   xq = saturate(round_even(x / a_scale) + 128)
 //            dynamic: y [...,N] = (acc * s) * w_scale[n],         xq = round_even(x / s) + 128
 //            acc = sum_k (xq_k - 128) W[n,k]  (exact int32)
@@ -302,6 +303,18 @@ inline float true_div(float a, float b) {
 #endif
 }
 
+// A matmul over fewer weight bytes than this runs on the calling thread: handing it to the pool cost
+// more than it saved (~10 us a call at 2 threads for mamba-130m's 123 KB x_proj, docs/RESULTS.md §32)
+constexpr int64_t kInlineBytes = 512 * 1024;
+
+void run_tasks(Ort::KernelContext& ctx, void (*fn)(void*, size_t), size_t total, void* args, int64_t bytes) {
+  if (bytes < kInlineBytes) {
+    for (size_t i = 0; i < total; ++i) fn(args, i);
+  } else if (total > 0) {
+    ctx.ParallelFor(fn, total, 0, args);
+  }
+}
+
 // ---- Int8Linear ------------------------------------------------------------------------------
 // Batch-1 int8 matmuls are a read of the weights; ONNX Runtime's MatMulInteger chain adds a
 // quantize, a cast and a scale node per Linear and its packing. Here the weights are stored in the
@@ -314,6 +327,7 @@ struct Int8LinearArgs {
   const int8_t* W;
   const int32_t* colsum;
   const float* w_scale;
+  const float* bias;     // [N] or nullptr
   const float* a_scale;  // [M]: one per row (static: every row the same)
   bool dynamic;
   float* y;  // [M, N]
@@ -379,8 +393,10 @@ void int8_linear_group(void* raw, size_t task) {
     const __mmask16 m = p.N - n0 >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (p.N - n0)) - 1);
     const __m512i c = _mm512_sub_epi32(a[j], _mm512_slli_epi32(_mm512_maskz_loadu_epi32(m, p.colsum + n0), 7));
     const __m512 s = _mm512_set1_ps(p.a_scale[row]), w = _mm512_maskz_loadu_ps(m, p.w_scale + n0), f = _mm512_cvtepi32_ps(c);
-    _mm512_mask_storeu_ps(y + n0, m, p.dynamic ? _mm512_mul_round_ps(_mm512_mul_round_ps(f, s, kRound), w, kRound)
-                                               : _mm512_mul_round_ps(f, _mm512_mul_round_ps(s, w, kRound), kRound));
+    __m512 v = p.dynamic ? _mm512_mul_round_ps(_mm512_mul_round_ps(f, s, kRound), w, kRound)
+                         : _mm512_mul_round_ps(f, _mm512_mul_round_ps(s, w, kRound), kRound);
+    if (p.bias) v = _mm512_add_round_ps(v, _mm512_maskz_loadu_ps(m, p.bias + n0), kRound);
+    _mm512_mask_storeu_ps(y + n0, m, v);
   }
 #else
   int32_t acc[kTiles][16];
@@ -394,8 +410,9 @@ void int8_linear_group(void* raw, size_t task) {
   float* y = p.y + row * p.N;
   for (int64_t j = 0; j < nt; ++j)
     for (int64_t c = 0, n = (t0 + j) * 16; c < 16 && n < p.N; ++c, ++n)
-      y[n] = p.dynamic ? static_cast<float>(acc[j][c] - 128 * p.colsum[n]) * p.a_scale[row] * p.w_scale[n]
-                       : static_cast<float>(acc[j][c] - 128 * p.colsum[n]) * (p.a_scale[row] * p.w_scale[n]);
+      y[n] = (p.dynamic ? static_cast<float>(acc[j][c] - 128 * p.colsum[n]) * p.a_scale[row] * p.w_scale[n]
+                        : static_cast<float>(acc[j][c] - 128 * p.colsum[n]) * (p.a_scale[row] * p.w_scale[n])) +
+             (p.bias ? p.bias[n] : 0.0f);
 #endif
 }
 
@@ -406,6 +423,7 @@ struct Int8LinearKernel {
     Ort::KernelContext ctx(raw);
     const auto x = ctx.GetInput(0), W = ctx.GetInput(1), colsum = ctx.GetInput(2), w_scale = ctx.GetInput(3);
     const bool dynamic = ctx.GetInputCount() < 5 || static_cast<const OrtValue*>(ctx.GetInput(4)) == nullptr;
+    const bool has_bias = ctx.GetInputCount() > 5 && static_cast<const OrtValue*>(ctx.GetInput(5)) != nullptr;
     const char* op = "Int8Linear";
     Shape xs = shape_of(x);
     const Shape ws = shape_of(W), ns = shape_of(w_scale);
@@ -415,6 +433,7 @@ struct Int8LinearKernel {
     if (K > Kp || Kp - K >= 4 || N > tiles * 16 || tiles * 16 - N >= 16)
       ORT_CXX_API_THROW("Int8Linear: W's padded shape does not fit x and w_scale", ORT_INVALID_ARGUMENT);
     expect(colsum, {N}, op, "colsum");
+    if (has_bias) expect(ctx.GetInput(5), {N}, op, "bias");
     if (!dynamic && ctx.GetInput(4).GetTensorTypeAndShapeInfo().GetElementCount() != 1)
       ORT_CXX_API_THROW("Int8Linear: a_scale must be one value", ORT_INVALID_ARGUMENT);
     const int64_t M = static_cast<int64_t>(x.GetTensorTypeAndShapeInfo().GetElementCount()) / std::max<int64_t>(K, 1);
@@ -427,9 +446,10 @@ struct Int8LinearKernel {
       if (dynamic) scale[m] = dynamic_scale(xd + m * K, K);
       quantize_row(xd + m * K, scale[m], xq.data() + m * Kp, K, Kp);
     }
-    Int8LinearArgs args{xq.data(), W.GetTensorData<int8_t>(), colsum.GetTensorData<int32_t>(), w_scale.GetTensorData<float>(), scale.data(),
+    Int8LinearArgs args{xq.data(), W.GetTensorData<int8_t>(), colsum.GetTensorData<int32_t>(), w_scale.GetTensorData<float>(),
+                        has_bias ? ctx.GetInput(5).GetTensorData<float>() : nullptr, scale.data(),
                         dynamic, y.GetTensorMutableData<float>(), Kp, N, tiles, (tiles + kTiles - 1) / kTiles};
-    if (M * N > 0) ctx.ParallelFor(int8_linear_group, static_cast<size_t>(M * args.groups), 0, &args);
+    run_tasks(ctx, int8_linear_group, static_cast<size_t>(M * args.groups), &args, M > 0 ? tiles * 16 * Kp : 0);
   }
 };
 
@@ -545,7 +565,7 @@ struct Int4LinearKernel {
     Int4LinearArgs args{xe.data(), xo.data(), xsum.data(), sc.data(), B.GetTensorData<uint8_t>(),
                         has_zeros ? ctx.GetInput(3).GetTensorData<uint8_t>() : nullptr, scales.GetTensorData<float>(),
                         y.GetTensorMutableData<float>(), K8, G, group_ / 8, halves, cols, tiles};
-    if (M * cols > 0) ctx.ParallelFor(int4_linear_tile, static_cast<size_t>(M * tiles), 0, &args);
+    run_tasks(ctx, int4_linear_tile, static_cast<size_t>(M * tiles), &args, M > 0 ? tiles * 16 * K / 2 : 0);
   }
 
  private:
@@ -571,12 +591,12 @@ struct Int8LinearOp : Ort::CustomOpBase<Int8LinearOp, Int8LinearKernel> {
   void* CreateKernel(const OrtApi& api, const OrtKernelInfo* info) const { return new Int8LinearKernel(api, info); }
   const char* GetName() const { return "Int8Linear"; }
   const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
-  size_t GetInputTypeCount() const { return 5; }
+  size_t GetInputTypeCount() const { return 6; }
   ONNXTensorElementDataType GetInputType(size_t i) const {
     return i == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8 : i == 2 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
   }
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
-    return i == 4 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;  // a_scale: absent for dynamic activations
+    return i >= 4 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;  // a_scale: absent for dynamic activations; bias
   }
   size_t GetOutputTypeCount() const { return 1; }
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }

@@ -229,11 +229,11 @@ def test_packed_codes_unpack_to_the_codes():
     assert torch.equal(packed_rows(packed, ids, 37), codes[ids])  # a tied embedding's rows
 
 
-@pytest.mark.parametrize("dynamic", [False, True])
+@pytest.mark.parametrize("dynamic,bias", [(False, False), (False, True), (True, False)])
 @pytest.mark.parametrize("K,N", [(37, 45), (64, 80), (48, 200)])  # padded K and N; one full task of 4 tiles and a partial one
-def test_int8_linear_op_is_its_twin(library, K, N, dynamic):
+def test_int8_linear_op_is_its_twin(library, K, N, dynamic, bias):
     """Bit for bit: the same int32 sums and the same float roundings as the stock chains (static:
-    the activations' saturation included, x up to 300 scales; dynamic: each row's own scale)."""
+    the activations' saturation included, x up to 300 scales, the bias added last; dynamic: each row's own scale)."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
@@ -242,7 +242,9 @@ def test_int8_linear_op_is_its_twin(library, K, N, dynamic):
     x = torch.randn(3, 2, K, generator=g) * torch.tensor([1.0, 300.0]).reshape(1, 2, 1)
     a_scale, w_scale = torch.tensor(0.02), torch.rand(N, generator=g) * 1e-2
     packed, colsum = pack_int8(codes)
+    b = torch.randn(N, generator=g)
     feeds = {"x": x.numpy(), "W": packed.numpy(), "colsum": colsum.numpy(), "w_scale": w_scale.numpy()} | ({} if dynamic else {"a_scale": a_scale.numpy()})
+    feeds |= {"bias": b.numpy()} if bias else {}
     types = {"W": TensorProto.INT8, "colsum": TensorProto.INT32}
     graph = helper.make_graph([helper.make_node("Int8Linear", list(feeds), ["y"], domain=ortops.DOMAIN)], "linear",
                               [helper.make_tensor_value_info(k, types.get(k, TensorProto.FLOAT), v.shape) for k, v in feeds.items()],
@@ -255,7 +257,7 @@ def test_int8_linear_op_is_its_twin(library, K, N, dynamic):
         s = torch.maximum(x.abs().amax(-1, keepdim=True), torch.tensor(1e-12 * 127)) / 127
         ref = _int8_matmul(torch.round(x / s), codes.T) * s * w_scale
     else:
-        ref = static_w8_reference(x, w_scale, a_scale, codes.T)
+        ref = static_w8_reference(x, w_scale, a_scale, codes.T) + (b if bias else 0)
     np.testing.assert_array_equal(y, ref.numpy())
 
 
