@@ -6,7 +6,8 @@ Each option runs in a fresh process (batch 1, 1 thread, zero state): RSS before 
 peak RSS (VmHWM) and steady RSS (VmRSS after the steps), and p50 step latency; medians over
 ``--rounds`` round-robin rounds. Options: ORT defaults; ``disable_prepacking``; glibc's
 ``MALLOC_MMAP_THRESHOLD_=131072`` (large frees go back to the OS instead of staying in the heap);
-the .ort format with ``use_ort_model_bytes_directly`` (converted beside MODEL first); and the
+the .ort format with ``use_ort_model_bytes_directly`` (converted beside MODEL first; not for an
+``export --fused`` graph, whose op library the probes load); and the
 earlier one-file layout (the graph with its weights inline, written beside MODEL first), since
 exports now keep their weights in ``<name>.onnx.data``. Ratios are to the weight bytes (the graph
 file plus its weights file).
@@ -31,6 +32,8 @@ def status(key):
 path, opt = sys.argv[1], sys.argv[2]
 base = status("VmRSS:")
 o = ort.SessionOptions(); o.intra_op_num_threads = 1
+if sys.argv[4]:  # `export --fused`: rnnquant's op library (built before the probes run)
+    o.register_custom_ops_library(sys.argv[4])
 if opt == "no_prepacking":
     o.add_session_config_entry("session.disable_prepacking", "1")
 if opt == "ort_format":
@@ -52,12 +55,18 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     args = ap.parse_args()
     model = Path(args.model)
-    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
-
-    ort_dir = model.parent / "ort_format"
-    convert_onnx_models_to_ort(model, output_dir=ort_dir, optimization_styles=[OptimizationStyle.Fixed])
-    ort_file = next(ort_dir.glob(f"{model.stem}*.ort"))
     import onnx
+
+    from rnnquant.exporters.runner import read_metadata
+    from rnnquant.kernels import ortops
+
+    library = str(ortops.build()) if read_metadata(model).get("custom_ops") else ""  # a fused graph: no .ort form
+    if not library:
+        from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+        ort_dir = model.parent / "ort_format"
+        convert_onnx_models_to_ort(model, output_dir=ort_dir, optimization_styles=[OptimizationStyle.Fixed])
+        ort_file = next(ort_dir.glob(f"{model.stem}*.ort"))
 
     from rnnquant.exporters.prefill import step_bytes
 
@@ -70,13 +79,14 @@ def main() -> None:
         "ORT defaults (external weights)": (model, "default", {}),
         "session.disable_prepacking": (model, "no_prepacking", {}),
         "external + MALLOC_MMAP_THRESHOLD_ (OrtLM)": (model, "default", {"MALLOC_MMAP_THRESHOLD_": "131072"}),
-        ".ort, model bytes used directly": (ort_file, "ort_format", {}),
-        ".ort + MALLOC_MMAP_THRESHOLD_": (ort_file, "ort_format", {"MALLOC_MMAP_THRESHOLD_": "131072"}),
     }
+    if not library:
+        runs |= {".ort, model bytes used directly": (ort_file, "ort_format", {}),
+                 ".ort + MALLOC_MMAP_THRESHOLD_": (ort_file, "ort_format", {"MALLOC_MMAP_THRESHOLD_": "131072"})}
     got = {k: [] for k in runs}
     for _ in range(args.rounds):
         for name, (path, opt, env) in runs.items():
-            out = subprocess.run([sys.executable, "-c", PROBE, str(path), opt, str(args.steps)], capture_output=True, text=True,
+            out = subprocess.run([sys.executable, "-c", PROBE, str(path), opt, str(args.steps), library], capture_output=True, text=True,
                                  env=os.environ | env, check=True)
             got[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
     rows = []
