@@ -28,14 +28,14 @@ def library():
     return ortops.build()
 
 
-def _op_session(library, op: str, inputs: dict[str, np.ndarray], n_out: int = 2):
-    """A one-node graph of ``op`` (float inputs and outputs) in a session with the library."""
+def _op_session(library, op: str, inputs: dict[str, np.ndarray], n_out: int = 2, **attrs):
+    """A one-node graph of ``op`` (inputs of their arrays' types, float outputs) in a session with the library."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
     outs = [f"out{i}" for i in range(n_out)]
-    graph = helper.make_graph([helper.make_node(op, list(inputs), outs, domain=ortops.DOMAIN)], op,
-                              [helper.make_tensor_value_info(k, TensorProto.FLOAT, v.shape) for k, v in inputs.items()],
+    graph = helper.make_graph([helper.make_node(op, list(inputs), outs, domain=ortops.DOMAIN, **attrs)], op,
+                              [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape) for k, v in inputs.items()],
                               [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(ortops.DOMAIN, 1)])
     opts = ort.SessionOptions()
@@ -234,9 +234,6 @@ def test_packed_codes_unpack_to_the_codes():
 def test_int8_linear_op_is_its_twin(library, K, N, dynamic, bias):
     """Bit for bit: the same int32 sums and the same float roundings as the stock chains (static:
     the activations' saturation included, x up to 300 scales, the bias added last; dynamic: each row's own scale)."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
-
     g = torch.Generator().manual_seed(K + N)
     codes = torch.randint(-127, 128, (N, K), dtype=torch.int8, generator=g)
     x = torch.randn(3, 2, K, generator=g) * torch.tensor([1.0, 300.0]).reshape(1, 2, 1)
@@ -245,14 +242,7 @@ def test_int8_linear_op_is_its_twin(library, K, N, dynamic, bias):
     b = torch.randn(N, generator=g)
     feeds = {"x": x.numpy(), "W": packed.numpy(), "colsum": colsum.numpy(), "w_scale": w_scale.numpy()} | ({} if dynamic else {"a_scale": a_scale.numpy()})
     feeds |= {"bias": b.numpy()} if bias else {}
-    types = {"W": TensorProto.INT8, "colsum": TensorProto.INT32}
-    graph = helper.make_graph([helper.make_node("Int8Linear", list(feeds), ["y"], domain=ortops.DOMAIN)], "linear",
-                              [helper.make_tensor_value_info(k, types.get(k, TensorProto.FLOAT), v.shape) for k, v in feeds.items()],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
-    opts = ort.SessionOptions()
-    ortops.register(opts)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(ortops.DOMAIN, 1)])
-    (y,) = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, feeds)
+    (y,) = _op_session(library, "Int8Linear", feeds, n_out=1)
     if dynamic:  # the stock graph's scale: Max(amax, 127e-12) / 127 (the simulation clamps after the division)
         s = torch.maximum(x.abs().amax(-1, keepdim=True), torch.tensor(1e-12 * 127)) / 127
         ref = _int8_matmul(torch.round(x / s), codes.T) * s * w_scale
@@ -321,9 +311,6 @@ def test_packed_nbits_unpack_to_matmulnbits_inputs():
 def test_int4_linear_op_is_its_twin(library, K, N, block, zeros):
     """The simulation's values: per-token int8 activations, each group's codes less its zero point (8
     without zero points) times its scale; exact integer sums, so only float rounding differs."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
-
     g = torch.Generator().manual_seed(K + N)
     blocks = K // block
     b = torch.randint(0, 256, (N, blocks, block // 2), dtype=torch.uint8, generator=g)
@@ -332,14 +319,7 @@ def test_int4_linear_op_is_its_twin(library, K, N, block, zeros):
     B, S, Z = pack_nbits(b, scales, z, block)
     x = torch.randn(3, 2, K, generator=g) * torch.tensor([1.0, 300.0]).reshape(1, 2, 1)
     feeds = {"x": x.numpy(), "B": B.numpy(), "S": S.numpy()} | ({"Z": Z.numpy()} if zeros else {})
-    types = {"B": TensorProto.UINT8, "Z": TensorProto.UINT8}
-    graph = helper.make_graph([helper.make_node("Int4Linear", list(feeds), ["y"], domain=ortops.DOMAIN, group=block, N=N)], "linear4",
-                              [helper.make_tensor_value_info(k, types.get(k, TensorProto.FLOAT), v.shape) for k, v in feeds.items()],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
-    opts = ort.SessionOptions()
-    ortops.register(opts)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(ortops.DOMAIN, 1)])
-    (y,) = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, feeds)
+    (y,) = _op_session(library, "Int4Linear", feeds, n_out=1, group=block, N=N)
     ref = Int4Linear.apply(x, B, S, Z, N, block)
     np.testing.assert_allclose(y, ref.numpy(), rtol=1e-5, atol=1e-5 * ref.abs().max().item())
 
