@@ -391,7 +391,8 @@ def export_step(model, out_path, tokenizer_path=None, opset: int = 17, force: bo
     AVX2-only x86; see ``qops``). ``embedding_table``: a tied embedding's lookup table, "shared"
     with the head (stored once) or "own" (a row-major copy: a larger file, a leaner session; see
     ``_lowered``). ``fused``: the step graph runs rnnquant's custom ops where the model's step has
-    them (``rnnquant.kernels.ortops``; the prefill graph stays stock ops)."""
+    them, and its int8 (with int8 weights) and 4-bit A8 Linears as Int8Linear / Int4Linear
+    (``rnnquant.kernels.ortops``; the prefill graph stays stock ops, over the same weights)."""
     from .qops import INT8_WEIGHTS
 
     from rnnquant.quant.qlinear import QEmbedding, QLinear

@@ -5,6 +5,8 @@ uses it); the trace side, each op beside its PyTorch twin, is ``rnnquant.kernels
     ConvSiluStep, GatedSelectiveStep, SSDStep, DeltaRuleStep (domain ai.rnnquant): the step's
         recurrence of Mamba-1 / FalconMamba, Mamba-2 and RWKV-7 in one or two passes over the
         state, where the stock graph has ~17-41 nodes per layer
+    Int8Linear, Int4Linear: every architecture's int8 Linears (with ``--cpu vnni``) and 4-bit Linears
+        with int8 activations, one op each over weights stored in the layout its VNNI loop reads
 
 Building. ONNX Runtime's PyPI and npm packages carry no C/C++ headers; the one registry package
 these machines reach that does is an npm package of ONNX Runtime's official mobile binaries
