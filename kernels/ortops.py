@@ -48,9 +48,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get("RNNQUANT_CACHE") or Path.home() / ".cache" / "rnnquant")
 
 
-def library_path() -> Path:
-    """Where this source's library is (or will be) built."""
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(CXXFLAGS + LDFLAGS).encode()).hexdigest()[:16]
+def _cxxflags(march: str) -> tuple[str, ...]:
+    return tuple(f"-march={march}" if f == "-march=native" else f for f in CXXFLAGS)
+
+
+def library_path(march: str = "native") -> Path:
+    """Where this source's library is (or will be) built (``march``: the CPU it is built for; a
+    test builds the portable loops a CPU without AVX-512 VNNI runs with "x86-64-v3")."""
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(_cxxflags(march) + LDFLAGS).encode()).hexdigest()[:16]
     return cache_dir() / "ortops" / digest / "librnnquant_ortops.so"
 
 
@@ -86,10 +91,10 @@ def _headers() -> Path:
     return inc
 
 
-def build() -> Path:
+def build(march: str = "native") -> Path:
     """The library for this source, compiled if it is not in the cache (atomically: a library under
     its final name is a whole one)."""
-    lib = library_path()
+    lib = library_path(march)
     if lib.is_file():
         return lib
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
@@ -102,7 +107,7 @@ def build() -> Path:
         raise RnnquantError(f"cannot build the fused-op library: cannot write {cache_dir()} ({e.strerror or e}; set RNNQUANT_CACHE)") from None
     tmp, obj = (lib.with_name(f".{lib.name}.{os.getpid()}.{ext}") for ext in ("tmp", "o"))
     try:
-        for cmd in ([cxx, *CXXFLAGS, f"-I{inc}", "-c", str(SOURCE), "-o", str(obj)], [cxx, *LDFLAGS, str(obj), "-o", str(tmp)]):
+        for cmd in ([cxx, *_cxxflags(march), f"-I{inc}", "-c", str(SOURCE), "-o", str(obj)], [cxx, *LDFLAGS, str(obj), "-o", str(tmp)]):
             subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600)
         os.replace(tmp, lib)
     except subprocess.CalledProcessError as e:

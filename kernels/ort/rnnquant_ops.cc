@@ -293,15 +293,17 @@ struct SSDStepKernel {
   }
 };
 
-// a / b as a true division on x86 too: -ffast-math would otherwise make it a * (1/b) (another rounding),
-// where the stock graphs divide
-inline float true_div(float a, float b) {
+// a / b, a * b, a + b, each rounded once where written, on x86: -ffast-math would otherwise turn a
+// division into a * (1/b) and reassociate products (other roundings than the stock graphs')
 #if defined(__SSE__)
-  return _mm_cvtss_f32(_mm_div_ss(_mm_set_ss(a), _mm_set_ss(b)));
+inline float true_div(float a, float b) { return _mm_cvtss_f32(_mm_div_ss(_mm_set_ss(a), _mm_set_ss(b))); }
+inline float true_mul(float a, float b) { return _mm_cvtss_f32(_mm_mul_ss(_mm_set_ss(a), _mm_set_ss(b))); }
+inline float true_add(float a, float b) { return _mm_cvtss_f32(_mm_add_ss(_mm_set_ss(a), _mm_set_ss(b))); }
 #else
-  return a / b;
+inline float true_div(float a, float b) { return a / b; }
+inline float true_mul(float a, float b) { return a * b; }
+inline float true_add(float a, float b) { return a + b; }
 #endif
-}
 
 // A matmul over fewer weight bytes than this runs on the calling thread: handing it to the pool cost
 // more than it saved (~10 us a call at 2 threads for mamba-130m's 123 KB x_proj, docs/RESULTS.md §32)
@@ -410,9 +412,11 @@ void int8_linear_group(void* raw, size_t task) {
   float* y = p.y + row * p.N;
   for (int64_t j = 0; j < nt; ++j)
     for (int64_t c = 0, n = (t0 + j) * 16; c < 16 && n < p.N; ++c, ++n)
-      y[n] = (p.dynamic ? static_cast<float>(acc[j][c] - 128 * p.colsum[n]) * p.a_scale[row] * p.w_scale[n]
-                        : static_cast<float>(acc[j][c] - 128 * p.colsum[n]) * (p.a_scale[row] * p.w_scale[n])) +
-             (p.bias ? p.bias[n] : 0.0f);
+    {
+      const float f = static_cast<float>(acc[j][c] - 128 * p.colsum[n]), s = p.a_scale[row], w = p.w_scale[n];
+      const float v = p.dynamic ? true_mul(true_mul(f, s), w) : true_mul(f, true_mul(s, w));
+      y[n] = p.bias ? true_add(v, p.bias[n]) : v;
+    }
 #endif
 }
 

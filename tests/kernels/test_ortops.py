@@ -344,3 +344,15 @@ def test_fused_int4_linears_are_the_simulation(library, tmp_path):
             np.testing.assert_allclose(f_logits, logits.numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(fused.prefill(IDS[:1, :24].numpy(), fused.init_state(1))[0], stock.prefill(IDS[:1, :24].numpy(), stock.init_state(1))[0])
     assert (tmp_path / "fused.onnx.data").stat().st_size <= 1.3 * (tmp_path / "stock.onnx.data").stat().st_size
+
+
+@pytest.mark.skipif(__import__("platform").machine() not in ("x86_64", "AMD64"), reason="an x86 build without VNNI")
+def test_the_portable_loops_compute_the_same_linears(library, monkeypatch):
+    """Built for AVX2 only (no AVX-512, no VNNI: many users' CPUs), Int8Linear's and Int4Linear's C
+    loops give the VNNI kernels' values: Int8Linear's bit for bit (every rounding written out)."""
+    portable = ortops.build(march="x86-64-v3")
+    monkeypatch.setattr(ortops, "register", lambda opts: opts.register_custom_ops_library(str(portable)))
+    for dynamic, bias in ((False, False), (False, True), (True, False)):
+        test_int8_linear_op_is_its_twin(portable, 37, 45, dynamic, bias)
+    for zeros in (True, False):
+        test_int4_linear_op_is_its_twin(portable, 48, 45, 16, zeros)
