@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import torch
 
-from rnnquant.kernels.fused import Int4Linear, Int8Linear, fusing, pack_int8, pack_nbits, packed_rows, unpack_int8, unpack_nbits
+from rnnquant.kernels.fused import Int4Linear, Int8Linear, fusing, pack_int8, pack_nbits, packed_rows, unpack_int8, unpack_nbits, with_last_dim
 from rnnquant.quant.primitives import fake_quant_dynamic
 
 MS = "com.microsoft"
@@ -119,19 +119,22 @@ class _StaticW8(torch.autograd.Function):
         return g.op("Mul", g.op("Cast", _matmul_integer(g, q, zp, blocks, signed), to_i=1), g.op("Mul", a_scale, w_scale))
 
 
+def nbits_reference(x, b, scales, zeros, K: int, bits: int, int8_activations: bool, has_zeros: bool):
+    """The group-wise product the simulation computes from MatMulNBits' inputs: per-token int8
+    activations (``int8_activations``) or float ones, times the dequantized codes."""
+    return (fake_quant_dynamic(x, 8) if int8_activations else x) @ nbits_weight(b, scales, zeros, K, bits, has_zeros).T
+
+
 class _MatMulNBits(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, b, scales, zeros, K, N, bits, block_size, accuracy_level, has_zeros):
-        return (fake_quant_dynamic(x, 8) if accuracy_level == 4 else x) @ nbits_weight(b, scales, zeros, K, bits, has_zeros).T
+        return nbits_reference(x, b, scales, zeros, K, bits, accuracy_level == 4, has_zeros)
 
     @staticmethod
     def symbolic(g, x, b, scales, zeros, K, N, bits, block_size, accuracy_level, has_zeros):
         inputs = [x, b, scales] + ([zeros] if has_zeros else [])
         y = g.op(f"{MS}::MatMulNBits", *inputs, K_i=K, N_i=N, bits_i=bits, block_size_i=block_size, accuracy_level_i=accuracy_level)
-        rank = x.type().dim()
-        if rank is not None:  # tell the exporter's shape inference what a custom op returns
-            y.setType(x.type().with_sizes([None] * (rank - 1) + [N]))
-        return y
+        return with_last_dim(y, x, N)  # tell the exporter's shape inference what a custom op returns
 
 
 def _unsigned(q: torch.Tensor, bits: int) -> torch.Tensor:

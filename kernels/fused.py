@@ -5,8 +5,8 @@ while a ``fused_export`` is traced, each twin emits its op instead of stock ops.
     GatedSelectiveStep   twin: softplus, selective_state_update and the SiLU(z) gate (Mamba-1's SSM step)
     DeltaRuleStep        twin: rnnquant.models.rwkv7.delta_rule_step (RWKV-7's state update and read-out)
     SSDStep              twin: rnnquant.models.ssd.ssd_step (Mamba-2's state update and read-out)
-    Int8Linear           twin: rnnquant.exporters.qops' static W8A8 matmul (QuantizeLinear -> MatMulInteger -> Cast -> Mul),
-                         its int8 codes stored in the layout the op reads (``pack_int8``)
+    Int8Linear           twin: rnnquant.exporters.qops' W8A8 matmuls (static: QuantizeLinear -> MatMulInteger -> Cast -> Mul;
+                         dynamic: per-row scale), its int8 codes stored in the layout the op reads (``pack_int8``)
     Int4Linear           twin: a 4-bit group-wise Linear with dynamic int8 activations (MatMulNBits, accuracy_level 4,
                          in stock ops), its MatMulNBits inputs permuted to the layout the op reads (``pack_nbits``)
 """
@@ -112,24 +112,33 @@ class SSDStep(torch.autograd.Function):
         return _typed(g.op(f"{DOMAIN}::SSDStep", x, dt, A, Bm, Cm, D, h, outputs=2), (x, h))
 
 
-TILE = 16  # Int8Linear's weight tile: 16 output columns x 4 inputs, the 64 bytes one vpdpbusd reads
+TILE = 16  # the fused Linears' weight tile: 16 output columns side by side (64 bytes: 4 int8 or 8 int4 inputs each)
+
+
+def _tiles_last(t: torch.Tensor, N: int) -> torch.Tensor:
+    """[N, ...] rows -> [Np/16, ..., 16]: each 16-row tile's entries side by side (rows zero padded)."""
+    Np = -(-N // TILE) * TILE
+    t = torch.nn.functional.pad(t, (0, 0) * (t.dim() - 1) + (0, Np - N))
+    return t.reshape(Np // TILE, TILE, *t.shape[1:]).movedim(1, -1 if t.dim() == 2 else 2).contiguous()
+
+
+def _rows(t: torch.Tensor, N: int) -> torch.Tensor:
+    """``_tiles_last``'s inverse, [Np/16, ..., 16] -> the N rows flattened [N, -1], in ops a trace records."""
+    return t.movedim(-1 if t.dim() == 3 else 2, 1).reshape(t.shape[0] * TILE, -1)[:N]
 
 
 def pack_int8(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """int8 codes W [N, K] -> (Int8Linear's weight [Np/16, Kp/4, 16, 4], element [t, q, c, j] =
     W[16t + c, 4q + j], zero padded; colsum [N] int32, sum_k W[n, k]: the zero point's correction)."""
     N, K = codes.shape
-    Np, Kp = -(-N // TILE) * TILE, -(-K // 4) * 4
-    padded = torch.nn.functional.pad(codes, (0, Kp - K, 0, Np - N))
-    packed = padded.reshape(Np // TILE, TILE, Kp // 4, 4).permute(0, 2, 1, 3).contiguous()
-    return packed, codes.sum(1, dtype=torch.int32)
+    quads = torch.nn.functional.pad(codes, (0, -K % 4)).reshape(N, -1, 4)
+    return _tiles_last(quads, N), codes.sum(1, dtype=torch.int32)
 
 
 def unpack_int8(packed: torch.Tensor, K: int, N: int) -> torch.Tensor:
     """``pack_int8``'s inverse as the codes' transpose [K, N], in ops a trace records (a graph that
     reads the packed weight with stock ops: ONNX Runtime folds them into a constant at load)."""
-    tiles, quads = packed.shape[:2]
-    return packed.permute(0, 2, 1, 3).reshape(tiles * TILE, quads * 4)[:N, :K].T
+    return _rows(packed, N)[:, :K].T
 
 
 def packed_rows(packed: torch.Tensor, ids: torch.Tensor, K: int) -> torch.Tensor:
@@ -140,6 +149,15 @@ def packed_rows(packed: torch.Tensor, ids: torch.Tensor, K: int) -> torch.Tensor
     cols = tiles.permute(0, 2, 1, 3).reshape(B, TILE, quads * 4)
     index = torch.remainder(ids, TILE).reshape(B, 1, 1).expand(B, 1, quads * 4)
     return torch.gather(cols, 1, index)[:, 0, :K]
+
+
+def with_last_dim(y, x, N: int):
+    """Give a custom op's output ``y`` the shape of its input ``x`` with the last axis N (ONNX shape
+    inference cannot know it)."""
+    rank = x.type().dim()
+    if rank is not None:
+        y.setType(x.type().with_sizes([None] * (rank - 1) + [N]))
+    return y
 
 
 class Int8Linear(torch.autograd.Function):
@@ -159,18 +177,7 @@ class Int8Linear(torch.autograd.Function):
     def symbolic(g, x, packed, colsum, w_scale, a_scale, bias):
         assert bias is None or a_scale is not None, "a bias rides only with a static scale (no empty input between)"
         optional = [t for t in (a_scale, bias) if t is not None]
-        y = g.op(f"{DOMAIN}::Int8Linear", x, packed, colsum, w_scale, *optional)
-        rank, N = x.type().dim(), w_scale.type().sizes()[0]
-        if rank is not None:
-            y.setType(x.type().with_sizes([None] * (rank - 1) + [N]))
-        return y
-
-
-def _tiles_last(t: torch.Tensor, N: int) -> torch.Tensor:
-    """[N, ...] rows -> [Np/16, ..., 16]: each 16-row tile's entries side by side (rows zero padded)."""
-    Np = -(-N // TILE) * TILE
-    t = torch.nn.functional.pad(t, (0, 0) * (t.dim() - 1) + (0, Np - N))
-    return t.reshape(Np // TILE, TILE, *t.shape[1:]).movedim(1, -1 if t.dim() == 2 else 2).contiguous()
+        return with_last_dim(g.op(f"{DOMAIN}::Int8Linear", x, packed, colsum, w_scale, *optional), x, w_scale.type().sizes()[0])
 
 
 def pack_nbits(b: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, block: int):
@@ -187,11 +194,7 @@ def pack_nbits(b: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None
 def unpack_nbits(B: torch.Tensor, S: torch.Tensor, Z: torch.Tensor | None, N: int, block: int):
     """``pack_nbits``' inverse, in ops a trace records (the prefill graph's MatMulNBits reads the step
     graph's initializers through them; ONNX Runtime folds them at load)."""
-    tiles, octets = B.shape[:2]
-    b = B.permute(0, 2, 1, 3).reshape(tiles * TILE, octets * 4)[:N].reshape(N, -1, block // 2)
-    s = S.permute(0, 2, 1).reshape(tiles * TILE, -1)[:N].reshape(-1)
-    z = None if Z is None else Z.permute(0, 2, 1).reshape(tiles * TILE, -1)[:N].reshape(-1)
-    return b, s, z
+    return _rows(B, N).reshape(N, -1, block // 2), _rows(S, N).reshape(-1), None if Z is None else _rows(Z, N).reshape(-1)
 
 
 class Int4Linear(torch.autograd.Function):
@@ -201,19 +204,14 @@ class Int4Linear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, B, S, Z, N, block):
-        from rnnquant.exporters.qops import nbits_weight
-        from rnnquant.quant.primitives import fake_quant_dynamic
+        from rnnquant.exporters.qops import nbits_reference
 
         b, s, z = unpack_nbits(B, S, Z, N, block)
-        return fake_quant_dynamic(x, 8) @ nbits_weight(b, s, z, x.shape[-1], 4, Z is not None).T
+        return nbits_reference(x, b, s, z, x.shape[-1], 4, True, Z is not None)
 
     @staticmethod
     def symbolic(g, x, B, S, Z, N, block):
-        y = g.op(f"{DOMAIN}::Int4Linear", x, B, S, *([] if Z is None else [Z]), group_i=block, N_i=N)
-        rank = x.type().dim()
-        if rank is not None:
-            y.setType(x.type().with_sizes([None] * (rank - 1) + [N]))
-        return y
+        return with_last_dim(g.op(f"{DOMAIN}::Int4Linear", x, B, S, *([] if Z is None else [Z]), group_i=block, N_i=N), x, N)
 
 
 def uses_fused_ops(model_proto) -> bool:

@@ -58,6 +58,7 @@
 #include <cstdint>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -305,8 +306,19 @@ inline float true_mul(float a, float b) { return a * b; }
 inline float true_add(float a, float b) { return a + b; }
 #endif
 
+#if defined(__AVX512F__)
+// lanes of a 16-wide vector that hold one of the ``left`` remaining elements
+inline __mmask16 tail_mask(int64_t left) { return left >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << left) - 1); }
+#endif
+
+inline float row_absmax(const float* x, int64_t K) {
+  float amax = 0.0f;
+  for (int64_t k = 0; k < K; ++k) amax = std::fmax(amax, std::fabs(x[k]));
+  return amax;
+}
+
 // A matmul over fewer weight bytes than this runs on the calling thread: handing it to the pool cost
-// more than it saved (~10 us a call at 2 threads for mamba-130m's 123 KB x_proj, docs/RESULTS.md §32)
+// more than it saved (~10-12 us a call at 2 threads, profiled, for mamba-130m's 123 KB x_proj, docs/RESULTS.md §32)
 constexpr int64_t kInlineBytes = 512 * 1024;
 
 void run_tasks(Ort::KernelContext& ctx, void (*fn)(void*, size_t), size_t total, void* args, int64_t bytes) {
@@ -344,7 +356,7 @@ void quantize_row(const float* x, float s, uint8_t* q, int64_t K, int64_t Kp) {
   const __m512 vs = _mm512_set1_ps(s), lo = _mm512_set1_ps(-128.0f), hi = _mm512_set1_ps(127.0f);
   const __m512i zp = _mm512_set1_epi32(128);
   for (; k < K; k += 16) {
-    const __mmask16 m = K - k >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (K - k)) - 1);
+    const __mmask16 m = tail_mask(K - k);
     __m512 v = _mm512_div_round_ps(_mm512_maskz_loadu_ps(m, x + k), vs, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
     const __m512i i = _mm512_add_epi32(_mm512_cvt_roundps_epi32(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), zp);
@@ -358,9 +370,7 @@ void quantize_row(const float* x, float s, uint8_t* q, int64_t K, int64_t Kp) {
 
 // the stock dynamic chain's per-row scale: Div(Max(ReduceMax(Abs(x)), 127e-12), 127), a true division
 float dynamic_scale(const float* x, int64_t K) {
-  float amax = 0.0f;
-  for (int64_t k = 0; k < K; ++k) amax = std::fmax(amax, std::fabs(x[k]));
-  return true_div(std::fmax(amax, static_cast<float>(1e-12 * 127)), 127.0f);
+  return true_div(std::fmax(row_absmax(x, K), static_cast<float>(1e-12 * 127)), 127.0f);
 }
 
 void int8_linear_group(void* raw, size_t task) {
@@ -392,7 +402,7 @@ void int8_linear_group(void* raw, size_t task) {
   constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;  // opaque to -ffast-math: the stock graph's two roundings, in its order
   for (int64_t j = 0; j < nt; ++j) {
     const int64_t n0 = (t0 + j) * 16;
-    const __mmask16 m = p.N - n0 >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (p.N - n0)) - 1);
+    const __mmask16 m = tail_mask(p.N - n0);
     const __m512i c = _mm512_sub_epi32(a[j], _mm512_slli_epi32(_mm512_maskz_loadu_epi32(m, p.colsum + n0), 7));
     const __m512 s = _mm512_set1_ps(p.a_scale[row]), w = _mm512_maskz_loadu_ps(m, p.w_scale + n0), f = _mm512_cvtepi32_ps(c);
     __m512 v = p.dynamic ? _mm512_mul_round_ps(_mm512_mul_round_ps(f, s, kRound), w, kRound)
@@ -470,8 +480,8 @@ struct Int4LinearArgs {
   int64_t K8, G, octets, halves, N, tiles;  // octets per group; halves = ceil(G/2)
 };
 
-// One 16-column tile per task: its codes, scales and zero points are three streams (four tiles'
-// twelve streams ran at two thirds of the bandwidth at mamba-130m's in_proj, docs/RESULTS.md §32)
+// One 16-column tile per task: its codes, scales and zero points are three streams (with four tiles'
+// twelve streams the w4a8 mamba-130m-shape step took 4.84-4.89 ms instead of 3.69, docs/RESULTS.md §32)
 void int4_linear_tile(void* raw, size_t task) {
   const auto& p = *static_cast<const Int4LinearArgs*>(raw);
   const int64_t row = static_cast<int64_t>(task) / p.tiles, t = static_cast<int64_t>(task) % p.tiles;
@@ -499,8 +509,7 @@ void int4_linear_tile(void* raw, size_t task) {
     out = _mm512_fmadd_ps(f, _mm512_loadu_ps(scales + g * 16), out);
   }
   const int64_t n0 = t * 16;
-  const __mmask16 m = p.N - n0 >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (p.N - n0)) - 1);
-  _mm512_mask_storeu_ps(y + n0, m, _mm512_mul_ps(out, _mm512_set1_ps(p.s[row])));
+  _mm512_mask_storeu_ps(y + n0, tail_mask(p.N - n0), _mm512_mul_ps(out, _mm512_set1_ps(p.s[row])));
 #else
   for (int64_t c = 0, n = t * 16; c < 16 && n < p.N; ++c, ++n) {
     float out = 0.0f;
@@ -548,9 +557,7 @@ struct Int4LinearKernel {
     const float* xd = x.GetTensorData<float>();
     for (int64_t m = 0; m < M; ++m) {
       const float* r = xd + m * K;
-      float amax = 0.0f;
-      for (int64_t k = 0; k < K; ++k) amax = std::fmax(amax, std::fabs(r[k]));
-      sc[m] = std::fmax(true_div(amax, 127.0f), 1e-12f);
+      sc[m] = std::fmax(true_div(row_absmax(r, K), 127.0f), 1e-12f);  // fake_quant_dynamic's: divided, then clamped
       for (int64_t k = 0; k < K; ++k) q[k] = static_cast<int8_t>(std::fmin(std::fmax(std::nearbyint(true_div(r[k], sc[m])), -127.0f), 127.0f));
       for (int64_t o = 0; o < K8; ++o) {
         uint32_t e = 0, d = 0;
@@ -576,34 +583,26 @@ struct Int4LinearKernel {
   int64_t group_, n_;
 };
 
-struct Int4LinearOp : Ort::CustomOpBase<Int4LinearOp, Int4LinearKernel> {
-  void* CreateKernel(const OrtApi& api, const OrtKernelInfo* info) const { return new Int4LinearKernel(api, info); }
-  const char* GetName() const { return "Int4Linear"; }
+// An op with typed inputs, those from ``first_optional`` on optional, and one float output
+template <typename Kernel>
+struct LinearOp : Ort::CustomOpBase<LinearOp<Kernel>, Kernel> {
+  LinearOp(const char* name, std::vector<ONNXTensorElementDataType> inputs, size_t first_optional)
+      : name_(name), inputs_(std::move(inputs)), first_optional_(first_optional) {}
+  void* CreateKernel(const OrtApi& api, const OrtKernelInfo* info) const { return new Kernel(api, info); }
+  const char* GetName() const { return name_; }
   const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
-  size_t GetInputTypeCount() const { return 4; }
-  ONNXTensorElementDataType GetInputType(size_t i) const {
-    return i == 1 || i == 3 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
-  }
+  size_t GetInputTypeCount() const { return inputs_.size(); }
+  ONNXTensorElementDataType GetInputType(size_t i) const { return inputs_[i]; }
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
-    return i == 3 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;  // zeros: absent for symmetric codes (zero point 8)
+    return i >= first_optional_ ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
   }
   size_t GetOutputTypeCount() const { return 1; }
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-};
 
-struct Int8LinearOp : Ort::CustomOpBase<Int8LinearOp, Int8LinearKernel> {
-  void* CreateKernel(const OrtApi& api, const OrtKernelInfo* info) const { return new Int8LinearKernel(api, info); }
-  const char* GetName() const { return "Int8Linear"; }
-  const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
-  size_t GetInputTypeCount() const { return 6; }
-  ONNXTensorElementDataType GetInputType(size_t i) const {
-    return i == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8 : i == 2 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
-  }
-  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
-    return i >= 4 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;  // a_scale: absent for dynamic activations; bias
-  }
-  size_t GetOutputTypeCount() const { return 1; }
-  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+ private:
+  const char* name_;
+  std::vector<ONNXTensorElementDataType> inputs_;
+  size_t first_optional_;
 };
 
 template <typename Kernel, size_t Inputs>
@@ -632,8 +631,10 @@ extern "C" ORT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOption
   static FloatOp<GatedSelectiveStepKernel, 8> ssm("GatedSelectiveStep");
   static FloatOp<DeltaRuleStepKernel, 7> delta("DeltaRuleStep");
   static FloatOp<SSDStepKernel, 7> ssd("SSDStep");
-  static Int8LinearOp linear;
-  static Int4LinearOp linear4;
+  constexpr auto f32 = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, i8 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8,
+                 i32 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, u8 = ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
+  static LinearOp<Int8LinearKernel> linear("Int8Linear", {f32, i8, i32, f32, f32, f32}, 4);  // x W colsum w_scale [a_scale bias]
+  static LinearOp<Int4LinearKernel> linear4("Int4Linear", {f32, u8, f32, u8}, 3);           // x B scales [zeros]
   static std::mutex lock;
   static std::vector<Ort::CustomOpDomain> domains;
   std::lock_guard<std::mutex> guard(lock);
