@@ -3,7 +3,7 @@ while a ``fused_export`` is traced, each twin emits its op instead of stock ops.
 
     ConvSiluStep         twin: rnnquant.models.ssm.causal_conv_silu_step (Mamba-1's conv step)
     GatedSelectiveStep   twin: softplus, selective_state_update and the SiLU(z) gate (Mamba-1's SSM step)
-    DeltaRuleStep        twin: rnnquant.models.rwkv7.delta_rule_step (RWKV-7's state update and read-out)
+    Rwkv7AttentionStep   twin: rnnquant.models.rwkv7.attention (RWKV-7's step between its Linears and W_o)
     SSDStep              twin: rnnquant.models.ssd.ssd_step (Mamba-2's state update and read-out)
     Int8Linear           twin: rnnquant.exporters.qops' W8A8 matmuls (static: QuantizeLinear -> MatMulInteger -> Cast -> Mul;
                          dynamic: per-row scale), its int8 codes stored in the layout the op reads (``pack_int8``)
@@ -18,7 +18,7 @@ import torch
 
 from .ortops import DOMAIN
 
-FUSED_STEPS = ("Mamba-1 / FalconMamba (conv, selective scan), Mamba-2 (conv, SSD), RWKV-7 (delta rule), "
+FUSED_STEPS = ("Mamba-1 / FalconMamba (conv, selective scan), Mamba-2 (conv, SSD), RWKV-7 (attention between its Linears), "
                "and every architecture's int8 Linears with --cpu vnni and 4-bit Linears with int8 activations")  # where the twins are called
 _FUSING = False
 
@@ -79,20 +79,24 @@ class GatedSelectiveStep(torch.autograd.Function):
         return _typed(g.op(f"{DOMAIN}::GatedSelectiveStep", u, dt_raw, At, Bm, Cm, D, z, h, outputs=2), (u, h))
 
 
-class DeltaRuleStep(torch.autograd.Function):
-    """``ai.rnnquant::DeltaRuleStep``: one position of RWKV-7's generalized delta rule, S [B,H,N,N];
-    r, w, k, v, kk, a [B,H,N] -> (o [B,H,N], S'). Twin: ``rnnquant.models.rwkv7.delta_rule_step``."""
+class Rwkv7AttentionStep(torch.autograd.Function):
+    """``ai.rnnquant::Rwkv7AttentionStep``: one position of RWKV-7's attention from its Linears'
+    outputs to W_o's input: decay, value residual, in-context rate, key normalisation and update, the
+    delta rule, group norm, bonus and gate. S [B,H,N,N]; r, w_l, k, v, a_l, g [B,H N]; k_k, k_a,
+    gn_w, gn_b [H N]; r_k [H,N]; v_first, v_l [B,H N] or None (layer 0) -> (y [B,H N], S').
+    Twin: ``rnnquant.models.rwkv7.attention`` with ``delta_rule_step``."""
 
     @staticmethod
-    def forward(ctx, S, r, w, k, v, kk, a):
-        from rnnquant.models.rwkv7 import delta_rule_step
+    def forward(ctx, S, r, w_l, k, v, a_l, g_, k_k, k_a, r_k, gn_w, gn_b, eps, v_first, v_l):
+        from rnnquant.models.rwkv7 import attention
 
-        with fused_export(False):
-            return delta_rule_step(S, r, w, k, v, kk, a)
+        return attention(S, r, w_l, k, v, a_l, g_, k_k, k_a, r_k, gn_w, gn_b, eps, v_first, v_l)
 
     @staticmethod
-    def symbolic(g, S, r, w, k, v, kk, a):
-        return _typed(g.op(f"{DOMAIN}::DeltaRuleStep", S, r, w, k, v, kk, a, outputs=2), (r, S))
+    def symbolic(g, S, r, w_l, k, v, a_l, g_, k_k, k_a, r_k, gn_w, gn_b, eps, v_first, v_l):
+        residual = [] if v_l is None else [v_first, v_l]
+        return _typed(g.op(f"{DOMAIN}::Rwkv7AttentionStep", S, r, w_l, k, v, a_l, g_, k_k, k_a, r_k, gn_w, gn_b, *residual,
+                           eps_f=eps, outputs=2), (r, S))
 
 
 class SSDStep(torch.autograd.Function):

@@ -2,7 +2,7 @@
 (``rnnquant export --fused``): built here, registered with a session. Torch-free (the runner
 uses it); the trace side, each op beside its PyTorch twin, is ``rnnquant.kernels.fused``.
 
-    ConvSiluStep, GatedSelectiveStep, SSDStep, DeltaRuleStep (domain ai.rnnquant): the step's
+    ConvSiluStep, GatedSelectiveStep, SSDStep, Rwkv7AttentionStep (domain ai.rnnquant): the step's
         recurrence of Mamba-1 / FalconMamba, Mamba-2 and RWKV-7 in one or two passes over the
         state, where the stock graph has ~17-41 nodes per layer
     Int8Linear, Int4Linear: every architecture's int8 Linears (with ``--cpu vnni``) and 4-bit Linears

@@ -11,9 +11,12 @@
 //            h [B,N,E]               (E = d_inner, N = d_state; d_inner last, as the stock graph's state)
 //   outputs  y [B,E] = (C_t^T h' + D u) * silu(z),   h' [B,N,E] = exp(dt A) h + (dt u) B_t,  dt = softplus(dt_raw)
 //
-// DeltaRuleStep: one position of RWKV-7's generalized delta rule (twin: rwkv7.delta_rule_step)
-//   inputs   S [B,H,N,N] (key x value), r, w (log decay), k, v, kk, a [B,H,N]
-//   outputs  o [B,H,N] = r^T S',   S' = S * exp(w) (per key row) + (kk a) ((-kk)^T S) + k v^T
+// Rwkv7AttentionStep: one position of RWKV-7's attention between its Linears and W_o (twin: rwkv7.attention)
+//   inputs   S [B,H,N,N] (key x value), r, w_l, k, v, a_l, g [B,A] (A = H N: the Linears' outputs),
+//            k_k, k_a, gn_w, gn_b [A], r_k [H,N], v_first, v_l [B,A] (optional: absent in layer 0); attribute eps
+//   outputs  y [B,A] = (GroupNorm_H(o) + (r . k' . r_k) v') g,   S' = S * exp(w) (per key row) + (kk a) ((-kk)^T S) + k' v'^T,
+//            o = r^T S',  w = -e^-0.5 sigmoid(w_l),  a = sigmoid(a_l),  v' = lerp(v, v_first, sigmoid(v_l)),
+//            kk = L2norm_head(k k_k),  k' = k + k (a - 1) k_a
 //
 // SSDStep: one step of Mamba-2's SSD recurrence (twin: ssd.ssd_step)
 //   inputs   x [B,H,P], dt [B,H] (after softplus), A [H] (negative), Bm [B,G,N], Cm [B,G,N], D [H], h [B,H,N,P]
@@ -39,7 +42,7 @@
 //   output   y [...,N] = s * sum_g scale[n,g] * sum_{k in g} q_k (code[n,k] - zero[n,g]),
 //            s = max(max|x| / 127, 1e-12), q = clamp(round_even(x / s), -127, 127)  (fake_quant_dynamic's grid)
 //
-// In stock ops these are ~41 nodes per Mamba-1 layer, ~38 per Mamba-2 layer and ~17 per RWKV-7
+// In stock ops these are ~41 nodes per Mamba-1 layer, ~38 per Mamba-2 layer and ~90 per RWKV-7
 // layer, most a pass over a row or the whole state (ONNX Runtime's cost per small node is what a
 // batch-1 step pays); here one or two passes, the exp vectorised by the compiler (libmvec, -ffast-math).
 //
@@ -179,61 +182,105 @@ struct GatedSelectiveStepKernel {
   }
 };
 
-// ---- DeltaRuleStep ---------------------------------------------------------------------------
-// one head: S [N(key i), N(value j)]; sa = (-kk)^T S; S' = S exp(w)_i + (kk a)_i sa_j + k_i v_j; o = r^T S'
-struct DeltaRuleArgs {
-  const float *S, *r, *w, *k, *v, *kk, *a;
-  float *o, *S_out;
-  int64_t N;
+// ---- Rwkv7AttentionStep ----------------------------------------------------------------------
+// one head: its N channels of every input; the state S [N(key i), N(value j)]
+struct Rwkv7AttentionArgs {
+  const float *S, *r, *w_l, *k, *v, *a_l, *g, *k_k, *k_a, *r_k, *gn_w, *gn_b, *v_first, *v_l;
+  float *y, *S_out;
+  int64_t H, N;
+  float eps;
 };
 
-void delta_rule_head(void* raw, size_t task) {
-  const auto& p = *static_cast<const DeltaRuleArgs*>(raw);
-  const int64_t N = p.N, v0 = static_cast<int64_t>(task) * N;
-  const float *S = p.S + v0 * N, *r = p.r + v0, *w = p.w + v0, *k = p.k + v0, *v = p.v + v0, *kk = p.kk + v0, *a = p.a + v0;
-  float *o = p.o + v0, *S_out = p.S_out + v0 * N;
-  std::vector<float> sa(static_cast<size_t>(N), 0.0f), decay(static_cast<size_t>(N));
-  for (int64_t j = 0; j < N; ++j) o[j] = 0.0f;
-  for (int64_t i = 0; i < N; ++i) decay[i] = std::exp(w[i]);  // a vector exp, not one scalar exp per row
+constexpr float kLogDecayScale = -0.6065306597126334f;  // -e^-0.5 (rwkv7.LOG_DECAY_SCALE)
+
+inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+
+// torch.lerp's two branches (its CPU kernel and the stock graph's Where): exact at both ends
+inline float lerp(float start, float end, float weight) {
+  return weight < 0.5f ? start + weight * (end - start) : end - (end - start) * (1.0f - weight);
+}
+
+// each loop a plain pass over N channels through restrict pointers, so that GCC vectorises all of
+// them (the exps through libmvec): with the lerp's branch and the layer-0 test inside one loop it
+// fell back to scalar expf calls, 57 us a layer at 0.1B shape (profiled) instead of the delta rule's ~30
+void rwkv7_attention_head(void* raw, size_t task) {
+  const auto& p = *static_cast<const Rwkv7AttentionArgs*>(raw);
+  const int64_t N = p.N, row = static_cast<int64_t>(task) * N, ch = (static_cast<int64_t>(task) % p.H) * N;
+  const float* __restrict S = p.S + row * N;
+  const float *__restrict r = p.r + row, *__restrict k_raw = p.k + row, *__restrict g = p.g + row, *__restrict w_l = p.w_l + row,
+                          *__restrict a_l = p.a_l + row, *__restrict v_raw = p.v + row;
+  const float *__restrict k_k = p.k_k + ch, *__restrict k_a = p.k_a + ch, *__restrict r_k = p.r_k + ch, *__restrict gn_w = p.gn_w + ch,
+                          *__restrict gn_b = p.gn_b + ch;
+  float *__restrict y = p.y + row, *__restrict S_out = p.S_out + row * N;
+  std::vector<float> buf(static_cast<size_t>(7 * N), 0.0f);
+  float *__restrict decay = buf.data(), *__restrict a = decay + N, *__restrict v = a + N, *__restrict kk = v + N, *__restrict k = kk + N,
+                    *__restrict sa = k + N, *__restrict o = sa + N;
+  for (int64_t i = 0; i < N; ++i) decay[i] = std::exp(kLogDecayScale * sigmoid(w_l[i]));
+  for (int64_t i = 0; i < N; ++i) a[i] = sigmoid(a_l[i]);
+  if (p.v_l) {
+    const float *__restrict v_first = p.v_first + row, *__restrict v_l = p.v_l + row;
+    for (int64_t i = 0; i < N; ++i) v[i] = sigmoid(v_l[i]);
+    for (int64_t i = 0; i < N; ++i) v[i] = lerp(v_raw[i], v_first[i], v[i]);
+  } else {
+    for (int64_t i = 0; i < N; ++i) v[i] = v_raw[i];
+  }
+  float norm = 0.0f;
+  for (int64_t i = 0; i < N; ++i) kk[i] = k_raw[i] * k_k[i];
+  for (int64_t i = 0; i < N; ++i) norm += kk[i] * kk[i];
+  const float inv = 1.0f / std::fmax(std::sqrt(norm), 1e-12f);  // F.normalize's eps
+  for (int64_t i = 0; i < N; ++i) kk[i] *= inv;
+  for (int64_t i = 0; i < N; ++i) k[i] = k_raw[i] + k_raw[i] * (a[i] - 1.0f) * k_a[i];
+  // the delta rule: sa = (-kk)^T S from the state before decay; S' = S decay_i + (kk a)_i sa_j + k_i v_j; o = r^T S'
   for (int64_t i = 0; i < N; ++i) {
     const float m = -kk[i];
-    const float* row = S + i * N;
-    for (int64_t j = 0; j < N; ++j) sa[j] += m * row[j];
+    for (int64_t j = 0; j < N; ++j) sa[j] += m * S[i * N + j];
   }
   for (int64_t i = 0; i < N; ++i) {
     const float d = decay[i], c = kk[i] * a[i], ki = k[i], ri = r[i];
-    const float* row = S + i * N;
-    float* out = S_out + i * N;
     for (int64_t j = 0; j < N; ++j) {
-      const float s = row[j] * d + c * sa[j] + ki * v[j];
-      out[j] = s;
+      const float s = S[i * N + j] * d + c * sa[j] + ki * v[j];
+      S_out[i * N + j] = s;
       o[j] += ri * s;
     }
   }
+  // the group norm over the head, the r.k bonus, the gate
+  float mean = 0.0f, var = 0.0f, bonus = 0.0f;
+  for (int64_t j = 0; j < N; ++j) mean += o[j];
+  mean /= static_cast<float>(N);
+  for (int64_t j = 0; j < N; ++j) var += (o[j] - mean) * (o[j] - mean);
+  const float scale = 1.0f / std::sqrt(var / static_cast<float>(N) + p.eps);
+  for (int64_t j = 0; j < N; ++j) bonus += r[j] * k[j] * r_k[j];
+  for (int64_t j = 0; j < N; ++j) y[j] = ((o[j] - mean) * scale * gn_w[j] + gn_b[j] + bonus * v[j]) * g[j];
 }
 
-struct DeltaRuleStepKernel {
-  DeltaRuleStepKernel(const OrtApi&, const OrtKernelInfo*) {}
+struct Rwkv7AttentionStepKernel {
+  Rwkv7AttentionStepKernel(const OrtApi&, const OrtKernelInfo* info) : eps_(Ort::ConstKernelInfo(info).GetAttribute<float>("eps")) {}
 
   void Compute(OrtKernelContext* raw) {
     Ort::KernelContext ctx(raw);
     const auto S = ctx.GetInput(0);
     const Shape ss = shape_of(S);  // [B,H,N,N]
-    if (ss.size() != 4 || ss[2] != ss[3]) ORT_CXX_API_THROW("DeltaRuleStep: S must be [B,H,N,N]", ORT_INVALID_ARGUMENT);
+    if (ss.size() != 4 || ss[2] != ss[3]) ORT_CXX_API_THROW("Rwkv7AttentionStep: S must be [B,H,N,N]", ORT_INVALID_ARGUMENT);
     const int64_t B = ss[0], H = ss[1], N = ss[2];
-    const char* names[] = {"r", "w", "k", "v", "kk", "a"};
-    const float* in[6];
-    for (size_t t = 0; t < 6; ++t) {
-      const auto x = ctx.GetInput(t + 1);
-      expect(x, {B, H, N}, "DeltaRuleStep", names[t]);
+    const char* names[] = {"S", "r", "w_l", "k", "v", "a_l", "g", "k_k", "k_a", "r_k", "gn_w", "gn_b", "v_first", "v_l"};
+    const bool residual = ctx.GetInputCount() > 13 && static_cast<const OrtValue*>(ctx.GetInput(12)) != nullptr &&
+                          static_cast<const OrtValue*>(ctx.GetInput(13)) != nullptr;
+    const float* in[14] = {};
+    for (size_t t = 1; t < (residual ? 14u : 12u); ++t) {
+      const auto x = ctx.GetInput(t);
+      const bool rows = t < 7 || t >= 12;
+      expect(x, rows ? Shape{B, H * N} : t == 9 ? Shape{H, N} : Shape{H * N}, "Rwkv7AttentionStep", names[t]);
       in[t] = x.GetTensorData<float>();
     }
-    auto o = ctx.GetOutput(0, Shape{B, H, N});
+    auto y = ctx.GetOutput(0, Shape{B, H * N});
     auto S_out = ctx.GetOutput(1, ss);
-    DeltaRuleArgs args{S.GetTensorData<float>(), in[0], in[1], in[2], in[3], in[4], in[5], o.GetTensorMutableData<float>(),
-                       S_out.GetTensorMutableData<float>(), N};
-    if (B * H * N > 0) ctx.ParallelFor(delta_rule_head, static_cast<size_t>(B * H), 0, &args);  // heads are independent
+    Rwkv7AttentionArgs args{S.GetTensorData<float>(), in[1], in[2], in[3], in[4], in[5], in[6], in[7], in[8], in[9], in[10], in[11],
+                            in[12], in[13], y.GetTensorMutableData<float>(), S_out.GetTensorMutableData<float>(), H, N, eps_};
+    if (B * H * N > 0) ctx.ParallelFor(rwkv7_attention_head, static_cast<size_t>(B * H), 0, &args);  // heads are independent
   }
+
+ private:
+  float eps_;
 };
 
 // ---- SSDStep ---------------------------------------------------------------------------------
@@ -607,17 +654,21 @@ struct LinearOp : Ort::CustomOpBase<LinearOp<Kernel>, Kernel> {
 
 template <typename Kernel, size_t Inputs>
 struct FloatOp : Ort::CustomOpBase<FloatOp<Kernel, Inputs>, Kernel> {
-  explicit FloatOp(const char* name) : name_(name) {}
+  explicit FloatOp(const char* name, size_t first_optional = Inputs) : name_(name), first_optional_(first_optional) {}
   void* CreateKernel(const OrtApi& api, const OrtKernelInfo* info) const { return new Kernel(api, info); }
   const char* GetName() const { return name_; }
   const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
   size_t GetInputTypeCount() const { return Inputs; }
   ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
+    return i >= first_optional_ ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+  }
   size_t GetOutputTypeCount() const { return 2; }
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
 
  private:
   const char* name_;
+  size_t first_optional_;
 };
 
 }  // namespace
@@ -629,7 +680,7 @@ extern "C" ORT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOption
   // the ops and their domain must outlive every session that uses them: kept for the process
   static FloatOp<ConvSiluStepKernel, 4> conv("ConvSiluStep");
   static FloatOp<GatedSelectiveStepKernel, 8> ssm("GatedSelectiveStep");
-  static FloatOp<DeltaRuleStepKernel, 7> delta("DeltaRuleStep");
+  static FloatOp<Rwkv7AttentionStepKernel, 14> rwkv7("Rwkv7AttentionStep", 12);  // [v_first v_l]: layers after 0
   static FloatOp<SSDStepKernel, 7> ssd("SSDStep");
   constexpr auto f32 = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, i8 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8,
                  i32 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, u8 = ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
@@ -642,7 +693,7 @@ extern "C" ORT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOption
     domains.emplace_back(kDomain);
     domains.back().Add(&conv);
     domains.back().Add(&ssm);
-    domains.back().Add(&delta);
+    domains.back().Add(&rwkv7);
     domains.back().Add(&ssd);
     domains.back().Add(&linear);
     domains.back().Add(&linear4);

@@ -50,9 +50,20 @@ class LoRA(nn.Module):
         return self.lora(x)
 
 
+def addcmul(x, t1, t2):
+    """x + t1 t2. Under export as the two ops ONNX Runtime runs anyway: ``torch.addcmul`` traces a third,
+    a Mul by its value 1 (the same numbers: multiplying by 1 is exact)."""
+    return x + t1 * t2 if torch.onnx.is_in_onnx_export() else torch.addcmul(x, t1, t2)
+
+
 def token_mix(x, prev, mu):
     """x + (x_{t-1} - x) mu; mu stored [1, 1, D] or [D], used [D] so that a step's [B, D] stays [B, D]."""
-    return torch.addcmul(x, prev - x, mu.reshape(mu.shape[-1]))
+    return addcmul(x, prev - x, mu.reshape(mu.shape[-1]))
+
+
+def split_heads(t, H: int):
+    """[..., H N] -> [..., H, N]."""
+    return t.reshape(*t.shape[:-1], H, t.shape[-1] // H)
 
 
 def shifted(x, prev):
@@ -62,12 +73,7 @@ def shifted(x, prev):
 
 def delta_rule_step(S, r, w, k, v, kk, a):
     """One position of the generalized delta rule. S [B,H,N,N] (key x value); r, w, k, kk, a [B,H,N];
-    v [B,H,N] -> (o [B,H,N], S'). Under ``export --fused`` one custom op
-    (``rnnquant.kernels.fused.DeltaRuleStep``), this its twin."""
-    from rnnquant.kernels.fused import DeltaRuleStep, fusing
-
-    if fusing():
-        return DeltaRuleStep.apply(S, r, w, k, v, kk, a)
+    v [B,H,N] -> (o [B,H,N], S')."""
     sa = (-kk).unsqueeze(-2) @ S  # (-kk)^T S: [B,H,1,N], from the S before decay (a matmul: one pass over S, no strided sum)
     S = S * torch.exp(w).unsqueeze(-1) + (kk * a).unsqueeze(-1) * sa + k.unsqueeze(-1) * v.unsqueeze(-2)
     return (r.unsqueeze(-2) @ S).squeeze(-2), S
@@ -182,7 +188,7 @@ class Attention(nn.Module):
     def __init__(self, cfg: dict, i: int):
         super().__init__()
         D, N = cfg["hidden_size"], cfg["head_dim"]
-        self.H, self.N, self.first = cfg["attn_heads"], N, i == 0
+        self.H, self.first = cfg["attn_heads"], i == 0
         A = self.H * N  # the attention width: D unless heads were pruned
         self.eps = N * cfg["norm_eps"]  # fla's g_norm eps
         for c in "rwkvag":
@@ -199,47 +205,64 @@ class Attention(nn.Module):
         self.g_norm = nn.GroupNorm(self.H, A, eps=self.eps)
         self.tap_r, self.tap_w, self.tap_k, self.tap_v, self.tap_a, self.tap_wkv, self.tap_g = (Tap() for _ in range(7))
 
-    def _heads(self, t):
-        return t.reshape(*t.shape[:-1], self.H, self.N)
+    def _projections(self, x, prev):
+        """x, prev [..., D] -> the Linears' outputs [..., H N]: r, w_l (w_lora), k, v, a_l (a_lora), g, and v_l
+        (v_lora; None in layer 0)."""
+        xr, xw, xk, xv, xa, xg = (token_mix(x, prev, getattr(self, f"x_{c}")) for c in "rwkvag")
+        r, w_l, k, v = self.r_proj(xr), self.w_lora(xw), self.k_proj(xk), self.v_proj(xv)
+        v_l = None if self.first else self.v_lora(xv)
+        return r, w_l, k, v, self.a_lora(xa), self.g_lora(xg), v_l
 
-    def _inputs(self, x, prev, v_first):
-        """x, prev [..., D] -> r, w, k, v, kk, a per head [..., H, N], g [..., H N], v_first [..., H N]."""
-        r = self.tap_r(self.r_proj(token_mix(x, prev, self.x_r)))
-        w = self.tap_w(LOG_DECAY_SCALE * torch.sigmoid(self.w_lora(token_mix(x, prev, self.x_w))))
-        k = self.k_proj(token_mix(x, prev, self.x_k))
-        xv = token_mix(x, prev, self.x_v)
-        v = self.v_proj(xv)
-        if self.first:
-            v_first = v
-        else:
-            v = torch.lerp(v, v_first, torch.sigmoid(self.v_lora(xv)))
-        a = self.tap_a(torch.sigmoid(self.a_lora(token_mix(x, prev, self.x_a))))
-        g = self.tap_g(self.g_lora(token_mix(x, prev, self.x_g)))
-        kk = F.normalize(self._heads(k * self.k_k), dim=-1, p=2.0)
-        k = self.tap_k(k.addcmul(k * (a - 1), self.k_a))
-        return self._heads(r), self._heads(w), self._heads(k), self._heads(self.tap_v(v)), kk, self._heads(a), g, v_first
-
-    def _output(self, o, r, k, v, g):
-        """o, r, k, v [..., H, N], g [..., H N] -> out [..., D]: group norm per head, the r.k bonus, gate, W_o."""
-        o = self.tap_wkv(o)
-        mean = o.mean(-1, keepdim=True)
-        var = (o - mean).pow(2).mean(-1, keepdim=True)
-        o = ((o - mean) / torch.sqrt(var + self.eps)).flatten(-2) * self.g_norm.weight + self.g_norm.bias
-        bonus = ((r * k * self.r_k).sum(-1, keepdim=True) * v).flatten(-2)
-        return self.o_proj((o + bonus) * g)
+    def _params(self):
+        return self.k_k, self.k_a, self.r_k, self.g_norm.weight, self.g_norm.bias, self.eps
 
     def forward(self, x, v_first, shift, S):
         """x [B,T,D], v_first [B,T,H N] -> (out [B,T,D], v_first, shift', S')."""
-        r, w, k, v, kk, a, g, v_first = self._inputs(x, shifted(x, shift), v_first)
+        r, w_l, k, v, a_l, g, v_l = self._projections(x, shifted(x, shift))
+        v_first = v if self.first else v_first
         delta_rule = delta_rule_parallel if torch.onnx.is_in_onnx_export() else delta_rule_chunked
-        o, S = delta_rule(S, r, w, k, v, kk, a)
-        return self._output(o, r, k, v, g), v_first, x[:, -1], S
+        y, S = attention(S, r, w_l, k, v, a_l, g, *self._params(), v_first, v_l, delta_rule=delta_rule,
+                         tap=lambda name, t: getattr(self, f"tap_{name}")(t))
+        return self.o_proj(y), v_first, x[:, -1], S
 
     def step(self, x, v_first, shift, S):
-        """x [B,D] -> (out [B,D], v_first, shift', S')."""
-        r, w, k, v, kk, a, g, v_first = self._inputs(x, shift, v_first)
-        o, S = delta_rule_step(S, r, w, k, v, kk, a)
-        return self._output(o, r, k, v, g), v_first, x, S
+        """x [B,D] -> (out [B,D], v_first, shift', S'): under ``export --fused`` one custom op from the
+        Linears' outputs to W_o's input (``rnnquant.kernels.fused.Rwkv7AttentionStep``)."""
+        from rnnquant.kernels.fused import Rwkv7AttentionStep, fusing
+
+        r, w_l, k, v, a_l, g, v_l = self._projections(x, shift)
+        v_first = v if self.first else v_first
+        inputs = (S, r, w_l, k, v, a_l, g, *self._params(), None if self.first else v_first, v_l)
+        y, S = Rwkv7AttentionStep.apply(*inputs) if fusing() else attention(*inputs)
+        return self.o_proj(y), v_first, x, S
+
+
+def _untapped(name, t):
+    return t
+
+
+def attention(S, r, w_l, k, v, a_l, g, k_k, k_a, r_k, gn_w, gn_b, eps: float, v_first=None, v_l=None,
+              delta_rule=delta_rule_step, tap=_untapped):
+    """Everything between a layer's Linears and W_o (the glossary's lines from w to the gate), over T
+    positions with ``delta_rule`` (chunked / parallel) or one with ``delta_rule_step``.
+    r, w_l, k, v, a_l, g, v_first, v_l [..., H N] (the Linears' outputs; v_first, v_l None in layer 0);
+    k_k, k_a, gn_w, gn_b [H N], r_k [H, N]; S [B,H,N,N] -> (W_o's input [..., H N], S').
+    ``tap(name, t)`` passes each activation point through its Tap (calibration hooks them)."""
+    H = r_k.shape[0]
+    w = tap("w", LOG_DECAY_SCALE * torch.sigmoid(w_l))
+    if v_l is not None:
+        v = torch.lerp(v, v_first, torch.sigmoid(v_l))
+    a = tap("a", torch.sigmoid(a_l))
+    kk = F.normalize(split_heads(k * k_k, H), dim=-1, p=2.0)
+    k = tap("k", addcmul(k, k * (a - 1), k_a))
+    r, w, k, v, a = (split_heads(t, H) for t in (tap("r", r), w, k, tap("v", v), a))
+    o, S = delta_rule(S, r, w, k, v, kk, a)
+    o = tap("wkv", o)
+    mean = o.mean(-1, keepdim=True)
+    var = (o - mean).pow(2).mean(-1, keepdim=True)
+    o = ((o - mean) / torch.sqrt(var + eps)).flatten(-2) * gn_w + gn_b
+    bonus = ((r * k * r_k).sum(-1, keepdim=True) * v).flatten(-2)
+    return (o + bonus) * tap("g", g), S
 
 
 class FeedForward(nn.Module):

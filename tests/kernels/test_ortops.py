@@ -12,7 +12,7 @@ from rnnquant.kernels import ortops
 from rnnquant.calibrate import CalibConfig, calibrate, calibration_batches
 from rnnquant.kernels.fused import ConvSiluStep, GatedSelectiveStep, Int4Linear, pack_int8, pack_nbits, packed_rows, unpack_int8, unpack_nbits
 from rnnquant.models import fingerprint
-from rnnquant.models.rwkv7 import delta_rule_step
+from rnnquant.models.rwkv7 import attention
 from rnnquant.models.ssd import ssd_step
 from rnnquant.models.ssm import causal_conv_silu_step, selective_state_update, softplus
 from rnnquant.exporters.qops import _int8_matmul, static_w8_reference
@@ -87,18 +87,20 @@ def _model(arch):
     return m
 
 
-def test_delta_rule_step_op_is_its_twin(library):
+@pytest.mark.parametrize("residual", [False, True])  # layer 0 (no value residual); a later layer
+def test_rwkv7_attention_step_op_is_its_twin(library, residual):
     g = torch.Generator().manual_seed(2)
     B, H, N = 2, 3, 16
     S = torch.randn(B, H, N, N, generator=g)
-    r, k, v = (torch.randn(B, H, N, generator=g) for _ in range(3))
-    w = -torch.rand(B, H, N, generator=g) * 0.6  # RWKV-7's log decay: in (-e^-0.5, 0)
-    kk = torch.nn.functional.normalize(torch.randn(B, H, N, generator=g), dim=-1)
-    a = torch.rand(B, H, N, generator=g)
-    o, S_new = _op_session(library, "DeltaRuleStep", {n: t.numpy() for n, t in zip(("S", "r", "w", "k", "v", "kk", "a"), (S, r, w, k, v, kk, a))})
-    o_ref, S_ref = delta_rule_step(S, r, w, k, v, kk, a)
+    rows = [torch.randn(B, H * N, generator=g) * 2 for _ in range(8)]  # r, w_l, k, v, a_l, g, v_first, v_l
+    rows[7][0, :N] = torch.linspace(-3, 3, N)  # v_l across 0, so lerp's weight takes both of its branches
+    params = [torch.randn(H * N, generator=g) for _ in range(2)] + [torch.randn(H, N, generator=g)] + [torch.randn(H * N, generator=g) for _ in range(2)]
+    inputs = [S, *rows[:6], *params] + (rows[6:] if residual else [])
+    names = ["S", "r", "w_l", "k", "v", "a_l", "g", "k_k", "k_a", "r_k", "gn_w", "gn_b", "v_first", "v_l"]
+    y, S_new = _op_session(library, "Rwkv7AttentionStep", {n: t.numpy() for n, t in zip(names, inputs)}, eps=0.64)
+    y_ref, S_ref = attention(*inputs[:12], 0.64, *(rows[6:] if residual else (None, None)))
     np.testing.assert_allclose(S_new, S_ref.numpy(), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(o, o_ref.numpy(), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(y, y_ref.numpy(), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("G", [1, 2])  # one group of B, C for every head; two, each shared by 2 heads
@@ -116,7 +118,7 @@ def test_ssd_step_op_is_its_twin(library, G):
 
 # the ops each architecture's fused step has per layer, and how many stock nodes a layer at least saves
 FUSED = {"mamba": ({"ConvSiluStep", "GatedSelectiveStep"}, 30), "falcon_mamba": ({"ConvSiluStep", "GatedSelectiveStep"}, 30),
-         "mamba2": ({"ConvSiluStep", "SSDStep"}, 30), "rwkv7": ({"DeltaRuleStep"}, 12)}
+         "mamba2": ({"ConvSiluStep", "SSDStep"}, 30), "rwkv7": ({"Rwkv7AttentionStep"}, 60)}
 
 
 @pytest.mark.parametrize("arch", sorted(FUSED))
