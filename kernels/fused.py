@@ -128,7 +128,7 @@ def _tiles_last(t: torch.Tensor, N: int) -> torch.Tensor:
 
 def _rows(t: torch.Tensor, N: int) -> torch.Tensor:
     """``_tiles_last``'s inverse, [Np/16, ..., 16] -> the N rows flattened [N, -1], in ops a trace records."""
-    return t.movedim(-1 if t.dim() == 3 else 2, 1).reshape(t.shape[0] * TILE, -1)[:N]
+    return t.movedim(2, 1).reshape(t.shape[0] * TILE, -1)[:N]  # [Np/16, 16, ...]: axis 2 is the tile axis of either layout
 
 
 def pack_int8(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
