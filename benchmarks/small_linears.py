@@ -1,0 +1,83 @@
+"""Where a batch-1 step's small Linears wait: cache or DRAM. Chains of LoRA-shaped ``Int8Linear``
+pairs (K -> R -> K, static activations), one thread, run by ONNX Runtime with rnnquant's op library.
+
+    python benchmarks/small_linears.py [--k 768] [--rank 64] [--distinct 1 50 1000] [--runs 30]
+
+For each ``--distinct`` count D the chain has D pairs with their own weights (D = 1: every call
+reads the same, cached, weights; D x 2 K R bytes beyond the last-level cache: every call reads
+DRAM) and prints the median microseconds per pair over ``--runs`` runs of the whole chain. Writes
+benchmarks/results/small_linears.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from rnnquant.kernels import ortops
+from rnnquant.kernels.fused import pack_int8
+
+PAIRS = 1000  # calls per chain, whatever the number of distinct weights (the same work per run)
+
+
+def chain(k: int, rank: int, distinct: int):
+    """A graph of PAIRS Int8Linear pairs K -> rank -> K, pair i reading weight set i % distinct."""
+    g = torch.Generator().manual_seed(0)
+    inits, nodes, x = [numpy_helper.from_array(np.array(0.05, np.float32), "a_scale")], [], "x"
+    for i in range(distinct):
+        for j, (n_in, n_out) in enumerate(((k, rank), (rank, k))):
+            codes, colsum = pack_int8(torch.randint(-127, 128, (n_out, n_in), dtype=torch.int8, generator=g))
+            inits += [numpy_helper.from_array(codes.numpy(), f"w{i}_{j}"), numpy_helper.from_array(colsum.numpy(), f"c{i}_{j}"),
+                      numpy_helper.from_array(np.full(n_out, 1e-3, np.float32), f"s{i}_{j}")]
+    for p in range(PAIRS):
+        for j in range(2):
+            w = p % distinct
+            nodes.append(helper.make_node("Int8Linear", [x, f"w{w}_{j}", f"c{w}_{j}", f"s{w}_{j}", "a_scale"], [f"y{p}_{j}"], domain=ortops.DOMAIN))
+            x = f"y{p}_{j}"
+    graph = helper.make_graph(nodes, "small_linears", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, k])], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(ortops.DOMAIN, 1)])
+
+
+def us_per_pair(model, k: int, runs: int) -> float:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
+    ortops.register(opts)
+    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    feeds = {"x": np.random.default_rng(0).standard_normal((1, k)).astype(np.float32)}
+    for _ in range(5):
+        session.run(None, feeds)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        session.run(None, feeds)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e6 / PAIRS
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--k", type=int, default=768)
+    ap.add_argument("--rank", type=int, default=64)
+    ap.add_argument("--distinct", type=int, nargs="+", default=[1, 50, 1000])
+    ap.add_argument("--runs", type=int, default=30)
+    args = ap.parse_args()
+    rows = []
+    for d in args.distinct:
+        us = us_per_pair(chain(args.k, args.rank, d), args.k, args.runs)
+        mib = d * 2 * args.k * args.rank / 2**20
+        rows.append({"distinct": d, "weight_mib": mib, "us_per_pair": us})
+        print(f"{d:5d} distinct pairs ({mib:7.1f} MiB of weights): {us:6.2f} us a pair")
+    out = Path(__file__).parent / "results" / "small_linears.json"
+    out.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
