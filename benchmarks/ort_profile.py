@@ -4,8 +4,11 @@
 
 Runs the step graph (batch 1, the initial state) with profiling on and prints microseconds per token by
 op type, or with ``--by-node`` by op type and node name with the layer suffix stripped (every
-layer's in_proj MatMulInteger summed as one row). The profiler's own overhead inflates the totals;
-compare rows, not absolutes.
+layer's in_proj MatMulInteger summed as one row), with each row's time per node. The profiler's
+own cost inflates every node's time: the same steps are also timed in a session without
+profiling, and the profiled kernel time less that step time, over the nodes a step runs, is the
+profiler's average cost per node (an average: it is not the same for every op, so no row is
+corrected by it; rows of cheap nodes are mostly that cost).
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import json
 import os
 import re
 import tempfile
+import time
 
 import numpy as np
 import onnxruntime as ort
@@ -35,14 +39,9 @@ def main() -> None:
     args = ap.parse_args()
     meta = read_metadata(args.model)
     states = json.loads(meta["states"])
-    opts = ort.SessionOptions()
-    opts.enable_profiling = True
-    opts.profile_file_prefix = os.path.join(tempfile.gettempdir(), "rnnquant_ort_profile")  # a run killed before end_profiling leaves nothing here
-    opts.intra_op_num_threads = args.threads
-    if meta.get("custom_ops"):  # `export --fused`
-        ortops.register(opts)
-    sess = ort.InferenceSession(args.model, opts, providers=["CPUExecutionProvider"])
     feeds = {"input_ids": np.array([5])} | dict(zip((s["name"] for s in states), initial_state(states, 1)))  # each state's dtype and initial value
+    plain_us = _step_us(_session(args.model, meta, args.threads, profile=False), feeds, args.steps)
+    sess = _session(args.model, meta, args.threads, profile=True)
     for _ in range(args.steps):
         sess.run(None, feeds)
     trace = sess.end_profiling()
@@ -55,9 +54,36 @@ def main() -> None:
             total[key] += e["dur"]
             count[key] += 1
     os.remove(trace)
+    kernel_us, nodes = sum(total.values()) / args.steps, sum(count.values()) / args.steps
+    per_node = (kernel_us - plain_us) / nodes
     for op, us in total.most_common(40 if args.by_node else 15):
-        print(f"{op:44} {us / args.steps:9.1f} us/token  ({count[op] // args.steps} nodes)")
-    print(f"total kernel time {sum(total.values()) / args.steps:.1f} us/token")
+        n = count[op] / args.steps
+        print(f"{op:44} {us / args.steps:9.1f} us/token  ({n:.0f} nodes, {us / args.steps / n:7.2f} us a node)")
+    print(f"total kernel time {kernel_us:.1f} us/token over {nodes:.0f} nodes; the step without profiling {plain_us:.1f} us "
+          f"(median): the profiler costs {per_node:.2f} us a node on average")
+
+
+def _session(path: str, meta: dict, threads: int, profile: bool):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    if profile:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = os.path.join(tempfile.gettempdir(), "rnnquant_ort_profile")  # a run killed before end_profiling leaves nothing here
+    if meta.get("custom_ops"):  # `export --fused`
+        ortops.register(opts)
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+
+def _step_us(sess, feeds: dict, steps: int) -> float:
+    """Median microseconds of one step (the same feeds every time, as the profiled loop)."""
+    for _ in range(10):
+        sess.run(None, feeds)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        sess.run(None, feeds)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) * 1e6
 
 
 if __name__ == "__main__":
