@@ -118,40 +118,37 @@ struct ConvSiluStepKernel {
 };
 
 // ---- GatedSelectiveStep ----------------------------------------------------------------------
-// one batch row, channels [e0, e1): every channel's recurrence is independent, so blocks of
-// channels run as separate tasks (ONNX Runtime's intra-op threads)
-constexpr int64_t kBlock = 256;  // channels per task: 1 KiB rows of each [N, E] plane
+// The state planes h, h' and A^T [N, E] are read and written whole rows at a time: a task takes
+// a slice of the N state rows of one batch row, so each plane is one contiguous stream. Blocks of
+// channels instead (a task per 256 channels: 1 KiB pieces of every row, 6 KiB apart) made 48 short
+// streams, and the op waited on memory: 29-30 us a layer against 20-21 us for whole rows once the
+// weight stream has evicted the state (mamba-130m shape, one thread; benchmarks/selective_step.py,
+// docs/RESULTS.md §33). The slices' shares of the readout are added in slice order.
+constexpr int64_t kSlices = 2;  // state-row slices per batch row (tasks for the intra-op threads)
 
 struct GatedSelectiveArgs {
-  const float *u, *dt_raw, *At, *Bm, *Cm, *D, *z, *h;
-  float *y, *h_out;
-  int64_t E, N, blocks;  // blocks per batch row
+  const float *dt, *dtu, *At, *Bm, *Cm, *h;  // dt = softplus(dt_raw), dtu = dt u: [B,E]
+  float *partial, *h_out;                   // partial [B,slices,E]: each slice's share of C^T h'
+  int64_t E, N, slices;
 };
 
-void gated_selective_block(void* raw, size_t task) {
+void gated_selective_slice(void* raw, size_t task) {
   const auto& p = *static_cast<const GatedSelectiveArgs*>(raw);
-  const int64_t b = static_cast<int64_t>(task) / p.blocks, e0 = (static_cast<int64_t>(task) % p.blocks) * kBlock;
-  const int64_t len = std::min(kBlock, p.E - e0), E = p.E, N = p.N;
-  const float *u = p.u + b * E + e0, *dt_raw = p.dt_raw + b * E + e0, *z = p.z + b * E + e0, *D = p.D + e0;
-  const float *Bm = p.Bm + b * N, *Cm = p.Cm + b * N, *h = p.h + b * N * E + e0, *At = p.At + e0;
-  float *y = p.y + b * E + e0, *h_out = p.h_out + b * N * E + e0;
-  float dt[kBlock], dtu[kBlock];
-  for (int64_t e = 0; e < len; ++e) {
-    dt[e] = softplus(dt_raw[e]);
-    dtu[e] = dt[e] * u[e];
-    y[e] = 0.0f;
-  }
-  for (int64_t n = 0; n < N; ++n) {
-    const float bn = Bm[n], cn = Cm[n];
-    const float *a = At + n * E, *hn = h + n * E;
-    float* on = h_out + n * E;
-    for (int64_t e = 0; e < len; ++e) {
-      const float s = std::exp(dt[e] * a[e]) * hn[e] + dtu[e] * bn;
-      on[e] = s;
-      y[e] += cn * s;
+  const int64_t b = static_cast<int64_t>(task) / p.slices, s = static_cast<int64_t>(task) % p.slices, E = p.E, N = p.N;
+  const int64_t n0 = s * N / p.slices, n1 = (s + 1) * N / p.slices;
+  const float *__restrict dt = p.dt + b * E, *__restrict dtu = p.dtu + b * E;
+  float* __restrict y = p.partial + (b * p.slices + s) * E;
+  for (int64_t e = 0; e < E; ++e) y[e] = 0.0f;
+  for (int64_t n = n0; n < n1; ++n) {
+    const float bn = p.Bm[b * N + n], cn = p.Cm[b * N + n];
+    const float *__restrict a = p.At + n * E, *__restrict hn = p.h + (b * N + n) * E;
+    float* __restrict on = p.h_out + (b * N + n) * E;
+    for (int64_t e = 0; e < E; ++e) {
+      const float st = std::exp(dt[e] * a[e]) * hn[e] + dtu[e] * bn;
+      on[e] = st;
+      y[e] += cn * st;
     }
   }
-  for (int64_t e = 0; e < len; ++e) y[e] = (y[e] + u[e] * D[e]) * silu(z[e]);
 }
 
 struct GatedSelectiveStepKernel {
@@ -159,14 +156,14 @@ struct GatedSelectiveStepKernel {
 
   void Compute(OrtKernelContext* raw) {
     Ort::KernelContext ctx(raw);
-    const auto u = ctx.GetInput(0), dt = ctx.GetInput(1), At = ctx.GetInput(2), Bm = ctx.GetInput(3),
+    const auto u = ctx.GetInput(0), dt_raw = ctx.GetInput(1), At = ctx.GetInput(2), Bm = ctx.GetInput(3),
                Cm = ctx.GetInput(4), D = ctx.GetInput(5), z = ctx.GetInput(6), h = ctx.GetInput(7);
     const Shape hs = shape_of(h);  // [B,N,E]
     if (hs.size() != 3) ORT_CXX_API_THROW("GatedSelectiveStep: h must be [B,N,E]", ORT_INVALID_ARGUMENT);
     const int64_t B = hs[0], N = hs[1], E = hs[2];
     const char* op = "GatedSelectiveStep";
     expect(u, {B, E}, op, "u");
-    expect(dt, {B, E}, op, "dt_raw");
+    expect(dt_raw, {B, E}, op, "dt_raw");
     expect(At, {N, E}, op, "At");
     expect(Bm, {B, N}, op, "Bm");
     expect(Cm, {B, N}, op, "Cm");
@@ -174,11 +171,23 @@ struct GatedSelectiveStepKernel {
     expect(z, {B, E}, op, "z");
     auto y = ctx.GetOutput(0, Shape{B, E});
     auto h_out = ctx.GetOutput(1, hs);
-    GatedSelectiveArgs args{u.GetTensorData<float>(), dt.GetTensorData<float>(), At.GetTensorData<float>(),
-                            Bm.GetTensorData<float>(), Cm.GetTensorData<float>(), D.GetTensorData<float>(),
-                            z.GetTensorData<float>(), h.GetTensorData<float>(), y.GetTensorMutableData<float>(),
-                            h_out.GetTensorMutableData<float>(), E, N, (E + kBlock - 1) / kBlock};
-    if (B * E > 0) ctx.ParallelFor(gated_selective_block, static_cast<size_t>(B * args.blocks), 0, &args);
+    const int64_t slices = std::max<int64_t>(1, std::min(kSlices, N));
+    const float *ud = u.GetTensorData<float>(), *dr = dt_raw.GetTensorData<float>(), *Dd = D.GetTensorData<float>(), *zd = z.GetTensorData<float>();
+    std::vector<float> dt(static_cast<size_t>(B * E)), dtu(dt.size()), partial(static_cast<size_t>(B * slices * E));
+    for (int64_t i = 0; i < B * E; ++i) dt[i] = softplus(dr[i]);
+    for (int64_t i = 0; i < B * E; ++i) dtu[i] = dt[i] * ud[i];
+    GatedSelectiveArgs args{dt.data(), dtu.data(), At.GetTensorData<float>(), Bm.GetTensorData<float>(), Cm.GetTensorData<float>(),
+                            h.GetTensorData<float>(), partial.data(), h_out.GetTensorMutableData<float>(), E, N, slices};
+    if (B * E > 0) ctx.ParallelFor(gated_selective_slice, static_cast<size_t>(B * slices), 0, &args);
+    float* yd = y.GetTensorMutableData<float>();
+    for (int64_t b = 0; b < B; ++b) {  // the slices' shares in slice order, then the D skip and the SiLU(z) gate
+      float* __restrict out = yd + b * E;
+      const float* __restrict first = partial.data() + b * slices * E;
+      for (int64_t e = 0; e < E; ++e) out[e] = first[e];
+      for (int64_t s = 1; s < slices; ++s)
+        for (int64_t e = 0; e < E; ++e) out[e] += first[s * E + e];
+      for (int64_t e = 0; e < E; ++e) out[e] = (out[e] + ud[b * E + e] * Dd[e]) * silu(zd[b * E + e]);
+    }
   }
 };
 

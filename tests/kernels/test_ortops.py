@@ -53,10 +53,10 @@ def test_conv_silu_step_op_is_its_twin(library, K):
     np.testing.assert_array_equal(new_state, state_ref.numpy())  # a shift: exact
 
 
-@pytest.mark.parametrize("E", [40, 600])  # one block of channels; three, the last partial (the op's tasks)
-def test_gated_selective_step_op_is_its_twin(library, E):
+@pytest.mark.parametrize("E,N", [(40, 16), (600, 16), (40, 5), (40, 1)])  # the op's tasks: slices of the N state rows, one uneven, one row
+def test_gated_selective_step_op_is_its_twin(library, E, N):
     g = torch.Generator().manual_seed(0)
-    B, N = 3, 16
+    B = 3
     u, z = torch.randn(B, E, generator=g), torch.randn(B, E, generator=g)
     dt_raw = torch.randn(B, E, generator=g) * 4  # both softplus branches, far from 0 too
     A = -torch.exp(torch.randn(E, N, generator=g))
