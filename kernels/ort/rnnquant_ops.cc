@@ -388,8 +388,10 @@ void run_tasks(Ort::KernelContext& ctx, void (*fn)(void*, size_t), size_t total,
 // ---- Int8Linear ------------------------------------------------------------------------------
 // Batch-1 int8 matmuls are a read of the weights; ONNX Runtime's MatMulInteger chain adds a
 // quantize, a cast and a scale node per Linear and its packing. Here the weights are stored in the
-// layout vpdpbusd reads (64 bytes: 16 columns x 4 inputs), one pass over them, four column tiles at
-// a time (four streams for the prefetcher), the zero point's 128 * colsum taken off the exact int32 sums.
+// layout vpdpbusd reads (64 bytes: 16 columns x 4 inputs), one pass over them, a task's four column
+// tiles one after another, so that its weights are one sequential stream (the four tiles side by side,
+// four streams 12 KiB apart at K = 768, took 5 % longer a step at one thread: docs/RESULTS.md §33),
+// the zero point's 128 * colsum taken off the exact int32 sums.
 constexpr int64_t kTiles = 4;  // 16-column tiles per task
 
 struct Int8LinearArgs {
@@ -438,21 +440,18 @@ void int8_linear_group(void* raw, size_t task) {
 #if defined(__AVX512VNNI__)
   const int32_t* xa = reinterpret_cast<const int32_t*>(xq);  // 4 inputs per int32 lane, broadcast
   __m512i a[kTiles];
-  for (int64_t j = 0; j < kTiles; ++j) a[j] = _mm512_setzero_si512();
-  if (nt == kTiles) {  // four accumulators in registers, one broadcast for the four streams
-    __m512i a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
-    const int8_t *w0 = W, *w1 = W + tile_bytes, *w2 = W + 2 * tile_bytes, *w3 = W + 3 * tile_bytes;
-    for (int64_t q = 0; q < K4; ++q, w0 += 64, w1 += 64, w2 += 64, w3 += 64) {
-      const __m512i xb = _mm512_set1_epi32(xa[q]);
-      a0 = _mm512_dpbusd_epi32(a0, xb, _mm512_loadu_si512(w0));
-      a1 = _mm512_dpbusd_epi32(a1, xb, _mm512_loadu_si512(w1));
-      a2 = _mm512_dpbusd_epi32(a2, xb, _mm512_loadu_si512(w2));
-      a3 = _mm512_dpbusd_epi32(a3, xb, _mm512_loadu_si512(w3));
+  for (int64_t j = 0; j < nt; ++j) {  // tile after tile: the task's weights as one sequential stream
+    const int8_t* w = W + j * tile_bytes;
+    __m512i b0 = _mm512_setzero_si512(), b1 = b0, b2 = b0, b3 = b0;  // four chains for the dot products' latency
+    int64_t q = 0;
+    for (; q + 4 <= K4; q += 4, w += 256) {
+      b0 = _mm512_dpbusd_epi32(b0, _mm512_set1_epi32(xa[q]), _mm512_loadu_si512(w));
+      b1 = _mm512_dpbusd_epi32(b1, _mm512_set1_epi32(xa[q + 1]), _mm512_loadu_si512(w + 64));
+      b2 = _mm512_dpbusd_epi32(b2, _mm512_set1_epi32(xa[q + 2]), _mm512_loadu_si512(w + 128));
+      b3 = _mm512_dpbusd_epi32(b3, _mm512_set1_epi32(xa[q + 3]), _mm512_loadu_si512(w + 192));
     }
-    a[0] = a0, a[1] = a1, a[2] = a2, a[3] = a3;
-  } else {
-    for (int64_t j = 0; j < nt; ++j)
-      for (int64_t q = 0; q < K4; ++q) a[j] = _mm512_dpbusd_epi32(a[j], _mm512_set1_epi32(xa[q]), _mm512_loadu_si512(W + j * tile_bytes + q * 64));
+    for (; q < K4; ++q, w += 64) b0 = _mm512_dpbusd_epi32(b0, _mm512_set1_epi32(xa[q]), _mm512_loadu_si512(w));
+    a[j] = _mm512_add_epi32(_mm512_add_epi32(b0, b1), _mm512_add_epi32(b2, b3));  // exact int32 sums: any order
   }
   float* y = p.y + row * p.N;
   constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;  // opaque to -ffast-math: the stock graph's two roundings, in its order
