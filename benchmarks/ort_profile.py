@@ -17,8 +17,9 @@ import collections
 import json
 import os
 import re
+import sys
 import tempfile
-import time
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -26,6 +27,9 @@ import onnxruntime as ort
 from rnnquant.exporters.runner import read_metadata
 from rnnquant.kernels import ortops
 from rnnquant.exporters.states import initial_state
+
+sys.path.insert(0, str(Path(__file__).parent))
+from op_timing import median_us  # noqa: E402
 
 LAYER_SUFFIX = re.compile(r"_[0-9]+(/|$)")  # the exporter numbers repeated module names: /in_proj_17/...
 
@@ -40,7 +44,8 @@ def main() -> None:
     meta = read_metadata(args.model)
     states = json.loads(meta["states"])
     feeds = {"input_ids": np.array([5])} | dict(zip((s["name"] for s in states), initial_state(states, 1)))  # each state's dtype and initial value
-    plain_us = _step_us(_session(args.model, meta, args.threads, profile=False), feeds, args.steps)
+    plain = _session(args.model, meta, args.threads, profile=False)
+    plain_us = median_us(lambda: plain.run(None, feeds), args.steps)  # the same feeds every step, as the profiled loop
     sess = _session(args.model, meta, args.threads, profile=True)
     for _ in range(args.steps):
         sess.run(None, feeds)
@@ -72,18 +77,6 @@ def _session(path: str, meta: dict, threads: int, profile: bool):
     if meta.get("custom_ops"):  # `export --fused`
         ortops.register(opts)
     return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-
-
-def _step_us(sess, feeds: dict, steps: int) -> float:
-    """Median microseconds of one step (the same feeds every time, as the profiled loop)."""
-    for _ in range(10):
-        sess.run(None, feeds)
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        sess.run(None, feeds)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)) * 1e6
 
 
 if __name__ == "__main__":

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from rnnquant.kernels import ortops
+
+sys.path.insert(0, str(Path(__file__).parent))
+from op_timing import median_us, op_session  # noqa: E402
 
 E, N = 1536, 16
 
@@ -42,23 +43,13 @@ def chain(layers: int):
 
 def us_per_layer(layers: int, threads: int, runs: int) -> float:
     model, feeds = chain(layers)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    ortops.register(opts)
-    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    session = op_session(model, threads)
     binding = session.io_binding()
     for name, value in feeds.items():
         binding.bind_cpu_input(name, value)
     for out in session.get_outputs():
         binding.bind_output(out.name)
-    for _ in range(20):
-        session.run_with_iobinding(binding)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        session.run_with_iobinding(binding)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e6 / layers
+    return median_us(lambda: session.run_with_iobinding(binding), runs, warmup=20) / layers
 
 
 def main() -> None:

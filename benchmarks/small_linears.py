@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from rnnquant.kernels import ortops
 from rnnquant.kernels.fused import pack_int8
+
+sys.path.insert(0, str(Path(__file__).parent))
+from op_timing import median_us, op_session  # noqa: E402
 
 PAIRS = 1000  # calls per chain, whatever the number of distinct weights (the same work per run)
 
@@ -47,19 +48,9 @@ def chain(k: int, rank: int, distinct: int):
 
 
 def us_per_pair(model, k: int, runs: int) -> float:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
-    ortops.register(opts)
-    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    session = op_session(model, threads=1)
     feeds = {"x": np.random.default_rng(0).standard_normal((1, k)).astype(np.float32)}
-    for _ in range(5):
-        session.run(None, feeds)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        session.run(None, feeds)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e6 / PAIRS
+    return median_us(lambda: session.run(None, feeds), runs) / PAIRS
 
 
 def main() -> None:
