@@ -1,8 +1,10 @@
 """Shared by the benchmarks that time ONNX Runtime sessions of rnnquant's custom ops directly."""
 from __future__ import annotations
 
+import json
 import statistics
 import time
+from pathlib import Path
 
 import onnxruntime as ort
 
@@ -27,3 +29,9 @@ def median_us(run, runs: int, warmup: int = 10) -> float:
         run()
         times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1e6
+
+
+def save(name: str, args, rows: list[dict]) -> None:
+    """benchmarks/results/<name>.json: the arguments and the rows of one run."""
+    out = Path(__file__).parent / "results" / f"{name}.json"
+    out.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")

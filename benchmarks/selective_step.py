@@ -11,7 +11,6 @@ weight stream evicts every state between tokens. Prints the median microseconds 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 from rnnquant.kernels import ortops
 
 sys.path.insert(0, str(Path(__file__).parent))
-from op_timing import median_us, op_session  # noqa: E402
+from op_timing import median_us, op_session, save  # noqa: E402
 
 E, N = 1536, 16
 
@@ -64,8 +63,7 @@ def main() -> None:
             us = us_per_layer(layers, threads, args.runs)
             rows.append({"layers": layers, "threads": threads, "us_per_layer": us})
             print(f"{layers:4d} layers' states ({layers * 3 * N * E * 4 / 2**20:6.1f} MiB), {threads} thread(s): {us:6.2f} us a layer")
-    out = Path(__file__).parent / "results" / "selective_step.json"
-    out.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
+    save("selective_step", args, rows)
 
 
 if __name__ == "__main__":

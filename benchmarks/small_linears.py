@@ -11,7 +11,6 @@ benchmarks/results/small_linears.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from rnnquant.kernels import ortops
 from rnnquant.kernels.fused import pack_int8
 
 sys.path.insert(0, str(Path(__file__).parent))
-from op_timing import median_us, op_session  # noqa: E402
+from op_timing import median_us, op_session, save  # noqa: E402
 
 PAIRS = 1000  # calls per chain, whatever the number of distinct weights (the same work per run)
 
@@ -66,8 +65,7 @@ def main() -> None:
         mib = d * 2 * args.k * args.rank / 2**20
         rows.append({"distinct": d, "weight_mib": mib, "us_per_pair": us})
         print(f"{d:5d} distinct pairs ({mib:7.1f} MiB of weights): {us:6.2f} us a pair")
-    out = Path(__file__).parent / "results" / "small_linears.json"
-    out.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
+    save("small_linears", args, rows)
 
 
 if __name__ == "__main__":
