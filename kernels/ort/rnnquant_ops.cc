@@ -390,7 +390,7 @@ void run_tasks(Ort::KernelContext& ctx, void (*fn)(void*, size_t), size_t total,
 // quantize, a cast and a scale node per Linear and its packing. Here the weights are stored in the
 // layout vpdpbusd reads (64 bytes: 16 columns x 4 inputs), one pass over them, a task's four column
 // tiles one after another, so that its weights are one sequential stream (the four tiles side by side,
-// four streams 12 KiB apart at K = 768, took 5 % longer a step at one thread: docs/RESULTS.md §33),
+// four streams 12 KiB apart at K = 768, took 5-10 % longer a step at one thread: docs/RESULTS.md §33),
 // the zero point's 128 * colsum taken off the exact int32 sums.
 constexpr int64_t kTiles = 4;  // 16-column tiles per task
 
