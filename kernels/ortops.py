@@ -4,7 +4,7 @@ uses it); the trace side, each op beside its PyTorch twin, is ``rnnquant.kernels
 
     ConvSiluStep, GatedSelectiveStep, SSDStep, Rwkv7AttentionStep (domain ai.rnnquant): the step's
         recurrence of Mamba-1 / FalconMamba, Mamba-2 and RWKV-7 in one or two passes over the
-        state, where the stock graph has ~17-41 nodes per layer
+        state, where the stock graph has ~38-80 nodes per layer (RWKV-7: the whole attention between its Linears)
     Int8Linear, Int4Linear: every architecture's int8 Linears (with ``--cpu vnni``) and 4-bit Linears
         with int8 activations, one op each over weights stored in the layout its VNNI loop reads
 

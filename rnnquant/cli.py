@@ -440,8 +440,8 @@ def generate(model, prompt, max_new_tokens, temperature, top_k, seed):
                    "matmul has packed it and the lookup reads one row per token: a step session smaller by about "
                    "that table (RESULTS §23).")
 @click.option("--fused", is_flag=True, help="Run the step's recurrence as rnnquant's ONNX Runtime custom ops (Mamba-1 / "
-              "FalconMamba: conv and selective scan; Mamba-2: conv and SSD; RWKV-7: the delta rule), a pass or two over "
-              "the state where stock ops take ~17-41 nodes per layer; every int8 Linear (with --cpu vnni) and every 4-bit "
+              "FalconMamba: conv and selective scan; Mamba-2: conv and SSD; RWKV-7: everything between the attention's "
+              "Linears and W_o), a pass or two over the state where stock ops take ~38-80 nodes per layer; every int8 Linear (with --cpu vnni) and every 4-bit "
               "Linear with int8 activations is one op too. The op library is built on first use with this "
               "machine's C++ compiler and loaded by `rnnquant run` / `compare`; native ONNX Runtime only (not with "
               "--web, --ort or --format qoperator).")
