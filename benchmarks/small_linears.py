@@ -5,8 +5,12 @@ pairs (K -> R -> K, static activations), one thread, run by ONNX Runtime with rn
 
 For each ``--distinct`` count D the chain has D pairs with their own weights (D = 1: every call
 reads the same, cached, weights; D x 2 K R bytes beyond the last-level cache: every call reads
-DRAM) and prints the median microseconds per pair over ``--runs`` runs of the whole chain. Writes
-benchmarks/results/small_linears.json.
+DRAM) and prints the median microseconds per pair over ``--runs`` runs of the whole chain.
+
+Then RWKV-7's four LoRA-in Linears of a layer (K -> 64, 64, 32, 128), from DRAM (``GROUP_LAYERS``
+layers' weights): as four Int8Linear nodes, and as one node over the four matrices stacked (the
+same bytes in one contiguous weight): what one op over a layer's sibling Linears would save.
+Writes benchmarks/results/small_linears.json.
 """
 from __future__ import annotations
 
@@ -46,10 +50,33 @@ def chain(k: int, rank: int, distinct: int):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(ortops.DOMAIN, 1)])
 
 
-def us_per_pair(model, k: int, runs: int) -> float:
+LORA_RANKS = (64, 64, 32, 128)  # RWKV-7 0.1B's w, a, v, g LoRAs
+GROUP_LAYERS = 400  # 88 MiB of LoRA-in weights: beyond the last-level cache
+
+
+def siblings(k: int, stacked: bool):
+    """GROUP_LAYERS layers of the four LoRA-in Linears, each its own node or one node over them stacked."""
+    g = torch.Generator().manual_seed(0)
+    inits, nodes, outs = [numpy_helper.from_array(np.array(0.05, np.float32), "a_scale")], [], []
+    for i in range(GROUP_LAYERS):
+        for j, n in enumerate([sum(LORA_RANKS)] if stacked else LORA_RANKS):
+            codes, colsum = pack_int8(torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g))
+            inits += [numpy_helper.from_array(codes.numpy(), f"w{i}_{j}"), numpy_helper.from_array(colsum.numpy(), f"c{i}_{j}"),
+                      numpy_helper.from_array(np.full(n, 1e-3, np.float32), f"s{i}_{j}")]
+            nodes.append(helper.make_node("Int8Linear", ["x", f"w{i}_{j}", f"c{i}_{j}", f"s{i}_{j}", "a_scale"], [f"y{i}_{j}"], domain=ortops.DOMAIN))
+            outs.append(helper.make_tensor_value_info(f"y{i}_{j}", TensorProto.FLOAT, None))
+    graph = helper.make_graph(nodes, "lora_in", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])], outs, initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(ortops.DOMAIN, 1)])
+
+
+def us_per_run(model, k: int, runs: int) -> float:
     session = op_session(model, threads=1)
     feeds = {"x": np.random.default_rng(0).standard_normal((1, k)).astype(np.float32)}
-    return median_us(lambda: session.run(None, feeds), runs) / PAIRS
+    return median_us(lambda: session.run(None, feeds), runs)
+
+
+def us_per_pair(model, k: int, runs: int) -> float:
+    return us_per_run(model, k, runs) / PAIRS
 
 
 def main() -> None:
@@ -65,6 +92,10 @@ def main() -> None:
         mib = d * 2 * args.k * args.rank / 2**20
         rows.append({"distinct": d, "weight_mib": mib, "us_per_pair": us})
         print(f"{d:5d} distinct pairs ({mib:7.1f} MiB of weights): {us:6.2f} us a pair")
+    for stacked in (False, True):
+        us = us_per_run(siblings(args.k, stacked), args.k, args.runs) / GROUP_LAYERS
+        rows.append({"lora_in": "one stacked node" if stacked else "four nodes", "us_per_layer": us})
+        print(f"a layer's four LoRA-in Linears from DRAM, {'one stacked node' if stacked else 'four nodes':16}: {us:6.2f} us")
     save("small_linears", args, rows)
 
 
