@@ -222,16 +222,16 @@ void rwkv7_attention_head(void* raw, size_t task) {
                           *__restrict gn_b = p.gn_b + ch;
   float *__restrict y = p.y + row, *__restrict S_out = p.S_out + row * N;
   std::vector<float> buf(static_cast<size_t>(7 * N), 0.0f);
-  float *__restrict decay = buf.data(), *__restrict a = decay + N, *__restrict v = a + N, *__restrict kk = v + N, *__restrict k = kk + N,
-                    *__restrict sa = k + N, *__restrict o = sa + N;
+  float *__restrict decay = buf.data(), *__restrict a = decay + N, *__restrict mixed = a + N, *__restrict kk = mixed + N,
+                    *__restrict k = kk + N, *__restrict sa = k + N, *__restrict o = sa + N;
   for (int64_t i = 0; i < N; ++i) decay[i] = std::exp(kLogDecayScale * sigmoid(w_l[i]));
   for (int64_t i = 0; i < N; ++i) a[i] = sigmoid(a_l[i]);
-  if (p.v_l) {
+  const float* __restrict v = v_raw;  // layer 0: the value as it is
+  if (p.v_l) {  // later layers: the value residual to layer 0's
     const float *__restrict v_first = p.v_first + row, *__restrict v_l = p.v_l + row;
-    for (int64_t i = 0; i < N; ++i) v[i] = sigmoid(v_l[i]);
-    for (int64_t i = 0; i < N; ++i) v[i] = lerp(v_raw[i], v_first[i], v[i]);
-  } else {
-    for (int64_t i = 0; i < N; ++i) v[i] = v_raw[i];
+    for (int64_t i = 0; i < N; ++i) mixed[i] = sigmoid(v_l[i]);
+    for (int64_t i = 0; i < N; ++i) mixed[i] = lerp(v_raw[i], v_first[i], mixed[i]);
+    v = mixed;
   }
   float norm = 0.0f;
   for (int64_t i = 0; i < N; ++i) kk[i] = k_raw[i] * k_k[i];
@@ -439,7 +439,8 @@ void int8_linear_group(void* raw, size_t task) {
   const int8_t* W = p.W + t0 * tile_bytes;
 #if defined(__AVX512VNNI__)
   const int32_t* xa = reinterpret_cast<const int32_t*>(xq);  // 4 inputs per int32 lane, broadcast
-  __m512i a[kTiles];
+  float* y = p.y + row * p.N;
+  constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;  // opaque to -ffast-math: the stock graph's two roundings, in its order
   for (int64_t j = 0; j < nt; ++j) {  // tile after tile: the task's weights as one sequential stream
     const int8_t* w = W + j * tile_bytes;
     __m512i b0 = _mm512_setzero_si512(), b1 = b0, b2 = b0, b3 = b0;  // four chains for the dot products' latency
@@ -451,17 +452,13 @@ void int8_linear_group(void* raw, size_t task) {
       b3 = _mm512_dpbusd_epi32(b3, _mm512_set1_epi32(xa[q + 3]), _mm512_loadu_si512(w + 192));
     }
     for (; q < K4; ++q, w += 64) b0 = _mm512_dpbusd_epi32(b0, _mm512_set1_epi32(xa[q]), _mm512_loadu_si512(w));
-    a[j] = _mm512_add_epi32(_mm512_add_epi32(b0, b1), _mm512_add_epi32(b2, b3));  // exact int32 sums: any order
-  }
-  float* y = p.y + row * p.N;
-  constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;  // opaque to -ffast-math: the stock graph's two roundings, in its order
-  for (int64_t j = 0; j < nt; ++j) {
+    const __m512i acc = _mm512_add_epi32(_mm512_add_epi32(b0, b1), _mm512_add_epi32(b2, b3));  // exact int32 sums: any order
     const int64_t n0 = (t0 + j) * 16;
     const __mmask16 m = tail_mask(p.N - n0);
-    const __m512i c = _mm512_sub_epi32(a[j], _mm512_slli_epi32(_mm512_maskz_loadu_epi32(m, p.colsum + n0), 7));
-    const __m512 s = _mm512_set1_ps(p.a_scale[row]), w = _mm512_maskz_loadu_ps(m, p.w_scale + n0), f = _mm512_cvtepi32_ps(c);
-    __m512 v = p.dynamic ? _mm512_mul_round_ps(_mm512_mul_round_ps(f, s, kRound), w, kRound)
-                         : _mm512_mul_round_ps(f, _mm512_mul_round_ps(s, w, kRound), kRound);
+    const __m512i c = _mm512_sub_epi32(acc, _mm512_slli_epi32(_mm512_maskz_loadu_epi32(m, p.colsum + n0), 7));
+    const __m512 sa = _mm512_set1_ps(p.a_scale[row]), sw = _mm512_maskz_loadu_ps(m, p.w_scale + n0), f = _mm512_cvtepi32_ps(c);
+    __m512 v = p.dynamic ? _mm512_mul_round_ps(_mm512_mul_round_ps(f, sa, kRound), sw, kRound)
+                         : _mm512_mul_round_ps(f, _mm512_mul_round_ps(sa, sw, kRound), kRound);
     if (p.bias) v = _mm512_add_round_ps(v, _mm512_maskz_loadu_ps(m, p.bias + n0), kRound);
     _mm512_mask_storeu_ps(y + n0, m, v);
   }
@@ -638,11 +635,11 @@ struct Int4LinearKernel {
   int64_t group_, n_;
 };
 
-// An op with typed inputs, those from ``first_optional`` on optional, and one float output
+// An op with typed inputs, those from ``first_optional`` on optional, and ``outputs`` float outputs
 template <typename Kernel>
-struct LinearOp : Ort::CustomOpBase<LinearOp<Kernel>, Kernel> {
-  LinearOp(const char* name, std::vector<ONNXTensorElementDataType> inputs, size_t first_optional)
-      : name_(name), inputs_(std::move(inputs)), first_optional_(first_optional) {}
+struct Op : Ort::CustomOpBase<Op<Kernel>, Kernel> {
+  Op(const char* name, std::vector<ONNXTensorElementDataType> inputs, size_t first_optional, size_t outputs)
+      : name_(name), inputs_(std::move(inputs)), first_optional_(first_optional), outputs_(outputs) {}
   void* CreateKernel(const OrtApi& api, const OrtKernelInfo* info) const { return new Kernel(api, info); }
   const char* GetName() const { return name_; }
   const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
@@ -651,33 +648,20 @@ struct LinearOp : Ort::CustomOpBase<LinearOp<Kernel>, Kernel> {
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
     return i >= first_optional_ ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
   }
-  size_t GetOutputTypeCount() const { return 1; }
+  size_t GetOutputTypeCount() const { return outputs_; }
   ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
 
  private:
   const char* name_;
   std::vector<ONNXTensorElementDataType> inputs_;
-  size_t first_optional_;
+  size_t first_optional_, outputs_;
 };
 
-template <typename Kernel, size_t Inputs>
-struct FloatOp : Ort::CustomOpBase<FloatOp<Kernel, Inputs>, Kernel> {
-  explicit FloatOp(const char* name, size_t first_optional = Inputs) : name_(name), first_optional_(first_optional) {}
-  void* CreateKernel(const OrtApi& api, const OrtKernelInfo* info) const { return new Kernel(api, info); }
-  const char* GetName() const { return name_; }
-  const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
-  size_t GetInputTypeCount() const { return Inputs; }
-  ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
-    return i >= first_optional_ ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
-  }
-  size_t GetOutputTypeCount() const { return 2; }
-  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-
- private:
-  const char* name_;
-  size_t first_optional_;
-};
+// A step op: ``n`` float inputs (the last ones from ``first_optional`` on optional), two float outputs (y and the new state)
+template <typename Kernel>
+Op<Kernel> step_op(const char* name, size_t n, size_t first_optional) {
+  return Op<Kernel>(name, std::vector<ONNXTensorElementDataType>(n, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT), first_optional, 2);
+}
 
 }  // namespace
 
@@ -686,14 +670,14 @@ extern "C" ORT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOption
   if (api == nullptr) return nullptr;  // a runtime older than these headers: nothing registered, the session names the missing op
   Ort::InitApi(api);
   // the ops and their domain must outlive every session that uses them: kept for the process
-  static FloatOp<ConvSiluStepKernel, 4> conv("ConvSiluStep");
-  static FloatOp<GatedSelectiveStepKernel, 8> ssm("GatedSelectiveStep");
-  static FloatOp<Rwkv7AttentionStepKernel, 14> rwkv7("Rwkv7AttentionStep", 12);  // [v_first v_l]: layers after 0
-  static FloatOp<SSDStepKernel, 7> ssd("SSDStep");
+  static auto conv = step_op<ConvSiluStepKernel>("ConvSiluStep", 4, 4);
+  static auto ssm = step_op<GatedSelectiveStepKernel>("GatedSelectiveStep", 8, 8);
+  static auto rwkv7 = step_op<Rwkv7AttentionStepKernel>("Rwkv7AttentionStep", 14, 12);  // [v_first v_l]: layers after 0
+  static auto ssd = step_op<SSDStepKernel>("SSDStep", 7, 7);
   constexpr auto f32 = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, i8 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8,
                  i32 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, u8 = ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
-  static LinearOp<Int8LinearKernel> linear("Int8Linear", {f32, i8, i32, f32, f32, f32}, 4);  // x W colsum w_scale [a_scale bias]
-  static LinearOp<Int4LinearKernel> linear4("Int4Linear", {f32, u8, f32, u8}, 3);           // x B scales [zeros]
+  static Op<Int8LinearKernel> linear("Int8Linear", {f32, i8, i32, f32, f32, f32}, 4, 1);  // x W colsum w_scale [a_scale bias]
+  static Op<Int4LinearKernel> linear4("Int4Linear", {f32, u8, f32, u8}, 3, 1);           // x B scales [zeros]
   static std::mutex lock;
   static std::vector<Ort::CustomOpDomain> domains;
   std::lock_guard<std::mutex> guard(lock);
