@@ -255,17 +255,30 @@ def staged_weights(weights: Path):
     """A ``WeightsFile`` in a temporary directory beside the outputs (``save_graphs`` writes the
     graphs there, checks them and renames all into place); removed with whatever is left in it."""
     weights = Path(weights)
+    created = [d for d in (weights.parent, *weights.parent.parents) if not d.exists()]  # deepest first
     try:
         weights.parent.mkdir(parents=True, exist_ok=True)
         tmp_dir = Path(tempfile.mkdtemp(prefix=f".{weights.name}.", dir=weights.parent))
         w = WeightsFile(tmp_dir / weights.name)
     except OSError as e:
         raise RnnquantError(f"cannot write to {weights.parent}: {e.strerror or e}") from None
+    done = False
     try:
         yield w
+        done = True
     finally:
         w.close()
         shutil.rmtree(tmp_dir, ignore_errors=True)
+        if not done:  # a failed export leaves no output directory it made either
+            _remove_empty(created)
+
+
+def _remove_empty(dirs: list[Path]) -> None:
+    for d in dirs:
+        try:
+            d.rmdir()
+        except OSError:  # not empty (or gone): keep it and everything above it
+            return
 
 
 def save_graphs(graphs: list[tuple], weights: Path, staged: WeightsFile | None = None) -> None:

@@ -157,6 +157,18 @@ def test_export_fused_refuses_a_model_without_fused_ops(capsys, tmp_path):
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
 
 
+def test_a_refused_export_leaves_no_directory_it_made(capsys, tmp_path):
+    """The output's parent directories that the export created go again when it fails; one that was there stays."""
+    from rnnquant.io import save_checkpoint
+
+    save_checkpoint(tiny_model("lstm"), tmp_path / "lstm", tokenizer_path=TOKENIZER)
+    assert_one_line_error(capsys, "export", tmp_path / "lstm", "--fused", "--out", tmp_path / "new" / "deeper" / "a.onnx", match="has no fused op")
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()
+    assert_one_line_error(capsys, "export", tmp_path / "lstm", "--fused", "--out", tmp_path / "kept" / "a.onnx", match="has no fused op")
+    assert (tmp_path / "kept").is_dir() and not list((tmp_path / "kept").iterdir())
+
+
 def test_export_fused_refusal_is_one_line_on_the_process_stderr(tmp_path):
     """The exporter's own C++ warnings count too (capsys does not see them): nothing but the error line."""
     import os
